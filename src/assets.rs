@@ -1,0 +1,26 @@
+//! Files that land on the droplet, embedded at build time and rendered by pure
+//! functions. `{{name}}` placeholders are replaced; a placeholder left over is a
+//! bug, caught by `render`'s assertion in tests.
+
+pub const CADDYFILE: &str = include_str!("../assets/Caddyfile");
+pub const IO_INGRESS: &str = include_str!("../assets/io-ingress.hcl");
+
+/// Replaces each `{{key}}` in `template` with its value.
+pub fn render(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = template.to_string();
+    for (key, value) in values {
+        out = out.replace(&format!("{{{{{key}}}}}"), value);
+    }
+    debug_assert!(!out.contains("{{"), "unrendered placeholder in:\n{out}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_replaces_every_placeholder() {
+        assert_eq!(render("a {{x}} b {{x}} {{y}}", &[("x", "1"), ("y", "2")]), "a 1 b 1 2");
+    }
+}

@@ -1,0 +1,204 @@
+//! The `Host` trait: every side effect on the droplet goes through it.
+//!
+//! A host runs shell commands as root (through `sudo -n` for a non-root login),
+//! feeds them stdin, and forwards TCP ports. Reading and writing files are built on
+//! `run` here, once, so that every transport gets the same atomic, mode-setting
+//! writes. Secrets travel only on stdin, never in a command line (`ps` shows those).
+
+pub mod local;
+pub mod ssh;
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Result};
+use async_trait::async_trait;
+
+/// A command for the remote shell. `script` is a POSIX `sh` script; it may hold
+/// paths and flags but never a secret (those go to `stdin`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cmd {
+    pub script: String,
+    pub stdin: Vec<u8>,
+}
+
+impl Cmd {
+    pub fn sh(script: impl Into<String>) -> Self {
+        Cmd {
+            script: script.into(),
+            stdin: Vec::new(),
+        }
+    }
+
+    /// A command from an argv, each word quoted for `sh`.
+    pub fn argv<I, S>(words: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let quoted: Vec<String> = words.into_iter().map(|w| quote(w.as_ref())).collect();
+        Cmd::sh(quoted.join(" "))
+    }
+
+    pub fn with_stdin(mut self, stdin: impl Into<Vec<u8>>) -> Self {
+        self.stdin = stdin.into();
+        self
+    }
+}
+
+/// Quotes one word for POSIX `sh`.
+pub fn quote(word: &str) -> String {
+    shlex::try_quote(word)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| format!("'{}'", word.replace('\'', "'\\''")))
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    /// `None` when the transport ended without reporting an exit status: that
+    /// counts as failure (a dropped connection must never look like success).
+    pub status: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_tail(&self) -> String {
+        tail(&String::from_utf8_lossy(&self.stderr), 12)
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.trim_end().lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Ownership and permissions of a written file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMode {
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+}
+
+impl FileMode {
+    pub fn root(mode: u32) -> Self {
+        FileMode {
+            mode,
+            owner: "root".into(),
+            group: "root".into(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Host: Send + Sync {
+    /// Runs `cmd` as root and returns its output, whatever its exit status.
+    async fn exec(&self, cmd: &Cmd) -> Result<Output>;
+
+    /// Makes `remote_port` on the host's loopback reachable from here and returns
+    /// the local address to connect to (an SSH direct-tcpip tunnel, or the port
+    /// itself when running on the host).
+    async fn forward(&self, remote_port: u16) -> Result<SocketAddr>;
+
+    /// Copies a local file to `path` on the host, streaming it (large files: the
+    /// Nomad zip, a PDS image archive). Atomic: written beside, then renamed.
+    async fn upload(&self, local: &std::path::Path, path: &str, mode: &FileMode) -> Result<()>;
+
+    /// Who and where, for messages: `root@203.0.113.7:22`.
+    fn describe(&self) -> String;
+
+    /// Runs `cmd` and fails with its stderr when it exits non-zero.
+    async fn run(&self, cmd: &Cmd) -> Result<Output> {
+        let out = self.exec(cmd).await?;
+        if !out.success() {
+            let status = out
+                .status
+                .map_or("no exit status (connection lost?)".to_string(), |s| {
+                    format!("exit status {s}")
+                });
+            bail!(
+                "on {}: `{}` failed with {status}\n{}",
+                self.describe(),
+                first_line(&cmd.script),
+                out.stderr_tail()
+            );
+        }
+        Ok(out)
+    }
+
+    /// The file's bytes, or `None` when it does not exist.
+    async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let q = quote(path);
+        let out = self
+            .run(&Cmd::sh(format!(
+                "if [ -e {q} ]; then printf y; cat {q}; else printf n; fi"
+            )))
+            .await?;
+        match out.stdout.split_first() {
+            Some((b'y', rest)) => Ok(Some(rest.to_vec())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `contents` to `path` atomically with the given mode and owner,
+    /// creating parent directories. The bytes go on stdin, never in arguments.
+    async fn write_file(&self, path: &str, contents: &[u8], mode: &FileMode) -> Result<()> {
+        self.run(&Cmd::sh(write_script(path, mode)).with_stdin(contents))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The shell script that writes stdin to `path` atomically (also used by uploads).
+pub fn write_script(path: &str, mode: &FileMode) -> String {
+    let q = quote(path);
+    let dir = quote(
+        std::path::Path::new(path)
+            .parent()
+            .and_then(|p| p.to_str())
+            .unwrap_or("/"),
+    );
+    format!(
+        "set -e; umask 077; mkdir -p {dir}; tmp=$(mktemp {dir}/.pdsup.XXXXXX); \
+         cat > \"$tmp\"; chown {owner}:{group} \"$tmp\"; chmod {mode:o} \"$tmp\"; mv -f \"$tmp\" {q}",
+        owner = quote(&mode.owner),
+        group = quote(&mode.group),
+        mode = mode.mode,
+    )
+}
+
+fn first_line(script: &str) -> String {
+    let line = script.lines().next().unwrap_or("");
+    if line.chars().count() > 120 {
+        format!("{}…", line.chars().take(120).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_quotes_each_word() {
+        let cmd = Cmd::argv(["echo", "a b", "it's"]);
+        assert_eq!(cmd.script, r#"echo 'a b' "it's""#);
+    }
+
+    #[test]
+    fn write_script_sets_mode_owner_and_renames() {
+        let s = write_script("/etc/nomad.d/nomad.hcl", &FileMode::root(0o640));
+        assert!(s.contains("mkdir -p /etc/nomad.d"));
+        assert!(s.contains("chmod 640"));
+        assert!(s.contains("mv -f \"$tmp\" /etc/nomad.d/nomad.hcl"));
+    }
+}

@@ -1,0 +1,4 @@
+//! The PDS: its environment file (`env`) and its XRPC API (`xrpc`).
+
+pub mod env;
+pub mod xrpc;

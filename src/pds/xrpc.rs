@@ -1,0 +1,201 @@
+//! A small XRPC client for the calls pdsup makes to the PDS (REFERENCE.md's table).
+//!
+//! pdsup reaches the PDS through the SSH tunnel to its loopback port, so the first
+//! account can be created before DNS or TLS are in place.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the PDS refused {method}: {status} {error}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+pub struct XrpcError {
+    pub method: String,
+    pub status: u16,
+    /// The XRPC error name, e.g. `HandleNotAvailable`.
+    pub error: String,
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedAccount {
+    pub did: String,
+    pub handle: String,
+}
+
+pub struct Xrpc {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Xrpc {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self::with_base(format!("http://{addr}"))
+    }
+
+    pub fn with_base(base: impl Into<String>) -> Self {
+        Xrpc {
+            base: base.into(),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("a plain HTTP client builds"),
+        }
+    }
+
+    /// The version `/xrpc/_health` reports, or an error when the PDS is not healthy.
+    pub async fn health(&self) -> Result<String> {
+        #[derive(Deserialize)]
+        struct Health {
+            version: Option<String>,
+        }
+        let resp = self
+            .client
+            .get(format!("{}/xrpc/_health", self.base))
+            .send()
+            .await
+            .context("asking the PDS for /xrpc/_health")?;
+        let status = resp.status();
+        anyhow::ensure!(status.is_success(), "/xrpc/_health answered {status}");
+        let health: Health = resp.json().await?;
+        Ok(health.version.unwrap_or_else(|| "unknown".into()))
+    }
+
+    pub async fn create_invite_code(&self, admin_password: &Secret) -> Result<String> {
+        #[derive(Deserialize)]
+        struct Invite {
+            code: String,
+        }
+        let invite: Invite = self
+            .post(
+                "com.atproto.server.createInviteCode",
+                Some(admin_password),
+                json!({"useCount": 1}),
+            )
+            .await?;
+        Ok(invite.code)
+    }
+
+    pub async fn create_account(
+        &self,
+        email: &str,
+        handle: &str,
+        password: &Secret,
+        invite_code: &str,
+    ) -> Result<CreatedAccount> {
+        #[derive(Deserialize)]
+        struct Created {
+            did: String,
+            handle: String,
+        }
+        let created: Created = self
+            .post(
+                "com.atproto.server.createAccount",
+                None,
+                json!({
+                    "email": email,
+                    "handle": handle,
+                    "password": password.expose(),
+                    "inviteCode": invite_code,
+                }),
+            )
+            .await?;
+        Ok(CreatedAccount {
+            did: created.did,
+            handle: created.handle,
+        })
+    }
+
+    /// The DID of a handle hosted here, or `None` when no account has it.
+    pub async fn resolve_handle(&self, handle: &str) -> Result<Option<String>> {
+        #[derive(Deserialize)]
+        struct Resolved {
+            did: String,
+        }
+        let method = "com.atproto.identity.resolveHandle";
+        let resp = self
+            .client
+            .get(format!("{}/xrpc/{method}", self.base))
+            .query(&[("handle", handle)])
+            .send()
+            .await
+            .with_context(|| format!("calling {method}"))?;
+        if resp.status().is_success() {
+            return Ok(Some(resp.json::<Resolved>().await?.did));
+        }
+        let err = xrpc_error(method, resp).await;
+        // The PDS answers 400 for a handle it cannot resolve.
+        if err.status == 400 {
+            return Ok(None);
+        }
+        Err(err.into())
+    }
+
+    /// DIDs of the repositories hosted here (first page, enough for pdsup's checks).
+    pub async fn list_repos(&self) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Repo {
+            did: String,
+        }
+        #[derive(Deserialize)]
+        struct Repos {
+            repos: Vec<Repo>,
+        }
+        let method = "com.atproto.sync.listRepos";
+        let resp = self
+            .client
+            .get(format!("{}/xrpc/{method}", self.base))
+            .query(&[("limit", "1000")])
+            .send()
+            .await
+            .with_context(|| format!("calling {method}"))?;
+        if !resp.status().is_success() {
+            return Err(xrpc_error(method, resp).await.into());
+        }
+        Ok(resp.json::<Repos>().await?.repos.into_iter().map(|r| r.did).collect())
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        admin_password: Option<&Secret>,
+        body: serde_json::Value,
+    ) -> Result<T> {
+        let mut req = self
+            .client
+            .post(format!("{}/xrpc/{method}", self.base))
+            .json(&body);
+        if let Some(password) = admin_password {
+            req = req.basic_auth("admin", Some(password.expose()));
+        }
+        let resp = req.send().await.with_context(|| format!("calling {method}"))?;
+        if !resp.status().is_success() {
+            return Err(xrpc_error(method, resp).await.into());
+        }
+        resp.json()
+            .await
+            .with_context(|| format!("reading the answer to {method}"))
+    }
+}
+
+async fn xrpc_error(method: &str, resp: reqwest::Response) -> XrpcError {
+    #[derive(Deserialize, Default)]
+    struct Body {
+        error: Option<String>,
+        message: Option<String>,
+    }
+    let status = resp.status().as_u16();
+    let body: Body = resp.json().await.unwrap_or_default();
+    XrpcError {
+        method: method.to_string(),
+        status,
+        error: body.error.unwrap_or_else(|| "UnknownError".into()),
+        message: body.message,
+    }
+}

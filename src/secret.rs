@@ -1,0 +1,48 @@
+//! `Secret`: a value that must never reach logs, progress output, error messages
+//! or process arguments. It prints as `********` through `Debug` and `Display`;
+//! the only way to the real value is the explicit [`Secret::expose`].
+
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+pub const MASK: &str = "********";
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The real value. Call sites are the places where a secret legitimately
+    /// leaves the process: a 0600 file, stdin of a remote command, an HTTP body.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_prints_its_value() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s}"), MASK);
+        assert_eq!(format!("{s:?}"), MASK);
+        assert_eq!(format!("{:?}", Some(&s)), format!("Some({MASK})"));
+        assert_eq!(s.expose(), "hunter2");
+    }
+}

@@ -1,0 +1,116 @@
+//! `Settings`: everything a run needs to know about the site, resolved once from
+//! flags and the site's saved state, validated, and then read-only.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::inputs::{Email, Handle, Hostname};
+
+/// The pinned Nomad release pdsup installs.
+pub const NOMAD_VERSION: &str = "1.10.5";
+pub const NOMAD_RELEASES: &str = "https://releases.hashicorp.com";
+pub const PDS_IMAGE: &str = "ghcr.io/bluesky-social/pds:0.4";
+pub const IO_IMAGE: &str = "agentio/io:latest";
+pub const PLC_URL: &str = "https://plc.directory";
+/// Where the PDS listens on the droplet's loopback (the proxy and pdsup reach it there).
+pub const PDS_PORT: u16 = 3000;
+pub const NOMAD_HTTP_PORT: u16 = 4646;
+pub const PDS_VOLUME_PATH: &str = "/srv/nomad/pds";
+pub const IO_VOLUME_PATH: &str = "/srv/nomad/io";
+pub const NOMAD_CONFIG_PATH: &str = "/etc/nomad.d/nomad.hcl";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Proxy {
+    /// Agent IO's proxy as a Nomad job (the seed's setup)
+    Io,
+    /// Caddy from the distribution, with on-demand TLS for the hostname and its handles
+    Caddy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DockerSource {
+    /// Docker Engine (docker-ce) from Docker's apt repository
+    Docker,
+    /// The distribution's docker.io package
+    Distro,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NomadSource {
+    pub version: String,
+    /// Base URL laid out like releases.hashicorp.com (`<url>/nomad/<v>/<file>`).
+    pub release_url: String,
+    /// A local release zip to upload instead of downloading; its SHA256SUMS and
+    /// .sig are looked for beside it.
+    pub zip: Option<PathBuf>,
+    /// An armored OpenPGP key to trust instead of HashiCorp's (for a private mirror).
+    pub release_key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Acme {
+    /// ACME directory URL for Caddy (default: Caddy's own, Let's Encrypt and ZeroSSL).
+    pub ca: Option<String>,
+    /// PEM file with the root of a private or test ACME CA.
+    pub ca_root: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Io {
+    pub image: String,
+    /// Host directory (inside the IO volume, mounted at /io in the IO task) for ingress files.
+    pub config_dir: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub hostname: Hostname,
+    pub handle: Handle,
+    pub email: Email,
+    pub proxy: Proxy,
+    pub docker_source: DockerSource,
+    pub nomad: NomadSource,
+    pub pds_image: String,
+    pub pds_image_archive: Option<PathBuf>,
+    pub plc_url: String,
+    pub acme: Acme,
+    pub io: Io,
+    pub confirm_email: bool,
+    /// Extra PDS environment (`--pds-env KEY=VALUE`), after pdsup's own values.
+    pub pds_env: Vec<(String, String)>,
+    pub timezone: String,
+}
+
+impl Settings {
+    /// Settings for examples and tests: a plausible site with every default.
+    pub fn example() -> Self {
+        let hostname: Hostname = "pds.example.com".parse().expect("valid");
+        Settings {
+            handle: Handle::parse("alice", &hostname).expect("valid"),
+            hostname,
+            email: "me@example.com".parse().expect("valid"),
+            proxy: Proxy::Io,
+            docker_source: DockerSource::Docker,
+            nomad: NomadSource {
+                version: NOMAD_VERSION.into(),
+                release_url: NOMAD_RELEASES.into(),
+                zip: None,
+                release_key: None,
+            },
+            pds_image: PDS_IMAGE.into(),
+            pds_image_archive: None,
+            plc_url: PLC_URL.into(),
+            acme: Acme::default(),
+            io: Io {
+                image: IO_IMAGE.into(),
+                config_dir: IO_VOLUME_PATH.into(),
+            },
+            confirm_email: false,
+            pds_env: Vec::new(),
+            timezone: "UTC".into(),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The PDS as a Nomad job: the seed's pds.hcl as a typed model, submitted through
+//! the SSH tunnel to Nomad's API only when Nomad says it would change something,
+//! then watched until the allocation is healthy and `/xrpc/_health` answers.
+//! `--pds-image-archive FILE` loads an image tarball into the droplet's Docker
+//! first (offline installs, private builds).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::{Action, Ctx, StepId, StepPlan};
+use crate::host::{quote, Cmd, FileMode};
+use crate::nomad::job::pds_job;
+use crate::pds::env::pds_environment;
+use crate::settings::Settings;
+use crate::state::PdsSecrets;
+
+const IMAGE_STAGING: &str = "/var/tmp/pdsup-pds-image.tar";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub image_present: bool,
+    pub job_unchanged: bool,
+    pub healthy: bool,
+}
+
+impl Facts {
+    pub fn fresh() -> Self {
+        Facts::default()
+    }
+}
+
+pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
+    let image = &ctx.settings.pds_image;
+    let image_present = ctx
+        .probe(&format!("docker image inspect {} >/dev/null 2>&1", quote(image)))
+        .await?
+        .success();
+    let env = pds_environment(ctx.settings, ctx.secrets()?)?;
+    let job = pds_job(image, env);
+    let job_unchanged = super::proxy::job_unchanged(ctx, &job).await;
+    let healthy = job_unchanged && pds_health(ctx).await.is_ok();
+    Ok(Facts {
+        image_present,
+        job_unchanged,
+        healthy,
+    })
+}
+
+pub fn plan(facts: &Facts, settings: &Settings, secrets: &PdsSecrets) -> Result<StepPlan> {
+    let mut plan = StepPlan::new(StepId::PdsJob);
+    if let (Some(archive), false) = (&settings.pds_image_archive, facts.image_present) {
+        plan.change(
+            format!("upload the PDS image archive {}", archive.display()),
+            Action::Upload {
+                local: archive.clone(),
+                path: IMAGE_STAGING.into(),
+                mode: FileMode::root(0o600),
+            },
+        );
+        plan.change(
+            format!("load it into Docker as {}", settings.pds_image),
+            Action::Run(Cmd::sh(format!(
+                "set -e; docker load -i {IMAGE_STAGING}; rm -f {IMAGE_STAGING}; docker image inspect {} >/dev/null",
+                quote(&settings.pds_image)
+            ))),
+        );
+    }
+    if !facts.job_unchanged {
+        let job = pds_job(&settings.pds_image, pds_environment(settings, secrets)?);
+        let hcl = job.to_hcl(false);
+        plan.change(
+            format!("submit the pds job ({})", settings.pds_image),
+            Action::SubmitJob(Box::new(job)),
+        )
+        .detail(hcl);
+    }
+    if !facts.job_unchanged || !facts.healthy {
+        plan.change(
+            "wait for the PDS allocation to be healthy",
+            Action::WaitJobHealthy {
+                job: "pds".into(),
+                image: settings.pds_image.clone(),
+            },
+        );
+        plan.change("wait for /xrpc/_health", Action::WaitPdsHealthy);
+    }
+    Ok(plan)
+}
+
+async fn pds_health(ctx: &mut Ctx<'_>) -> Result<String> {
+    ctx.pds().await?.health().await
+}
+
+/// Waits for a job's allocation; an image that cannot be pulled is named plainly.
+pub async fn wait_healthy(ctx: &mut Ctx<'_>, job: &str, image: &str) -> Result<()> {
+    let ui = ctx.ui;
+    let result = ctx
+        .nomad()
+        .await?
+        .wait_job_healthy(job, Duration::from_secs(300), &mut |m| ui.progress(m))
+        .await;
+    result.map_err(|e| {
+        let text = format!("{e:#}");
+        if text.contains("pull") || text.contains("Failed to pull") {
+            let hint = if job == "io" {
+                "IO is a closed preview: the droplet must be able to pull it (docker login), or use --proxy caddy"
+            } else {
+                "check the image name (--pds-image), the droplet's access to the registry, or load it with --pds-image-archive FILE"
+            };
+            anyhow::anyhow!("the image {image} could not be pulled on the droplet: {hint}\n{text}")
+        } else {
+            e.context(format!("job {job} did not become healthy"))
+        }
+    })
+}
+
+/// Polls `/xrpc/_health` through the tunnel until the PDS answers.
+pub async fn wait_pds_health(ctx: &mut Ctx<'_>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut last_err = None;
+    while Instant::now() < deadline {
+        match pds_health(ctx).await {
+            Ok(version) => {
+                ctx.outcome.pds_version = Some(version);
+                return Ok(());
+            }
+            Err(e) => last_err = Some(e),
+        }
+        ctx.ui.progress("waiting for the PDS to answer /xrpc/_health");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("timed out")))
+        .context("the PDS did not answer /xrpc/_health within 3 minutes; see `docker logs` of the pds task on the droplet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_submits_and_waits_and_converged_does_nothing() {
+        let settings = Settings::example();
+        let secrets = PdsSecrets::generate();
+        let fresh = plan(&Facts::fresh(), &settings, &secrets).unwrap();
+        let summaries: Vec<&str> = fresh.changes.iter().map(|c| c.summary.as_str()).collect();
+        assert_eq!(summaries.len(), 3, "{summaries:?}");
+        assert!(summaries[0].starts_with("submit the pds job"));
+        let detail = fresh.changes[0].detail.as_deref().unwrap();
+        assert!(!detail.contains(secrets.jwt_secret.expose()), "plan shows a secret");
+        assert!(detail.contains("********"));
+        let converged = Facts { image_present: true, job_unchanged: true, healthy: true };
+        assert!(plan(&converged, &settings, &secrets).unwrap().is_unchanged());
+    }
+
+    #[test]
+    fn archive_is_uploaded_only_when_the_image_is_missing() {
+        let mut settings = Settings::example();
+        settings.pds_image_archive = Some("/tmp/pds.tar".into());
+        let secrets = PdsSecrets::generate();
+        let p = plan(&Facts::fresh(), &settings, &secrets).unwrap();
+        assert!(p.changes[0].summary.starts_with("upload the PDS image archive"));
+        let present = Facts { image_present: true, job_unchanged: true, healthy: true };
+        assert!(plan(&present, &settings, &secrets).unwrap().is_unchanged());
+    }
+}

@@ -1,0 +1,207 @@
+//! Preflight: is this a droplet pdsup can set up? OS and architecture, systemd,
+//! disk and memory, ports 80/443, and the dpkg lock a fresh droplet's
+//! unattended-upgrades holds for its first minutes (apt calls wait for it with
+//! `DPkg::Lock::Timeout`, so here it is only reported).
+
+use anyhow::Result;
+
+use super::{Ctx, StepId, StepPlan};
+use crate::settings::{Proxy, Settings};
+
+/// Probes whose output `parse` reads; one round trip for the whole step.
+const PROBE: &str = r#"
+. /etc/os-release 2>/dev/null
+echo "os_id=$ID"
+echo "os_version=$VERSION_ID"
+echo "os_name=$PRETTY_NAME"
+echo "arch=$(uname -m)"
+echo "systemd=$(cat /proc/1/comm 2>/dev/null)"
+echo "disk_free_mb=$(df -Pm / | awk 'NR==2 {print $4}')"
+echo "mem_total_mb=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)"
+if command -v ss >/dev/null; then
+  ss -Hltnp '( sport = :80 or sport = :443 )' 2>/dev/null | sed 's/^/listener=/'
+fi
+if command -v fuser >/dev/null && fuser /var/lib/dpkg/lock-frontend >/dev/null 2>&1; then echo dpkg_locked=yes; fi
+"#;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub os_id: String,
+    pub os_version: String,
+    pub os_name: String,
+    pub arch: String,
+    pub init: String,
+    pub disk_free_mb: u64,
+    pub mem_total_mb: u64,
+    /// Listeners on 80/443: `(port, process name)`.
+    pub listeners: Vec<(u16, String)>,
+    pub dpkg_locked: bool,
+}
+
+impl Facts {
+    pub fn fresh() -> Self {
+        Facts {
+            os_id: "ubuntu".into(),
+            os_version: "24.04".into(),
+            os_name: "Ubuntu 24.04 LTS (a fresh droplet)".into(),
+            arch: "x86_64".into(),
+            init: "systemd".into(),
+            disk_free_mb: 20_000,
+            mem_total_mb: 2_000,
+            listeners: Vec::new(),
+            dpkg_locked: false,
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let mut f = Facts::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            match key {
+                "os_id" => f.os_id = value.into(),
+                "os_version" => f.os_version = value.into(),
+                "os_name" => f.os_name = value.into(),
+                "arch" => f.arch = value.into(),
+                "systemd" => f.init = value.into(),
+                "disk_free_mb" => f.disk_free_mb = value.trim().parse().unwrap_or(0),
+                "mem_total_mb" => f.mem_total_mb = value.trim().parse().unwrap_or(0),
+                "dpkg_locked" => f.dpkg_locked = true,
+                "listener" => {
+                    if let Some(l) = parse_listener(value) {
+                        f.listeners.push(l);
+                    }
+                }
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+/// One `ss -Hltnp` line: `LISTEN 0 4096 0.0.0.0:80 0.0.0.0:* users:(("caddy",pid=1,fd=3))`.
+fn parse_listener(line: &str) -> Option<(u16, String)> {
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    let local = cols.get(3)?;
+    let port: u16 = local.rsplit(':').next()?.parse().ok()?;
+    let process = line
+        .split("((\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("an unknown program")
+        .to_string();
+    Some((port, process))
+}
+
+pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
+    let out = ctx.host.run(&crate::host::Cmd::sh(PROBE)).await?;
+    Ok(Facts::parse(&out.stdout_str()))
+}
+
+const SUPPORTED: &[(&str, &str)] = &[
+    ("ubuntu", "22.04"),
+    ("ubuntu", "24.04"),
+    ("debian", "12"),
+    ("debian", "13"),
+];
+
+/// Programs that may hold 80/443 because they are the proxy pdsup installs.
+fn own_proxy_processes(proxy: Proxy) -> &'static [&'static str] {
+    match proxy {
+        Proxy::Caddy => &["caddy"],
+        Proxy::Io => &["envoy", "io"],
+    }
+}
+
+pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
+    let mut plan = StepPlan::new(StepId::Preflight);
+    if !SUPPORTED.contains(&(facts.os_id.as_str(), facts.os_version.as_str())) {
+        plan.blockers.push(format!(
+            "unsupported OS {:?} ({} {}): pdsup supports Ubuntu 22.04/24.04 and Debian 12/13; create the droplet from one of those images",
+            facts.os_name, facts.os_id, facts.os_version
+        ));
+    }
+    if !matches!(facts.arch.as_str(), "x86_64" | "aarch64") {
+        plan.blockers.push(format!(
+            "unsupported architecture {}: pdsup supports amd64 (x86_64) and arm64 (aarch64)",
+            facts.arch
+        ));
+    }
+    if facts.init != "systemd" {
+        plan.blockers.push(format!(
+            "PID 1 is {:?}, not systemd: pdsup runs Docker, Nomad and the proxy as systemd services",
+            facts.init
+        ));
+    }
+    if facts.disk_free_mb < 2_048 {
+        plan.blockers.push(format!(
+            "only {} MB free on /: Docker images and the PDS need at least 2 GB; resize the disk",
+            facts.disk_free_mb
+        ));
+    }
+    if facts.mem_total_mb < 900 {
+        plan.blockers.push(format!(
+            "only {} MB of memory: the PDS, Nomad and Docker need a droplet with at least 1 GB",
+            facts.mem_total_mb
+        ));
+    } else if facts.mem_total_mb < 1_800 {
+        plan.notes.push(format!(
+            "{} MB of memory is tight; 2 GB is comfortable",
+            facts.mem_total_mb
+        ));
+    }
+    let ours = own_proxy_processes(settings.proxy);
+    for (port, process) in &facts.listeners {
+        if !ours.contains(&process.as_str()) {
+            plan.blockers.push(format!(
+                "port {port} is held by {process:?}; the proxy needs 80 and 443: stop and disable it (e.g. `systemctl disable --now {process}`), then run pdsup again"
+            ));
+        }
+    }
+    if facts.dpkg_locked {
+        plan.notes.push(
+            "apt is busy (unattended-upgrades on a fresh droplet?); package installs will wait for it"
+                .into(),
+        );
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBIAN: &str = "os_id=debian\nos_version=12\nos_name=Debian GNU/Linux 12 (bookworm)\narch=x86_64\nsystemd=systemd\ndisk_free_mb=50000\nmem_total_mb=2048\n";
+
+    #[test]
+    fn a_fresh_supported_droplet_passes() {
+        let facts = Facts::parse(DEBIAN);
+        assert_eq!(facts.os_version, "12");
+        let plan = plan(&facts, &Settings::example());
+        assert!(plan.blockers.is_empty(), "{:?}", plan.blockers);
+        assert!(plan.is_unchanged());
+    }
+
+    #[test]
+    fn unsupported_os_and_small_droplets_are_blocked() {
+        let facts = Facts::parse(&DEBIAN.replace("os_version=12", "os_version=11").replace("mem_total_mb=2048", "mem_total_mb=512"));
+        let plan = plan(&facts, &Settings::example());
+        assert_eq!(plan.blockers.len(), 2, "{:?}", plan.blockers);
+        assert!(plan.blockers[0].contains("unsupported OS"));
+    }
+
+    #[test]
+    fn ports_held_by_others_are_blocked_but_our_proxy_is_fine() {
+        let text = format!(
+            "{DEBIAN}listener=LISTEN 0 511 0.0.0.0:80 0.0.0.0:* users:((\"nginx\",pid=812,fd=6))\nlistener=LISTEN 0 4096 *:443 *:* users:((\"caddy\",pid=9,fd=7))\n"
+        );
+        let facts = Facts::parse(&text);
+        assert_eq!(facts.listeners, vec![(80, "nginx".into()), (443, "caddy".into())]);
+        let mut settings = Settings::example();
+        settings.proxy = Proxy::Caddy;
+        let plan = plan(&facts, &settings);
+        assert_eq!(plan.blockers.len(), 1);
+        assert!(plan.blockers[0].contains("port 80 is held by \"nginx\""));
+    }
+}

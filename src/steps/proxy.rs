@@ -1,0 +1,247 @@
+//! The proxy in front of the PDS. `--proxy io` (default): Agent IO's proxy as a
+//! Nomad job plus the seed's ingress block in IO's config directory.
+//! `--proxy caddy`: the distribution's Caddy with on-demand TLS for the hostname
+//! and `*.hostname`, asking the PDS's `/tls-check` before each certificate.
+
+use anyhow::Result;
+
+use super::docker::APT;
+use super::{Action, Contents, Ctx, StepId, StepPlan};
+use crate::assets;
+use crate::host::{Cmd, FileMode};
+use crate::nomad::job::{io_job, Job};
+use crate::settings::{Proxy, Settings, PDS_PORT};
+
+const CADDYFILE_PATH: &str = "/etc/caddy/Caddyfile";
+const CADDY_ACME_ROOT: &str = "/etc/caddy/acme-ca-root.pem";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub caddy_installed: bool,
+    pub caddy_active: bool,
+    pub caddyfile: Option<String>,
+    pub acme_root: Option<String>,
+    pub io_ingress: Option<String>,
+    /// Nomad says re-submitting the IO job would change nothing.
+    pub io_job_unchanged: bool,
+}
+
+impl Facts {
+    pub fn fresh() -> Self {
+        Facts::default()
+    }
+}
+
+pub fn caddyfile(settings: &Settings) -> String {
+    let mut acme = String::new();
+    if let Some(ca) = &settings.acme.ca {
+        acme.push_str(&format!("\tacme_ca {ca}\n"));
+    }
+    if settings.acme.ca_root.is_some() {
+        acme.push_str(&format!("\tacme_ca_root {CADDY_ACME_ROOT}\n"));
+    }
+    assets::render(
+        assets::CADDYFILE,
+        &[
+            ("hostname", settings.hostname.as_str()),
+            ("email", settings.email.as_str()),
+            ("acme", &acme),
+            ("pds_port", &PDS_PORT.to_string()),
+        ],
+    )
+}
+
+pub fn io_ingress(settings: &Settings) -> String {
+    assets::render(assets::IO_INGRESS, &[("hostname", settings.hostname.as_str())])
+}
+
+fn io_ingress_path(settings: &Settings) -> String {
+    format!("{}/pds.hcl", settings.io.config_dir.trim_end_matches('/'))
+}
+
+pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
+    let settings = ctx.settings;
+    let mut facts = Facts::default();
+    match settings.proxy {
+        Proxy::Caddy => {
+            let out = ctx
+                .probe("command -v caddy >/dev/null && echo installed; systemctl is-active --quiet caddy && echo active; true")
+                .await?
+                .stdout_str();
+            facts.caddy_installed = out.lines().any(|l| l == "installed");
+            facts.caddy_active = out.lines().any(|l| l == "active");
+            facts.caddyfile = read_text(ctx, CADDYFILE_PATH).await?;
+            facts.acme_root = read_text(ctx, CADDY_ACME_ROOT).await?;
+        }
+        Proxy::Io => {
+            facts.io_ingress = read_text(ctx, &io_ingress_path(settings)).await?;
+            let job = io_job(&settings.io.image);
+            facts.io_job_unchanged = job_unchanged(ctx, &job).await;
+        }
+    }
+    Ok(facts)
+}
+
+/// Whether Nomad reports that submitting `job` would change nothing. Any failure
+/// to ask (Nomad not installed yet in a dry run) means "it would change".
+pub async fn job_unchanged(ctx: &mut Ctx<'_>, job: &Job) -> bool {
+    let Ok(nomad) = ctx.nomad().await else {
+        return false;
+    };
+    match nomad.plan_diff(job).await {
+        Ok(diff) => diff.is_unchanged(),
+        Err(e) => {
+            log::debug!("planning job {}: {e:#}", job.id);
+            false
+        }
+    }
+}
+
+async fn read_text(ctx: &Ctx<'_>, path: &str) -> Result<Option<String>> {
+    Ok(ctx
+        .host
+        .read_file(path)
+        .await?
+        .map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
+    let mut plan = StepPlan::new(StepId::Proxy);
+    match settings.proxy {
+        Proxy::Caddy => plan_caddy(&mut plan, facts, settings)?,
+        Proxy::Io => plan_io(&mut plan, facts, settings),
+    }
+    Ok(plan)
+}
+
+fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result<()> {
+    if !facts.caddy_installed {
+        plan.change(
+            "install Caddy from the distribution",
+            Action::Run(Cmd::sh(format!("set -e\n{APT} update\n{APT} install caddy"))),
+        );
+    }
+    let mut reload = false;
+    if let Some(root) = &settings.acme.ca_root {
+        let pem = std::fs::read_to_string(root).map_err(|e| {
+            anyhow::anyhow!("reading --acme-ca-root {}: {e}", root.display())
+        })?;
+        if facts.acme_root.as_deref() != Some(pem.as_str()) {
+            plan.change(
+                format!("install the ACME CA root at {CADDY_ACME_ROOT}"),
+                Action::Write {
+                    path: CADDY_ACME_ROOT.into(),
+                    contents: Contents::Text(pem),
+                    mode: FileMode::root(0o644),
+                },
+            );
+            reload = true;
+        }
+    }
+    let wanted = caddyfile(settings);
+    if facts.caddyfile.as_deref() != Some(wanted.as_str()) {
+        plan.change(
+            format!("write {CADDYFILE_PATH} for {} and *.{}", settings.hostname, settings.hostname),
+            Action::Write {
+                path: CADDYFILE_PATH.into(),
+                contents: Contents::Text(wanted.clone()),
+                mode: FileMode::root(0o644),
+            },
+        )
+        .detail(crate::ui::diff(facts.caddyfile.as_deref().unwrap_or(""), &wanted));
+        reload = true;
+    }
+    if reload || !facts.caddy_active {
+        plan.change(
+            "(re)start Caddy with the new configuration",
+            Action::Run(Cmd::sh(
+                "systemctl enable caddy >/dev/null 2>&1; systemctl restart caddy",
+            )),
+        );
+    }
+    Ok(())
+}
+
+fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
+    let path = io_ingress_path(settings);
+    let wanted = io_ingress(settings);
+    if facts.io_ingress.as_deref() != Some(wanted.as_str()) {
+        plan.change(
+            format!("write the IO ingress for {} to {path}", settings.hostname),
+            Action::Write {
+                path: path.clone(),
+                contents: Contents::Text(wanted.clone()),
+                mode: FileMode::root(0o644),
+            },
+        )
+        .detail(crate::ui::diff(facts.io_ingress.as_deref().unwrap_or(""), &wanted));
+    }
+    if !facts.io_job_unchanged {
+        let job = io_job(&settings.io.image);
+        let hcl = job.to_hcl(false);
+        plan.change(
+            format!("submit the IO job ({})", settings.io.image),
+            Action::SubmitJob(Box::new(job)),
+        )
+        .detail(hcl);
+        plan.change(
+            "wait for IO to run",
+            Action::WaitJobHealthy {
+                job: "io".into(),
+                image: settings.io.image.clone(),
+            },
+        );
+    }
+    plan.notes.push(
+        "IO terminates TLS for the hostname; handles under it (alice.<hostname>) need their own IO host blocks or a custom-domain handle".into(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caddyfile_covers_hostname_wildcard_and_asks_the_pds() {
+        let mut settings = Settings::example();
+        settings.proxy = Proxy::Caddy;
+        let text = caddyfile(&settings);
+        assert!(text.contains("pds.example.com, *.pds.example.com {"));
+        assert!(text.contains("ask http://127.0.0.1:3000/tls-check"));
+        assert!(text.contains("reverse_proxy 127.0.0.1:3000"));
+        assert!(!text.contains("acme_ca"));
+        settings.acme.ca = Some("https://10.213.0.1:14000/dir".into());
+        assert!(caddyfile(&settings).contains("\tacme_ca https://10.213.0.1:14000/dir\n"));
+    }
+
+    #[test]
+    fn io_ingress_is_the_seed_block() {
+        let text = io_ingress(&Settings::example());
+        assert!(text.contains("host \"pds.example.com\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}"));
+        hcl::parse(&text).expect("valid HCL");
+    }
+
+    #[test]
+    fn caddy_converged_is_unchanged_and_fresh_installs() {
+        let mut settings = Settings::example();
+        settings.proxy = Proxy::Caddy;
+        let fresh = plan(&Facts::fresh(), &settings).unwrap();
+        assert_eq!(fresh.changes.len(), 3);
+        let done = Facts {
+            caddy_installed: true,
+            caddy_active: true,
+            caddyfile: Some(caddyfile(&settings)),
+            ..Facts::default()
+        };
+        assert!(plan(&done, &settings).unwrap().is_unchanged());
+    }
+
+    #[test]
+    fn io_fresh_writes_ingress_and_submits_job() {
+        let plan = plan(&Facts::fresh(), &Settings::example()).unwrap();
+        let summaries: Vec<&str> = plan.changes.iter().map(|c| c.summary.as_str()).collect();
+        assert_eq!(summaries.len(), 3, "{summaries:?}");
+        assert!(summaries[0].starts_with("write the IO ingress for pds.example.com to /srv/nomad/io/pds.hcl"));
+        assert!(summaries[1].contains("agentio/io:latest"));
+    }
+}

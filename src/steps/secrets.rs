@@ -1,0 +1,96 @@
+//! Secrets: generated here on the first run (never on the droplet), kept in the
+//! site's `pds.env` (0600) and reused on every later run, rebuilds included.
+
+use anyhow::Result;
+
+use super::{Action, Ctx, StepId, StepPlan};
+use crate::pds::env::{pds_environment, render_env_file};
+use crate::settings::Settings;
+use crate::state::PdsSecrets;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub path: String,
+    /// The site's secrets, when `pds.env` has them.
+    pub secrets: Option<PdsSecrets>,
+    pub env_file: Option<String>,
+}
+
+impl Facts {
+    pub fn fresh() -> Self {
+        Facts {
+            path: "<state dir>/sites/<hostname>/pds.env".into(),
+            secrets: None,
+            env_file: None,
+        }
+    }
+}
+
+pub fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
+    Ok(Facts {
+        path: ctx.site.env_file().display().to_string(),
+        secrets: ctx.site.load_secrets()?,
+        env_file: std::fs::read_to_string(ctx.site.env_file()).ok(),
+    })
+}
+
+pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
+    let mut plan = StepPlan::new(StepId::Secrets);
+    match &facts.secrets {
+        None => {
+            plan.change(
+                format!(
+                    "generate the PDS secrets (JWT secret, admin password, PLC rotation key) into {} (0600)",
+                    facts.path
+                ),
+                Action::SaveEnvFile,
+            );
+        }
+        Some(secrets) => {
+            let wanted = render_env_file(&pds_environment(settings, secrets)?);
+            if facts.env_file.as_deref() != Some(wanted.as_str()) {
+                plan.change(
+                    format!("update {} (secrets kept)", facts.path),
+                    Action::SaveEnvFile,
+                );
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Writes `pds.env` with the existing secrets, or new ones for a new site.
+pub fn apply(ctx: &mut Ctx<'_>) -> Result<()> {
+    let secrets = match ctx.site.load_secrets()? {
+        Some(existing) => existing,
+        None => PdsSecrets::generate(),
+    };
+    let text = render_env_file(&pds_environment(ctx.settings, &secrets)?);
+    ctx.site.save_env_file(&text)?;
+    ctx.set_secrets(secrets);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_site_generates_and_existing_site_keeps() {
+        let settings = Settings::example();
+        let fresh = plan(&Facts::fresh(), &settings).unwrap();
+        assert!(fresh.changes[0].summary.starts_with("generate the PDS secrets"));
+        let secrets = PdsSecrets::generate();
+        let text = render_env_file(&pds_environment(&settings, &secrets).unwrap());
+        let kept = Facts {
+            path: "x".into(),
+            secrets: Some(secrets),
+            env_file: Some(text),
+        };
+        assert!(plan(&kept, &settings).unwrap().is_unchanged());
+        let mut other = settings.clone();
+        other.plc_url = "http://10.213.0.1:2582".into();
+        let p = plan(&kept, &other).unwrap();
+        assert_eq!(p.changes[0].summary, "update x (secrets kept)");
+    }
+}
