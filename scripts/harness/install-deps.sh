@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Debian packages the test suite needs on the test machine. Idempotent and quick
+# when everything is already installed.
+set -euo pipefail
+packages=(docker.io debootstrap openssh-server openssh-client gnupg zip unzip curl
+  ca-certificates pebble busybox-static sqlite3 iproute2 python3 nodejs npm)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# node/npm may come from elsewhere (nodesource, the image): accept any working one.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+read -r -a missing <<< "${missing[*]}"
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+echo "system packages: ok"
