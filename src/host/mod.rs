@@ -5,6 +5,8 @@
 //! `run` here, once, so that every transport gets the same atomic, mode-setting
 //! writes. Secrets travel only on stdin, never in a command line (`ps` shows those).
 
+pub mod dest;
+pub mod known_hosts;
 pub mod local;
 pub mod ssh;
 

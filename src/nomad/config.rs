@@ -302,3 +302,24 @@ fn is_loopback(address: &str) -> bool {
     let host = address.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
+
+#[cfg(test)]
+mod scratch {
+    use super::*;
+    #[test]
+    fn show() {
+        let v = vec![
+            HostVolume { name: "pds".into(), path: "/srv/nomad/pds".into(), read_only: false },
+            HostVolume { name: "io".into(), path: "/srv/nomad/io".into(), read_only: false },
+        ];
+        println!("=====FRESH\n{}=====", fresh_config(&v));
+        let official = "# Full configuration options can be found at https://www.nomadproject.io/docs/configuration\n\ndata_dir  = \"/opt/nomad/data\"\nbind_addr = \"0.0.0.0\"\n\nserver {\n  # license_path is required as of Nomad v1.1.1+\n  #license_path = \"/opt/nomad/license.hclic\"\n  enabled          = true\n  bootstrap_expect = 1\n}\n\nclient {\n  enabled = true\n  servers = [\"127.0.0.1\"]\n}\n";
+        println!("=====OFFICIAL\n{}=====", ensure_host_volumes(official, &v).unwrap().text);
+        let ds = "data_dir  = \"/opt/nomad/data\"\nbind_addr = \"0.0.0.0\"\n\nserver {\n  enabled          = true\n  bootstrap_expect = 1\n  heartbeat_grace  = \"1m\"\n}\n\nclient {\n  enabled = true\n  servers = [\"127.0.0.1\"]\n\n  host_volume \"io\" {\n    path = \"/srv/nomad/io\"\n    read_only = false\n  }\n}\n\n";
+        println!("=====DS\n{}=====", ensure_host_volumes(ds, &v).unwrap().text);
+        for s in ["client { enabled = true }\n", "client {}", "a = 1", "# only\n", "", "server {\n\tenabled = true\n}\nclient {\n\tenabled = true\n}\n", "x {\n  client {\n    a = 1\n  }\n}\n"] {
+            println!("=====\n{}=====", ensure_host_volumes(s, &v).unwrap().text);
+        }
+        println!("{}", ensure_host_volumes("client {\n  a = \n}\n", &v).unwrap_err());
+    }
+}

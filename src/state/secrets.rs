@@ -26,7 +26,7 @@ impl PdsSecrets {
     /// and a secp256k1 key.
     pub fn generate() -> Self {
         let mut rng = UnwrapErr(SysRng);
-        let key = k256::SecretKey::random(&mut rng);
+        let key = <k256::SecretKey as k256::elliptic_curve::Generate>::generate_from_rng(&mut rng);
         PdsSecrets {
             jwt_secret: Secret::new(random_hex(&mut rng, 16)),
             admin_password: Secret::new(random_hex(&mut rng, 16)),
