@@ -8,6 +8,7 @@
 //!   image that cannot be pulled.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -368,4 +369,391 @@ async fn canned_unplaceable_job_says_why() {
     let text = format!("{err:#}");
     assert!(text.contains("missing compatible host volumes"), "{text}");
     assert!(seen.iter().any(|m| m.contains("missing compatible host volumes")), "{seen:?}");
+}
+
+// ---------------------------------------------------------------------------
+// double: the Nomad test double with real docker tasks
+// ---------------------------------------------------------------------------
+
+mod double {
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use pdsup::nomad::api::NomadApi;
+
+    /// The tiny image the jobs run: busybox-static's httpd on port 3000 serving
+    /// `/xrpc/_health`, saying one line on stdout and one on stderr first.
+    pub const IMAGE: &str = "pdsup-test/busybox-httpd:1";
+    pub const STDOUT_LINE: &str = "pdsup-test says hello on stdout";
+    pub const STDERR_LINE: &str = "pdsup-test says hello on stderr";
+
+    fn run(cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Builds the double (cheap when up to date) next to this test's own profile
+    /// directory and returns its path. `NOMAD_DOUBLE_BIN` overrides.
+    pub fn binary() -> &'static Path {
+        static BIN: OnceLock<PathBuf> = OnceLock::new();
+        BIN.get_or_init(|| {
+            if let Some(p) = std::env::var_os("NOMAD_DOUBLE_BIN") {
+                return PathBuf::from(p);
+            }
+            let exe = std::env::current_exe().expect("test binary path");
+            // <target>/<profile>/deps/nomad_api-HASH
+            let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "-p", "nomad-double", "--bin", "nomad"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            run(&mut cmd);
+            let bin = profile_dir.join("nomad");
+            assert!(bin.exists(), "{} missing after building nomad-double", bin.display());
+            bin
+        })
+    }
+
+    /// Imports the test image from the host's busybox-static, once.
+    pub fn image() -> &'static str {
+        static DONE: OnceLock<()> = OnceLock::new();
+        DONE.get_or_init(|| {
+            let present = Command::new("docker")
+                .args(["image", "inspect", IMAGE])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("docker CLI")
+                .success();
+            if present {
+                return;
+            }
+            let busybox = Path::new("/bin/busybox");
+            assert!(
+                busybox.exists(),
+                "/bin/busybox is missing: apt-get install busybox-static"
+            );
+            let root = tempfile::tempdir().unwrap();
+            let r = root.path();
+            std::fs::create_dir_all(r.join("bin")).unwrap();
+            std::fs::create_dir_all(r.join("www/xrpc")).unwrap();
+            std::fs::copy(busybox, r.join("bin/busybox")).unwrap();
+            std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+            std::fs::write(r.join("www/xrpc/_health"), "{\"version\":\"test\"}\n").unwrap();
+            std::fs::write(r.join("www/index.html"), "ok\n").unwrap();
+            let script = format!(
+                "echo '{STDOUT_LINE}'; echo '{STDERR_LINE}' >&2; exec /bin/busybox httpd -f -v -p 3000 -h /www"
+            );
+            let cmd_json = serde_json::to_string(&["/bin/busybox", "sh", "-c", &script]).unwrap();
+            run(Command::new("sh").arg("-c").arg(format!(
+                "tar -C '{}' -c . | docker import -c 'CMD {cmd_json}' - {IMAGE} >/dev/null",
+                r.display()
+            )));
+        });
+        IMAGE
+    }
+
+    pub fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// One double agent: its own data dir, host volumes and ports; killed, and
+    /// its containers removed, on drop.
+    pub struct Agent {
+        child: Child,
+        dir: tempfile::TempDir,
+        pub api: NomadApi,
+        pub node_id: Option<String>,
+    }
+
+    impl Agent {
+        pub fn start(volumes: &[&str]) -> Agent {
+            let bin = binary();
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            let config_dir = d.join("config");
+            std::fs::create_dir_all(&config_dir).unwrap();
+            let mut host_volumes = String::new();
+            for v in volumes {
+                let path = d.join("volumes").join(v);
+                std::fs::create_dir_all(&path).unwrap();
+                host_volumes.push_str(&format!(
+                    "  host_volume \"{v}\" {{\n    path      = \"{}\"\n    read_only = false\n  }}\n",
+                    path.display()
+                ));
+            }
+            let (http, rpc, serf) = (free_port(), free_port(), free_port());
+            let config = format!(
+                r#"data_dir  = "{data}"
+bind_addr = "127.0.0.1"
+
+ports {{
+  http = {http}
+  rpc  = {rpc}
+  serf = {serf}
+}}
+
+advertise {{
+  http = "127.0.0.1"
+  rpc  = "127.0.0.1"
+  serf = "127.0.0.1"
+}}
+
+server {{
+  enabled          = true
+  bootstrap_expect = 1
+}}
+
+client {{
+  enabled           = true
+  servers           = ["127.0.0.1:{rpc}"]
+  network_interface = "lo"
+{host_volumes}}}
+"#,
+                data = d.join("data").display()
+            );
+            std::fs::write(config_dir.join("agent.hcl"), config).unwrap();
+            let log = std::fs::File::create(d.join("agent.log")).unwrap();
+            let child = Command::new(bin)
+                .args(["agent", "-config"])
+                .arg(&config_dir)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let addr: SocketAddr = ([127, 0, 0, 1], http).into();
+            Agent { child, dir, api: NomadApi::new(addr), node_id: None }
+        }
+
+        pub fn volume_path(&self, name: &str) -> PathBuf {
+            self.dir.path().join("volumes").join(name)
+        }
+
+        /// The agent's own log, for failure messages.
+        pub fn log(&self) -> String {
+            let text = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        }
+
+        /// Waits for the node (with `volumes`) and remembers its ID for cleanup.
+        pub async fn ready(&mut self, volumes: &[&str]) {
+            let res = self
+                .api
+                .wait_node_ready(volumes, Duration::from_secs(60), &mut |m| eprintln!("{m}"))
+                .await;
+            if let Err(e) = res {
+                panic!("{e:#}\nagent log:\n{}", self.log());
+            }
+            self.node_id = self.api.agent_self().await.ok().and_then(|s| s.node_id);
+        }
+    }
+
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            // Only the process this test started, by its handle.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            // Like Nomad, the double leaves task containers running when it stops.
+            if let Some(id) = &self.node_id {
+                let ids = Command::new("docker")
+                    .args(["ps", "-aq", "--filter", &format!("label=com.hashicorp.nomad.node_id={id}")])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker")
+                        .args(["rm", "-f"])
+                        .args(&ids)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+    }
+}
+
+use double::Agent;
+
+/// The seed's pds job around the test image, on a free static port (the real
+/// one, 3000, may be taken on a shared test machine), with a secret in its env.
+fn test_job(image: &str, port: u16) -> pdsup::nomad::job::Job {
+    let mut job = pds_job(
+        image,
+        vec![
+            ("PDS_HOSTNAME".into(), EnvValue::plain("pds.test")),
+            ("PDS_JWT_SECRET".into(), EnvValue::secret(SECRET)),
+        ],
+    );
+    let group = &mut job.groups[0];
+    group.ports[0].static_port = Some(port);
+    // Small enough for any test machine.
+    group.tasks[0].resources.memory_mb = 64;
+    group.tasks[0].resources.cpu_mhz = 100;
+    // Fail fast: no restarts of a broken task.
+    group.restart = Some(pdsup::nomad::job::Restart {
+        attempts: 0,
+        interval: Duration::from_secs(60),
+        delay: Duration::from_secs(1),
+        mode: "fail".into(),
+    });
+    job
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn double_agent_and_node() {
+    let mut agent = Agent::start(&["pds", "io"]);
+    agent.ready(&["pds", "io"]).await;
+    let api = &agent.api;
+    let health = api.agent_health().await.unwrap();
+    assert!(health.is_healthy(), "{health:?}");
+    let me = api.agent_self().await.unwrap();
+    assert!(!me.version.is_empty());
+    let mut names: Vec<&str> = me.host_volumes.iter().map(|v| v.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["io", "pds"]);
+    let pds_path = me.host_volumes.iter().find(|v| v.name == "pds").unwrap().path.clone();
+    assert_eq!(Path::new(&pds_path), agent.volume_path("pds"));
+    let node = api.local_node().await.unwrap().expect("the local node");
+    assert!(node.is_ready(), "{node:?}");
+    assert!(node.docker_ok(), "{node:?}");
+    assert_eq!(node.host_volume_names(), ["io", "pds"]);
+    assert_eq!(Some(&node.id), me.node_id.as_ref());
+
+    // A volume the client does not have: the timeout names it.
+    let err = api
+        .wait_node_ready(&["pds", "backups"], Duration::from_secs(2), &mut |_| {})
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("backups"), "{text}");
+}
+
+#[tokio::test]
+async fn double_job_lifecycle() {
+    let image = double::image();
+    let mut agent = Agent::start(&["pds"]);
+    agent.ready(&["pds"]).await;
+    let api = agent.api.clone();
+    let port = double::free_port();
+    let job = test_job(image, port);
+
+    assert_eq!(api.plan_diff(&job).await.unwrap(), DiffType::Added);
+    assert_eq!(api.job("pds").await.unwrap(), None);
+    let eval = api.register(&job).await.unwrap();
+    assert!(!eval.0.is_empty());
+
+    let mut seen = Vec::new();
+    let res = api
+        .wait_job_healthy("pds", Duration::from_secs(120), &mut |m| {
+            eprintln!("{m}");
+            seen.push(m.to_string())
+        })
+        .await;
+    if let Err(e) = res {
+        panic!("{e:#}\nagent log:\n{}", agent.log());
+    }
+
+    // Identical re-submit changes nothing; a changed env would.
+    assert_eq!(api.plan_diff(&job).await.unwrap(), DiffType::None);
+    let mut edited = job.clone();
+    edited.groups[0].tasks[0].env.push(("TZ".into(), EnvValue::plain("UTC")));
+    assert_eq!(api.plan_diff(&edited).await.unwrap(), DiffType::Edited);
+
+    // What Nomad stored is what we sent (names and nesting right, nothing dropped).
+    let stored = api.job("pds").await.unwrap().expect("the job");
+    let group = &stored["TaskGroups"][0];
+    assert_eq!(group["Volumes"]["pds"]["Type"], "host");
+    assert_eq!(group["Services"][0]["Provider"], "nomad");
+    assert_eq!(group["Networks"][0]["ReservedPorts"][0]["Value"], port);
+    assert_eq!(group["Networks"][0]["ReservedPorts"][0]["To"], 3000);
+    assert_eq!(group["Tasks"][0]["VolumeMounts"][0]["Destination"], "/pds");
+    assert_eq!(group["Tasks"][0]["Resources"]["MemoryMB"], 64);
+
+    let allocs = api.allocations("pds").await.unwrap();
+    let alloc = allocs.iter().find(|a| a.client_status == "running").expect("a running alloc");
+    assert_eq!(alloc.job_version, stored["Version"].as_u64().unwrap());
+
+    // The service is registered where the task listens, on loopback.
+    let addrs = api.service("pds").await.unwrap();
+    assert_eq!(addrs, vec![("127.0.0.1".to_string(), port)]);
+    let answer = http_get(port, "/xrpc/_health").await;
+    assert!(answer.contains("\"version\":\"test\""), "{answer}");
+
+    let stdout = api.logs(&alloc.id, "pds", LogStream::Stdout).await.unwrap();
+    assert!(stdout.contains(double::STDOUT_LINE), "{stdout:?}");
+    let stderr = api.logs(&alloc.id, "pds", LogStream::Stderr).await.unwrap();
+    assert!(stderr.contains(double::STDERR_LINE), "{stderr:?}");
+
+    if let Some(d) = api.deployment("pds").await.unwrap() {
+        assert_eq!(d.status, "successful", "{d:?}");
+    }
+
+    api.deregister("pds", true).await.unwrap();
+}
+
+#[tokio::test]
+async fn double_unpullable_image_names_the_image() {
+    let mut agent = Agent::start(&["pds"]);
+    agent.ready(&["pds"]).await;
+    // Nothing listens on port 1: the pull fails at once, offline or not.
+    let image = "127.0.0.1:1/pdsup-test/missing:1";
+    let job = test_job(image, double::free_port());
+    agent.api.register(&job).await.unwrap();
+    let err = agent
+        .api
+        .wait_job_healthy("pds", Duration::from_secs(120), &mut |m| eprintln!("{m}"))
+        .await
+        .expect_err("an image that cannot be pulled");
+    let text = format!("{err:#}");
+    assert!(text.contains(image), "{text}");
+    assert!(text.to_lowercase().contains("pull"), "{text}");
+    assert!(!text.contains("was not healthy after"), "it waited for the timeout: {text}");
+}
+
+#[tokio::test]
+async fn double_crashing_task_quotes_its_stderr() {
+    let image = double::image();
+    let mut agent = Agent::start(&["pds"]);
+    agent.ready(&["pds"]).await;
+    let mut job = test_job(image, double::free_port());
+    job.groups[0].tasks[0].args = vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        "echo 'cannot open /pds/account.sqlite' >&2; exit 3".into(),
+    ];
+    agent.api.register(&job).await.unwrap();
+    let err = agent
+        .api
+        .wait_job_healthy("pds", Duration::from_secs(120), &mut |m| eprintln!("{m}"))
+        .await
+        .expect_err("a task that exits");
+    let text = format!("{err:#}");
+    assert!(text.contains("cannot open /pds/account.sqlite"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
 }

@@ -719,6 +719,21 @@ impl NomadApi {
         Ok(EvalId(v["EvalID"].as_str().unwrap_or_default().to_string()))
     }
 
+    /// `DELETE /v1/job/:id`: stops the job (and with `purge`, forgets it).
+    /// A job that does not exist is not an error.
+    pub async fn deregister(&self, id: &str, purge: bool) -> ApiResult<Option<EvalId>> {
+        let path = format!("/v1/job/{}?purge={purge}", enc(id));
+        let reply = self.send(Method::DELETE, &path, None).await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !reply.status.is_success() {
+            return Err(Self::status_error(Method::DELETE, &path, &reply, &[]));
+        }
+        let v: Value = Self::decode(Method::DELETE, &path, &reply, &[])?;
+        Ok(Some(EvalId(v["EvalID"].as_str().unwrap_or_default().to_string())))
+    }
+
     /// `GET /v1/job/:id` as raw JSON (it holds secrets in `Env`: do not print it);
     /// `None` if there is no such job.
     pub async fn job(&self, id: &str) -> ApiResult<Option<Value>> {
