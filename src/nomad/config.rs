@@ -83,11 +83,19 @@ pub fn ensure_host_volumes(existing: &str, volumes: &[HostVolume]) -> Result<Pat
         None => ("", existing),
     };
     let crlf = rest.contains("\r\n") && rest.matches('\n').count() == rest.matches("\r\n").count();
-    let text: Cow<str> = if crlf { Cow::Owned(rest.replace("\r\n", "\n")) } else { Cow::Borrowed(rest) };
+    let text: Cow<str> = if crlf {
+        Cow::Owned(rest.replace("\r\n", "\n"))
+    } else {
+        Cow::Borrowed(rest)
+    };
 
     let mut body: Body = hcl::edit::parser::parse_body(&text).map_err(|e| syntax_error(&e))?;
     if body.to_string() != *text {
-        let why = if rest.contains('\r') { "it mixes line endings" } else { "the HCL editor does not reproduce it exactly" };
+        let why = if rest.contains('\r') {
+            "it mixes line endings"
+        } else {
+            "the HCL editor does not reproduce it exactly"
+        };
         return Err(ConfigError::Unsupported(why.into()));
     }
 
@@ -113,7 +121,9 @@ pub fn ensure_host_volumes(existing: &str, volumes: &[HostVolume]) -> Result<Pat
         });
     }
 
-    let client = body.iter().position(|s| s.as_block().is_some_and(|b| b.has_ident("client")));
+    let client = body
+        .iter()
+        .position(|s| s.as_block().is_some_and(|b| b.has_ident("client")));
     let mut out = match client {
         Some(index) => {
             add_to_client(&mut body, index, &missing);
@@ -158,7 +168,10 @@ fn declared_path(body: &Body, name: &str) -> Option<String> {
 /// Inserts the blocks after the client's last `host_volume` (or at the end of
 /// its body), indented like the structure they follow.
 fn add_to_client(body: &mut Body, index: usize, volumes: &[&HostVolume]) {
-    let outer = body.get(index).map(|s| last_line_indent(prefix(s))).unwrap_or_default();
+    let outer = body
+        .get(index)
+        .map(|s| last_line_indent(prefix(s)))
+        .unwrap_or_default();
     let client = body
         .get_mut(index)
         .and_then(Structure::as_block_mut)
@@ -198,8 +211,14 @@ fn expand_oneline(inner: &mut Body, outer: &str) {
     let indent = format!("{outer}  ");
     for mut structure in inner.iter_mut() {
         let decor = structure.decor_mut();
-        let before = decor.prefix().map(|p| p.trim_start().to_string()).unwrap_or_default();
-        let after = decor.suffix().map(|s| s.trim_end().to_string()).unwrap_or_default();
+        let before = decor
+            .prefix()
+            .map(|p| p.trim_start().to_string())
+            .unwrap_or_default();
+        let after = decor
+            .suffix()
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default();
         decor.set_prefix(format!("{indent}{before}"));
         decor.set_suffix(after);
     }
@@ -235,7 +254,10 @@ fn volume_block(volume: &HostVolume, prefix: &str, indent: &str, step: &str) -> 
 /// A new `client` block at the end of a file that has none, after one blank line.
 fn append_client(text: &str, volumes: &[&HostVolume]) -> String {
     let mut client = Block::new(Decorated::new(Ident::new("client")));
-    let mut enabled = Attribute::new(Decorated::new(Ident::new("enabled")), Expression::from(true));
+    let mut enabled = Attribute::new(
+        Decorated::new(Ident::new("enabled")),
+        Expression::from(true),
+    );
     enabled.decor_mut().set_prefix("  ");
     enabled.decor_mut().set_suffix("");
     client.body.push(enabled);
@@ -266,7 +288,9 @@ fn prefix(structure: &Structure) -> &str {
 /// structure after it is indented.
 fn last_line_indent(prefix: &str) -> String {
     let last = prefix.rsplit('\n').next().unwrap_or("");
-    last.chars().take_while(|c| *c == ' ' || *c == '\t').collect()
+    last.chars()
+        .take_while(|c| *c == ' ' || *c == '\t')
+        .collect()
 }
 
 /// Whether Nomad's HTTP API listens only on loopback according to this file:
@@ -300,26 +324,864 @@ pub fn http_listens_on_loopback(config: &str) -> bool {
 
 fn is_loopback(address: &str) -> bool {
     let host = address.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
-mod scratch {
+mod tests {
     use super::*;
-    #[test]
-    fn show() {
-        let v = vec![
-            HostVolume { name: "pds".into(), path: "/srv/nomad/pds".into(), read_only: false },
-            HostVolume { name: "io".into(), path: "/srv/nomad/io".into(), read_only: false },
-        ];
-        println!("=====FRESH\n{}=====", fresh_config(&v));
-        let official = "# Full configuration options can be found at https://www.nomadproject.io/docs/configuration\n\ndata_dir  = \"/opt/nomad/data\"\nbind_addr = \"0.0.0.0\"\n\nserver {\n  # license_path is required as of Nomad v1.1.1+\n  #license_path = \"/opt/nomad/license.hclic\"\n  enabled          = true\n  bootstrap_expect = 1\n}\n\nclient {\n  enabled = true\n  servers = [\"127.0.0.1\"]\n}\n";
-        println!("=====OFFICIAL\n{}=====", ensure_host_volumes(official, &v).unwrap().text);
-        let ds = "data_dir  = \"/opt/nomad/data\"\nbind_addr = \"0.0.0.0\"\n\nserver {\n  enabled          = true\n  bootstrap_expect = 1\n  heartbeat_grace  = \"1m\"\n}\n\nclient {\n  enabled = true\n  servers = [\"127.0.0.1\"]\n\n  host_volume \"io\" {\n    path = \"/srv/nomad/io\"\n    read_only = false\n  }\n}\n\n";
-        println!("=====DS\n{}=====", ensure_host_volumes(ds, &v).unwrap().text);
-        for s in ["client { enabled = true }\n", "client {}", "a = 1", "# only\n", "", "server {\n\tenabled = true\n}\nclient {\n\tenabled = true\n}\n", "x {\n  client {\n    a = 1\n  }\n}\n"] {
-            println!("=====\n{}=====", ensure_host_volumes(s, &v).unwrap().text);
+
+    fn vol(name: &str, path: &str) -> HostVolume {
+        HostVolume {
+            name: name.into(),
+            path: path.into(),
+            read_only: false,
         }
-        println!("{}", ensure_host_volumes("client {\n  a = \n}\n", &v).unwrap_err());
+    }
+
+    fn pds_and_io() -> Vec<HostVolume> {
+        vec![vol("pds", "/srv/nomad/pds"), vol("io", "/srv/nomad/io")]
+    }
+
+    /// `/etc/nomad.d/nomad.hcl` from HashiCorp's package (identical in v1.7.7 and v1.10.5).
+    const OFFICIAL: &str = r#"# Full configuration options can be found at https://www.nomadproject.io/docs/configuration
+
+data_dir  = "/opt/nomad/data"
+bind_addr = "0.0.0.0"
+
+server {
+  # license_path is required as of Nomad v1.1.1+
+  #license_path = "/opt/nomad/license.hclic"
+  enabled          = true
+  bootstrap_expect = 1
+}
+
+client {
+  enabled = true
+  servers = ["127.0.0.1"]
+}
+"#;
+
+    /// agentio/droplet-superpowers `etc/nomad.d/nomad.hcl` (ends with a blank line).
+    const DROPLET_SUPERPOWERS: &str = r#"data_dir  = "/opt/nomad/data"
+bind_addr = "0.0.0.0"
+
+server {
+  enabled          = true
+  bootstrap_expect = 1
+  heartbeat_grace  = "1m"
+}
+
+client {
+  enabled = true
+  servers = ["127.0.0.1"]
+
+  host_volume "io" {
+    path = "/srv/nomad/io"
+    read_only = false
+  }
+}
+
+"#;
+
+    fn assert_idempotent(text: &str, volumes: &[HostVolume]) {
+        let again = ensure_host_volumes(text, volumes).unwrap();
+        assert!(!again.changed, "second run changed:\n{}", again.text);
+        assert_eq!(again.text, text);
+    }
+
+    #[test]
+    fn fresh_config_is_secure_and_has_the_volumes() {
+        let text = fresh_config(&pds_and_io());
+        assert!(text.starts_with("# Nomad agent configuration"));
+        assert!(text.contains("Written by pdsup"));
+        let v: serde_json::Value = hcl::from_str(&text).unwrap();
+        assert_eq!(v["data_dir"], "/opt/nomad/data");
+        assert_eq!(v["bind_addr"], "127.0.0.1");
+        for key in ["http", "rpc", "serf"] {
+            assert_eq!(v["advertise"][key], "127.0.0.1");
+        }
+        assert_eq!(v["server"]["enabled"], true);
+        assert_eq!(v["server"]["bootstrap_expect"], 1);
+        assert_eq!(v["client"]["enabled"], true);
+        assert_eq!(v["client"]["servers"], serde_json::json!(["127.0.0.1"]));
+        assert_eq!(v["client"]["network_interface"], "lo");
+        assert_eq!(v["client"]["host_volume"]["pds"]["path"], "/srv/nomad/pds");
+        assert_eq!(v["client"]["host_volume"]["pds"]["read_only"], false);
+        assert_eq!(v["client"]["host_volume"]["io"]["path"], "/srv/nomad/io");
+        assert_eq!(v["plugin"]["docker"]["config"]["allow_privileged"], false);
+        assert_eq!(v["plugin"]["docker"]["config"]["volumes"]["enabled"], false);
+        assert_eq!(v["disable_update_check"], true);
+        assert!(http_listens_on_loopback(&text));
+        assert!(text.ends_with("disable_update_check = true\n"));
+        assert_idempotent(&text, &pds_and_io());
+    }
+
+    #[test]
+    fn fresh_config_without_io() {
+        let text = fresh_config(&[vol("pds", "/srv/nomad/pds")]);
+        assert!(text.contains(
+            "  network_interface = \"lo\"\n\n  host_volume \"pds\" {\n    path = \"/srv/nomad/pds\"\n    read_only = false\n  }\n}\n"
+        ));
+        assert!(!text.contains("host_volume \"io\""));
+    }
+
+    #[test]
+    fn patches_the_official_package_config() {
+        let patched = ensure_host_volumes(OFFICIAL, &pds_and_io()).unwrap();
+        assert!(patched.changed);
+        assert_eq!(
+            patched.text,
+            r#"# Full configuration options can be found at https://www.nomadproject.io/docs/configuration
+
+data_dir  = "/opt/nomad/data"
+bind_addr = "0.0.0.0"
+
+server {
+  # license_path is required as of Nomad v1.1.1+
+  #license_path = "/opt/nomad/license.hclic"
+  enabled          = true
+  bootstrap_expect = 1
+}
+
+client {
+  enabled = true
+  servers = ["127.0.0.1"]
+
+  host_volume "pds" {
+    path = "/srv/nomad/pds"
+    read_only = false
+  }
+
+  host_volume "io" {
+    path = "/srv/nomad/io"
+    read_only = false
+  }
+}
+"#
+        );
+        assert_eq!(
+            patched.paths,
+            vec![
+                ("pds".into(), "/srv/nomad/pds".into()),
+                ("io".into(), "/srv/nomad/io".into())
+            ]
+        );
+        assert!(!http_listens_on_loopback(&patched.text));
+        assert_idempotent(&patched.text, &pds_and_io());
+    }
+
+    #[test]
+    fn patches_droplet_superpowers_config() {
+        let patched = ensure_host_volumes(DROPLET_SUPERPOWERS, &pds_and_io()).unwrap();
+        assert!(patched.changed);
+        assert_eq!(
+            patched.text,
+            r#"data_dir  = "/opt/nomad/data"
+bind_addr = "0.0.0.0"
+
+server {
+  enabled          = true
+  bootstrap_expect = 1
+  heartbeat_grace  = "1m"
+}
+
+client {
+  enabled = true
+  servers = ["127.0.0.1"]
+
+  host_volume "io" {
+    path = "/srv/nomad/io"
+    read_only = false
+  }
+
+  host_volume "pds" {
+    path = "/srv/nomad/pds"
+    read_only = false
+  }
+}
+
+"#
+        );
+        assert_idempotent(&patched.text, &pds_and_io());
+    }
+
+    #[test]
+    fn existing_volume_with_another_path_is_kept_and_reported() {
+        let text = "client {\n  enabled = true\n  host_volume \"pds\" {\n    path      = \"/data/pds\" # mine\n    read_only = false\n  }\n}\n";
+        let patched = ensure_host_volumes(text, &[vol("pds", "/srv/nomad/pds")]).unwrap();
+        assert!(!patched.changed);
+        assert_eq!(patched.text, text);
+        assert_eq!(patched.paths, vec![("pds".into(), "/data/pds".into())]);
+
+        // Only the missing one is added; the user's path is still reported.
+        let patched = ensure_host_volumes(text, &pds_and_io()).unwrap();
+        assert!(patched.changed);
+        assert_eq!(
+            patched.paths,
+            vec![
+                ("pds".into(), "/data/pds".into()),
+                ("io".into(), "/srv/nomad/io".into())
+            ]
+        );
+        assert_eq!(patched.text.matches("host_volume \"pds\"").count(), 1);
+        assert!(patched
+            .text
+            .contains("    read_only = false\n  }\n\n  host_volume \"io\" {\n"));
+    }
+
+    #[test]
+    fn no_client_block_appends_one() {
+        let text = "# mine\ndata_dir = \"/opt/nomad/data\"\n";
+        let patched = ensure_host_volumes(text, &[vol("pds", "/srv/nomad/pds")]).unwrap();
+        assert_eq!(
+            patched.text,
+            "# mine\ndata_dir = \"/opt/nomad/data\"\n\nclient {\n  enabled = true\n\n  host_volume \"pds\" {\n    path = \"/srv/nomad/pds\"\n    read_only = false\n  }\n}\n"
+        );
+        assert_idempotent(&patched.text, &[vol("pds", "/srv/nomad/pds")]);
+
+        // Also at the very end of a file without a final newline, and of an empty file.
+        let patched = ensure_host_volumes("a = 1", &[vol("pds", "/p")]).unwrap();
+        assert!(
+            patched.text.starts_with("a = 1\n\nclient {\n"),
+            "{}",
+            patched.text
+        );
+        let patched = ensure_host_volumes("", &[vol("pds", "/p")]).unwrap();
+        assert!(patched
+            .text
+            .starts_with("client {\n  enabled = true\n\n  host_volume"));
+        // A `client` nested in another block is not the agent's client block.
+        let patched =
+            ensure_host_volumes("x {\n  client {\n  }\n}\n", &[vol("pds", "/p")]).unwrap();
+        assert!(
+            patched
+                .text
+                .starts_with("x {\n  client {\n  }\n}\n\nclient {\n"),
+            "{}",
+            patched.text
+        );
+    }
+
+    #[test]
+    fn several_client_blocks_use_the_first() {
+        let text = "client {\n  enabled = true\n}\n\nclient {\n  host_volume \"io\" {\n    path = \"/io\"\n  }\n}\n";
+        let patched = ensure_host_volumes(text, &pds_and_io()).unwrap();
+        assert_eq!(
+            patched.text,
+            "client {\n  enabled = true\n\n  host_volume \"pds\" {\n    path = \"/srv/nomad/pds\"\n    read_only = false\n  }\n}\n\nclient {\n  host_volume \"io\" {\n    path = \"/io\"\n  }\n}\n"
+        );
+        assert_eq!(patched.paths[1], ("io".into(), "/io".into()));
+    }
+
+    #[test]
+    fn syntax_error_leaves_the_file_untouched() {
+        let err = ensure_host_volumes("client {\n  enabled = \n}\n", &pds_and_io()).unwrap_err();
+        let ConfigError::Syntax { line, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*line, 2);
+        let msg = err.to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("left untouched"), "{msg}");
+    }
+
+    #[test]
+    fn indentation_follows_the_neighbours() {
+        let tabs = "client {\n\tenabled = true\n}\n";
+        let patched = ensure_host_volumes(tabs, &[vol("pds", "/p")]).unwrap();
+        assert_eq!(
+            patched.text,
+            "client {\n\tenabled = true\n\n\thost_volume \"pds\" {\n\t\tpath = \"/p\"\n\t\tread_only = false\n\t}\n}\n"
+        );
+        let four = "client {\n    enabled = true\n}\n";
+        let patched = ensure_host_volumes(four, &[vol("pds", "/p")]).unwrap();
+        assert!(patched.text.contains("\n    host_volume \"pds\" {\n        path = \"/p\"\n        read_only = false\n    }\n}"));
+        // An empty client block: no blank line right after `{`.
+        let patched = ensure_host_volumes("client {\n}\n", &[vol("pds", "/p")]).unwrap();
+        assert_eq!(
+            patched.text,
+            "client {\n  host_volume \"pds\" {\n    path = \"/p\"\n    read_only = false\n  }\n}\n"
+        );
+    }
+
+    #[test]
+    fn one_line_client_block_is_expanded() {
+        let patched =
+            ensure_host_volumes("client { enabled = true }\n", &[vol("pds", "/p")]).unwrap();
+        assert_eq!(
+            patched.text,
+            "client {\n  enabled = true\n\n  host_volume \"pds\" {\n    path = \"/p\"\n    read_only = false\n  }\n}\n"
+        );
+        let patched = ensure_host_volumes("client {}\n", &[vol("pds", "/p")]).unwrap();
+        assert_eq!(
+            patched.text,
+            "client {\n  host_volume \"pds\" {\n    path = \"/p\"\n    read_only = false\n  }\n}\n"
+        );
+    }
+
+    #[test]
+    fn crlf_files_stay_crlf() {
+        let lf = OFFICIAL.to_string();
+        let crlf = lf.replace('\n', "\r\n");
+        let patched = ensure_host_volumes(&crlf, &pds_and_io()).unwrap();
+        assert_eq!(
+            patched.text,
+            ensure_host_volumes(&lf, &pds_and_io())
+                .unwrap()
+                .text
+                .replace('\n', "\r\n")
+        );
+        assert_idempotent(&patched.text, &pds_and_io());
+
+        let mixed = "a = 1\r\nclient {\n  enabled = true\n}\n";
+        let err = ensure_host_volumes(mixed, &pds_and_io()).unwrap_err();
+        assert!(matches!(err, ConfigError::Unsupported(_)), "{err}");
+        assert!(err.to_string().contains("left untouched"));
+    }
+
+    #[test]
+    fn read_only_and_odd_names_are_written_as_hcl() {
+        let volume = HostVolume {
+            name: "a \"b\"".into(),
+            path: "/srv/${x}".into(),
+            read_only: true,
+        };
+        let patched = ensure_host_volumes(
+            "client {\n  enabled = true\n}\n",
+            std::slice::from_ref(&volume),
+        )
+        .unwrap();
+        let v: serde_json::Value = hcl::from_str(&patched.text).unwrap();
+        assert_eq!(v["client"]["host_volume"]["a \"b\""]["path"], "/srv/${x}");
+        assert_eq!(v["client"]["host_volume"]["a \"b\""]["read_only"], true);
+        assert_idempotent(&patched.text, &[volume]);
+    }
+
+    #[test]
+    fn duplicate_requests_are_added_once() {
+        let patched =
+            ensure_host_volumes("client {\n}\n", &[vol("pds", "/a"), vol("pds", "/b")]).unwrap();
+        assert_eq!(patched.text.matches("host_volume").count(), 1);
+        assert_eq!(patched.paths, vec![("pds".into(), "/a".into())]);
+    }
+
+    #[test]
+    fn http_loopback_detection() {
+        assert!(!http_listens_on_loopback(OFFICIAL));
+        assert!(
+            !http_listens_on_loopback("data_dir = \"/x\"\n"),
+            "default bind_addr is 0.0.0.0"
+        );
+        assert!(http_listens_on_loopback("bind_addr = \"127.0.0.1\"\n"));
+        assert!(http_listens_on_loopback(
+            "bind_addr = \"0.0.0.0\"\naddresses {\n  http = \"127.0.0.1\"\n}\n"
+        ));
+        assert!(http_listens_on_loopback(
+            "addresses {\n  http = \"127.0.0.1 ::1\"\n}\n"
+        ));
+        assert!(!http_listens_on_loopback(
+            "addresses {\n  http = \"127.0.0.1 10.0.0.5\"\n}\n"
+        ));
+        assert!(!http_listens_on_loopback(
+            "bind_addr = \"127.0.0.1\"\naddresses {\n  http = \"0.0.0.0\"\n}\n"
+        ));
+        assert!(http_listens_on_loopback(
+            "addresses {\n  rpc = \"0.0.0.0\"\n}\nbind_addr = \"localhost\"\n"
+        ));
+        assert!(!http_listens_on_loopback(
+            "bind_addr = \"{{ GetPrivateIP }}\"\n"
+        ));
+        assert!(!http_listens_on_loopback("bind_addr = \n"));
+        // Only top-level settings count; the last `addresses` block wins.
+        assert!(http_listens_on_loopback(
+            "x {\n  bind_addr = \"0.0.0.0\"\n}\nbind_addr = \"127.0.0.1\"\n"
+        ));
+        assert!(http_listens_on_loopback(
+            "addresses {\n  http = \"0.0.0.0\"\n}\naddresses {\n  http = \"127.0.0.1\"\n}\n"
+        ));
+    }
+
+    #[test]
+    fn systemd_unit_matches_the_official_package() {
+        let unit = systemd_unit();
+        for line in [
+            "[Unit]",
+            "Wants=network-online.target",
+            "After=network-online.target",
+            "[Service]",
+            "User=root",
+            "Group=root",
+            "Type=notify",
+            "EnvironmentFile=-/etc/nomad.d/nomad.env",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "ExecStart=/usr/local/bin/nomad agent -config /etc/nomad.d",
+            "KillMode=process",
+            "KillSignal=SIGINT",
+            "LimitNOFILE=65536",
+            "LimitNPROC=infinity",
+            "TasksMax=infinity",
+            "Restart=on-failure",
+            "RestartSec=2",
+            "OOMScoreAdjust=-1000",
+            "[Install]",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(unit.lines().any(|l| l == line), "missing {line}");
+        }
+        assert!(!unit.contains("/usr/bin/nomad"));
+    }
+}
+
+/// Property tests: random valid configs (comments of every kind, blank lines,
+/// alignment, nested and one-line blocks, heredocs, indentation styles, zero to
+/// two `client` blocks holding existing host volumes) patched with random volumes.
+#[cfg(test)]
+mod props {
+    use std::collections::HashSet;
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use similar::{ChangeTag, TextDiff};
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Item {
+        Blank,
+        /// A whole line: `# ..`, `// ..` or `/* .. */`.
+        Comment(String),
+        Attr {
+            key: String,
+            /// Spaces before `=` (alignment).
+            pad: usize,
+            value: String,
+            trailing: String,
+        },
+        Block {
+            ident: String,
+            labels: Vec<String>,
+            open: String,
+            items: Vec<Item>,
+            close: String,
+            oneline: bool,
+        },
+    }
+
+    #[derive(Clone, Debug)]
+    struct Config {
+        unit: String,
+        pre: Vec<Item>,
+        clients: Vec<Vec<Item>>,
+        client_open: String,
+        mid: Vec<Item>,
+        post: Vec<Item>,
+    }
+
+    fn comment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ -~]{0,24}".prop_map(|t| format!("#{t}")),
+            "[ -~]{0,24}".prop_map(|t| format!("//{t}")),
+            "[a-z ]{0,12}".prop_map(|t| format!("/*{t}*/")),
+        ]
+    }
+
+    fn trailing() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => Just(String::new()),
+            1 => "[ -~]{0,16}".prop_map(|t| format!(" # {t}")),
+            1 => "[ -~]{0,16}".prop_map(|t| format!(" // {t}")),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9/._ -]{0,16}".prop_map(|s| format!("\"{s}\"")),
+            "[0-9]{1,5}",
+            Just("true".to_string()),
+            Just("false".to_string()),
+            vec("[a-z0-9.]{1,9}", 0..3).prop_map(|v| format!(
+                "[{}]",
+                v.iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            "[a-z ]{0,12}".prop_map(|s| format!("<<EOT\n{s}\nEOT")),
+        ]
+    }
+
+    const KEYS: &[&str] = &[
+        "enabled",
+        "servers",
+        "data_dir",
+        "name",
+        "region",
+        "log_level",
+        "node_class",
+        "cpu_total_compute",
+        "gc_interval",
+        "datacenter",
+        "path",
+        "read_only",
+    ];
+    const IDENTS: &[&str] = &[
+        "server",
+        "meta",
+        "options",
+        "plugin",
+        "config",
+        "telemetry",
+        "acl",
+        "addresses",
+        "reserved",
+    ];
+
+    fn attr() -> impl Strategy<Value = Item> {
+        (
+            proptest::sample::select(KEYS),
+            0..4usize,
+            value(),
+            trailing(),
+        )
+            .prop_map(|(key, pad, value, trailing)| Item::Attr {
+                key: key.to_string(),
+                pad,
+                value,
+                trailing,
+            })
+    }
+
+    fn leaf() -> impl Strategy<Value = Item> {
+        prop_oneof![2 => Just(Item::Blank), 2 => comment().prop_map(Item::Comment), 4 => attr()]
+    }
+
+    fn item() -> impl Strategy<Value = Item> {
+        leaf().prop_recursive(3, 24, 5, |inner| {
+            (
+                proptest::sample::select(IDENTS),
+                vec("[a-z]{1,6}", 0..2),
+                trailing(),
+                vec(inner, 0..5),
+                trailing(),
+                any::<bool>(),
+            )
+                .prop_map(|(ident, labels, open, items, close, oneline)| Item::Block {
+                    ident: ident.to_string(),
+                    labels,
+                    open,
+                    items,
+                    close,
+                    oneline,
+                })
+        })
+    }
+
+    fn host_volume() -> impl Strategy<Value = Item> {
+        (
+            proptest::sample::select(&["pds", "io", "logs", "data"][..]),
+            "/[a-z]{1,6}/[a-z]{1,6}",
+            any::<bool>(),
+            trailing(),
+            0..3usize,
+        )
+            .prop_map(|(name, path, ro, close, pad)| Item::Block {
+                ident: "host_volume".into(),
+                labels: vec![name.to_string()],
+                open: String::new(),
+                items: vec![
+                    Item::Attr {
+                        key: "path".into(),
+                        pad,
+                        value: format!("\"{path}\""),
+                        trailing: String::new(),
+                    },
+                    Item::Attr {
+                        key: "read_only".into(),
+                        pad: 0,
+                        value: ro.to_string(),
+                        trailing: String::new(),
+                    },
+                ],
+                close,
+                oneline: false,
+            })
+    }
+
+    fn client_body() -> impl Strategy<Value = Vec<Item>> {
+        vec(
+            prop_oneof![3 => leaf(), 1 => item(), 2 => host_volume()],
+            0..8,
+        )
+    }
+
+    fn config() -> impl Strategy<Value = Config> {
+        (
+            proptest::sample::select(&["  ", "    ", "\t"][..]),
+            vec(item(), 0..6),
+            prop_oneof![1 => Just(0usize), 4 => Just(1usize), 1 => Just(2usize)],
+            client_body(),
+            client_body(),
+            trailing(),
+            vec(item(), 0..4),
+            vec(item(), 0..4),
+        )
+            .prop_map(|(unit, pre, n, c1, c2, client_open, mid, post)| Config {
+                unit: unit.to_string(),
+                pre,
+                clients: [c1, c2].into_iter().take(n).collect(),
+                client_open,
+                mid,
+                post,
+            })
+    }
+
+    fn requested() -> impl Strategy<Value = Vec<HostVolume>> {
+        vec(
+            (
+                proptest::sample::select(&["pds", "io", "data", "web"][..]),
+                "/srv/[a-z]{1,8}",
+                any::<bool>(),
+            ),
+            0..4,
+        )
+        .prop_map(|v| {
+            v.into_iter()
+                .map(|(name, path, read_only)| HostVolume {
+                    name: name.to_string(),
+                    path,
+                    read_only,
+                })
+                .collect()
+        })
+    }
+
+    /// Renders items; attribute keys are kept unique per body and host volume
+    /// names unique per file (`volumes` collects them), as Nomad requires.
+    fn render(
+        items: &[Item],
+        depth: usize,
+        unit: &str,
+        keys: &mut HashSet<String>,
+        volumes: &mut Vec<(String, String)>,
+        out: &mut String,
+    ) {
+        let indent = unit.repeat(depth);
+        for item in items {
+            match item {
+                Item::Blank => out.push('\n'),
+                Item::Comment(c) => out.push_str(&format!("{indent}{c}\n")),
+                Item::Attr {
+                    key,
+                    pad,
+                    value,
+                    trailing,
+                } => {
+                    if keys.insert(key.clone()) {
+                        let pad = " ".repeat(*pad);
+                        out.push_str(&format!("{indent}{key}{pad} = {value}{trailing}\n"));
+                    }
+                }
+                Item::Block {
+                    ident,
+                    labels,
+                    open,
+                    items,
+                    close,
+                    oneline,
+                } => {
+                    if ident == "host_volume" {
+                        if volumes.iter().any(|(name, _)| *name == labels[0]) {
+                            continue;
+                        }
+                        let path = match &items[0] {
+                            Item::Attr { value, .. } => value.trim_matches('"').to_string(),
+                            _ => unreachable!(),
+                        };
+                        volumes.push((labels[0].clone(), path));
+                    }
+                    let head: String = std::iter::once(ident.clone())
+                        .chain(labels.iter().map(|l| format!("\"{l}\"")))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let single = match items.as_slice() {
+                        [Item::Attr { key, value, .. }] if *oneline && !value.contains('\n') => {
+                            Some(format!("{key} = {value}"))
+                        }
+                        [] if *oneline => Some(String::new()),
+                        _ => None,
+                    };
+                    match single {
+                        Some(body) if body.is_empty() => {
+                            out.push_str(&format!("{indent}{head} {{}}{close}\n"))
+                        }
+                        Some(body) => {
+                            out.push_str(&format!("{indent}{head} {{ {body} }}{close}\n"))
+                        }
+                        None => {
+                            out.push_str(&format!("{indent}{head} {{{open}\n"));
+                            render(items, depth + 1, unit, &mut HashSet::new(), volumes, out);
+                            out.push_str(&format!("{indent}}}{close}\n"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The text and the host volumes it declares inside `client` blocks.
+    fn render_config(c: &Config) -> (String, Vec<(String, String)>) {
+        let mut out = String::new();
+        let mut volumes = Vec::new();
+        let mut other_volumes = Vec::new();
+        let mut keys = HashSet::new();
+        render(&c.pre, 0, &c.unit, &mut keys, &mut other_volumes, &mut out);
+        for (i, client) in c.clients.iter().enumerate() {
+            let open = if i == 0 { c.client_open.as_str() } else { "" };
+            out.push_str(&format!("client {{{open}\n"));
+            render(
+                client,
+                1,
+                &c.unit,
+                &mut HashSet::new(),
+                &mut volumes,
+                &mut out,
+            );
+            out.push_str("}\n");
+            let after = if i == 0 { &c.mid } else { &c.post };
+            render(after, 0, &c.unit, &mut keys, &mut other_volumes, &mut out);
+        }
+        if c.clients.len() < 2 {
+            render(&c.post, 0, &c.unit, &mut keys, &mut other_volumes, &mut out);
+        }
+        (out, volumes)
+    }
+
+    fn client_volume_labels(text: &str) -> Vec<Vec<String>> {
+        let body = hcl::edit::parser::parse_body(text).unwrap();
+        body.get_blocks("client")
+            .map(|client| {
+                client
+                    .body
+                    .get_blocks("host_volume")
+                    .map(|b| b.labels[0].as_str().to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn patching_keeps_every_other_byte(c in config(), wanted in requested()) {
+            let (original, existing) = render_config(&c);
+            let had_client = !c.clients.is_empty();
+            prop_assert!(hcl::edit::parser::parse_body(&original).is_ok(), "generated invalid HCL:\n{}", &original);
+
+            let patched = ensure_host_volumes(&original, &wanted).unwrap();
+
+            // The result is valid HCL, for the editor and for the plain parser.
+            prop_assert!(hcl::parse(&patched.text).is_ok(), "does not parse:\n{}", patched.text);
+
+            // Each requested volume exactly once inside `client`; new ones in the first block.
+            let labels = client_volume_labels(&patched.text);
+            let mut missing = false;
+            for v in &wanted {
+                let count = labels.iter().flatten().filter(|l| **l == v.name).count();
+                prop_assert_eq!(count, 1, "{} in:\n{}", &v.name, &patched.text);
+                match existing.iter().find(|(name, _)| *name == v.name) {
+                    Some((_, path)) => {
+                        let reported = patched.paths.iter().find(|(n, _)| *n == v.name).map(|(_, p)| p);
+                        prop_assert_eq!(reported, Some(path));
+                    }
+                    None => {
+                        missing = true;
+                        prop_assert!(labels[0].contains(&v.name));
+                    }
+                }
+            }
+            prop_assert_eq!(patched.changed, missing);
+            if !missing {
+                prop_assert_eq!(&patched.text, &original);
+            }
+
+            // Removing the inserted lines gives back the original, byte for byte.
+            let names: Vec<&str> = wanted.iter().map(|v| v.name.as_str()).collect();
+            let diff = TextDiff::from_lines(&original, &patched.text);
+            let mut kept = String::new();
+            for change in diff.iter_all_changes() {
+                match change.tag() {
+                    ChangeTag::Equal => kept.push_str(change.value()),
+                    ChangeTag::Delete => prop_assert!(false, "deleted {:?} in:\n{}", change.value(), &patched.text),
+                    ChangeTag::Insert => {
+                        let line = change.value().trim();
+                        let ok = line.is_empty()
+                            || line == "}"
+                            || line.starts_with("path = \"/srv/")
+                            || line == "read_only = false"
+                            || line == "read_only = true"
+                            || names.iter().any(|n| line == format!("host_volume \"{n}\" {{"))
+                            || (!had_client && (line == "client {" || line == "enabled = true"));
+                        prop_assert!(ok, "unexpected inserted line {:?} in:\n{}", change.value(), &patched.text);
+                    }
+                }
+            }
+            prop_assert_eq!(&kept, &original);
+
+            // A second run changes nothing.
+            let again = ensure_host_volumes(&patched.text, &wanted).unwrap();
+            prop_assert!(!again.changed);
+            prop_assert_eq!(&again.text, &patched.text);
+            prop_assert_eq!(&again.paths, &patched.paths);
+        }
+
+        #[test]
+        fn invalid_configs_are_refused_not_rewritten(c in config(), cut in 0usize..400, wanted in requested()) {
+            let (original, _) = render_config(&c);
+            // Cutting a config anywhere usually breaks it; when it does, the error says so.
+            let cut = original.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(original.len());
+            let broken = format!("{}{{\n", &original[..cut]);
+            if hcl::edit::parser::parse_body(&broken).is_err() {
+                let err = ensure_host_volumes(&broken, &wanted).unwrap_err();
+                prop_assert!(matches!(err, ConfigError::Syntax { .. }), "{}", err);
+                prop_assert!(err.to_string().contains("left untouched"));
+            }
+        }
+    }
+
+    /// The generator does produce what the properties are about.
+    #[test]
+    fn generator_covers_the_interesting_cases() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        let mut runner = TestRunner::deterministic();
+        let (mut comments, mut existing, mut no_client, mut two_clients, mut heredocs, mut oneline) =
+            (0, 0, 0, 0, 0, 0);
+        for _ in 0..300 {
+            let c = config().new_tree(&mut runner).unwrap().current();
+            let (text, volumes) = render_config(&c);
+            assert!(
+                hcl::edit::parser::parse_body(&text).is_ok(),
+                "generated invalid HCL:\n{text}"
+            );
+            comments += usize::from(text.contains('#') || text.contains("//"));
+            existing += usize::from(!volumes.is_empty());
+            no_client += usize::from(c.clients.is_empty());
+            two_clients += usize::from(c.clients.len() == 2);
+            heredocs += usize::from(text.contains("<<EOT"));
+            oneline += usize::from(text.lines().any(|l| l.ends_with(" }") && l.contains(" { ")));
+        }
+        for (what, n) in [
+            ("comments", comments),
+            ("existing volumes", existing),
+            ("no client", no_client),
+            ("two clients", two_clients),
+            ("heredocs", heredocs),
+            ("one-line blocks", oneline),
+        ] {
+            assert!(n >= 10, "only {n} configs with {what}");
+        }
     }
 }

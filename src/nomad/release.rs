@@ -163,7 +163,10 @@ fn parse_key(text: &str) -> Result<SignedPublicKey, ReleaseError> {
         if sig.typ() == Some(SignatureType::KeyRevocation)
             && sig.verify_key(&key.primary_key).is_ok()
         {
-            return Err(ReleaseError::Key(format!("the key {} is revoked", fingerprint(&key))));
+            return Err(ReleaseError::Key(format!(
+                "the key {} is revoked",
+                fingerprint(&key)
+            )));
         }
     }
     Ok(key)
@@ -209,7 +212,9 @@ fn parse_signatures(bytes: &[u8]) -> Result<Vec<DetachedSignature>, ReleaseError
             .map_err(unreadable)?
     };
     if signatures.is_empty() {
-        return Err(ReleaseError::SignatureUnreadable("it holds no signature".into()));
+        return Err(ReleaseError::SignatureUnreadable(
+            "it holds no signature".into(),
+        ));
     }
     Ok(signatures)
 }
@@ -237,7 +242,11 @@ fn check_one(sums: &[u8], sig: &Signature, key: &SignedPublicKey) -> Result<(), 
         .issuer_fingerprint()
         .iter()
         .map(|f| format!("{f:X}"))
-        .chain(sig.issuer_key_id().iter().map(|k| k.to_string().to_uppercase()))
+        .chain(
+            sig.issuer_key_id()
+                .iter()
+                .map(|k| k.to_string().to_uppercase()),
+        )
         .collect();
     Err(match issuers.first() {
         Some(issuer) => format!("it was made by another key ({issuer})"),
@@ -249,7 +258,8 @@ fn check_one(sums: &[u8], sig: &Signature, key: &SignedPublicKey) -> Result<(), 
 fn issued_by(sig: &Signature, key: &impl KeyDetails) -> bool {
     let fp = key.fingerprint();
     let id = key.legacy_key_id();
-    sig.issuer_fingerprint().iter().any(|f| **f == fp) || sig.issuer_key_id().iter().any(|k| **k == id)
+    sig.issuer_fingerprint().iter().any(|f| **f == fp)
+        || sig.issuer_key_id().iter().any(|k| **k == id)
 }
 
 /// A subkey may sign releases when its newest valid binding signature marks it
@@ -267,7 +277,9 @@ fn signing_subkey_valid(
             && s.verify_subkey_binding(primary, &sub.key).is_ok()
     });
     if revoked {
-        return Err(format!("it was made by the subkey {sub_fp}, which is revoked"));
+        return Err(format!(
+            "it was made by the subkey {sub_fp}, which is revoked"
+        ));
     }
     let binding = sub
         .signatures
@@ -304,7 +316,10 @@ pub fn expected_sha256(sums: &str, file_name: &str) -> Result<String, ReleaseErr
         let Some((hash, rest)) = line.trim_end_matches('\r').split_once(' ') else {
             continue;
         };
-        let name = rest.strip_prefix(' ').or_else(|| rest.strip_prefix('*')).unwrap_or(rest);
+        let name = rest
+            .strip_prefix(' ')
+            .or_else(|| rest.strip_prefix('*'))
+            .unwrap_or(rest);
         if name != file_name || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             continue;
         }
@@ -363,20 +378,41 @@ mod tests {
     }
 
     fn test_key() -> TrustedKey {
-        TrustedKey::from_armored(&String::from_utf8(fixture("test-release-key.asc")).unwrap()).unwrap()
+        TrustedKey::from_armored(&String::from_utf8(fixture("test-release-key.asc")).unwrap())
+            .unwrap()
     }
 
     const SUMS: &str = "nomad_1.10.5_SHA256SUMS";
 
     #[test]
     fn names_and_urls() {
-        assert_eq!(zip_name("1.10.5", Arch::Amd64), "nomad_1.10.5_linux_amd64.zip");
-        assert_eq!(zip_name("1.9.7", Arch::Arm64), "nomad_1.9.7_linux_arm64.zip");
+        assert_eq!(
+            zip_name("1.10.5", Arch::Amd64),
+            "nomad_1.10.5_linux_amd64.zip"
+        );
+        assert_eq!(
+            zip_name("1.9.7", Arch::Arm64),
+            "nomad_1.9.7_linux_arm64.zip"
+        );
         assert_eq!(sums_name("1.10.5"), "nomad_1.10.5_SHA256SUMS");
         assert_eq!(sig_name("1.10.5"), "nomad_1.10.5_SHA256SUMS.sig");
         let want = "https://releases.hashicorp.com/nomad/1.10.5/nomad_1.10.5_SHA256SUMS";
-        assert_eq!(url("https://releases.hashicorp.com", "1.10.5", &sums_name("1.10.5")), want);
-        assert_eq!(url("https://releases.hashicorp.com/", "1.10.5", &sums_name("1.10.5")), want);
+        assert_eq!(
+            url(
+                "https://releases.hashicorp.com",
+                "1.10.5",
+                &sums_name("1.10.5")
+            ),
+            want
+        );
+        assert_eq!(
+            url(
+                "https://releases.hashicorp.com/",
+                "1.10.5",
+                &sums_name("1.10.5")
+            ),
+            want
+        );
         assert_eq!(
             url("http://10.213.0.1:8080/mirror//", "1.10.5", "x.zip"),
             "http://10.213.0.1:8080/mirror/nomad/1.10.5/x.zip"
@@ -391,7 +427,10 @@ mod tests {
         assert_eq!(Arch::from_uname("arm64").unwrap(), Arch::Arm64);
         for other in ["armv7l", "i686", "riscv64", "s390x", ""] {
             let err = Arch::from_uname(other).unwrap_err().to_string();
-            assert!(err.contains("amd64") && err.contains(&format!("`{other}`")), "{err}");
+            assert!(
+                err.contains("amd64") && err.contains(&format!("`{other}`")),
+                "{err}"
+            );
         }
     }
 
@@ -405,30 +444,52 @@ mod tests {
             .key
             .public_subkeys
             .iter()
-            .find(|s| format!("{:X}", s.key.fingerprint()) == "374EC75B485913604A831CC7C820C6D5CD27AB87")
+            .find(|s| {
+                format!("{:X}", s.key.fingerprint()) == "374EC75B485913604A831CC7C820C6D5CD27AB87"
+            })
             .expect("signing subkey present");
         assert!(sub.verify_bindings(&key.key.primary_key).is_ok());
     }
 
     #[test]
     fn good_signature_by_primary_key_verifies() {
-        verify_sums(&fixture(SUMS), &fixture("nomad_1.10.5_SHA256SUMS.sig"), &test_key()).unwrap();
+        verify_sums(
+            &fixture(SUMS),
+            &fixture("nomad_1.10.5_SHA256SUMS.sig"),
+            &test_key(),
+        )
+        .unwrap();
     }
 
     #[test]
     fn good_signature_by_signing_subkey_verifies() {
-        verify_sums(&fixture(SUMS), &fixture("by-subkey_SHA256SUMS.sig"), &test_key()).unwrap();
+        verify_sums(
+            &fixture(SUMS),
+            &fixture("by-subkey_SHA256SUMS.sig"),
+            &test_key(),
+        )
+        .unwrap();
     }
 
     #[test]
     fn armored_signature_verifies() {
-        verify_sums(&fixture(SUMS), &fixture("nomad_1.10.5_SHA256SUMS.asc"), &test_key()).unwrap();
+        verify_sums(
+            &fixture(SUMS),
+            &fixture("nomad_1.10.5_SHA256SUMS.asc"),
+            &test_key(),
+        )
+        .unwrap();
     }
 
     #[test]
     fn tampered_sums_fail() {
-        for sig in ["nomad_1.10.5_SHA256SUMS.sig", "by-subkey_SHA256SUMS.sig", "nomad_1.10.5_SHA256SUMS.asc"] {
-            let err = verify_sums(&fixture("tampered_SHA256SUMS"), &fixture(sig), &test_key()).unwrap_err();
+        for sig in [
+            "nomad_1.10.5_SHA256SUMS.sig",
+            "by-subkey_SHA256SUMS.sig",
+            "nomad_1.10.5_SHA256SUMS.asc",
+        ] {
+            let err = verify_sums(&fixture("tampered_SHA256SUMS"), &fixture(sig), &test_key())
+                .unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, ReleaseError::BadSignature { .. }), "{msg}");
             assert!(msg.contains("changed after it was signed"), "{msg}");
@@ -438,18 +499,36 @@ mod tests {
 
     #[test]
     fn signature_by_another_key_fails() {
-        let err = verify_sums(&fixture(SUMS), &fixture("other-key_SHA256SUMS.sig"), &test_key()).unwrap_err();
+        let err = verify_sums(
+            &fixture(SUMS),
+            &fixture("other-key_SHA256SUMS.sig"),
+            &test_key(),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("made by another key (AC118386618152E90ACB28483810E8AAD38EF078)"), "{msg}");
-        assert!(msg.contains("609C4D9BAC99004DBFE2AC2B1708D3C9CC2D490D"), "{msg}");
+        assert!(
+            msg.contains("made by another key (AC118386618152E90ACB28483810E8AAD38EF078)"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("609C4D9BAC99004DBFE2AC2B1708D3C9CC2D490D"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn test_signature_does_not_pass_for_hashicorp() {
-        let err = verify_sums(&fixture(SUMS), &fixture("nomad_1.10.5_SHA256SUMS.sig"), &TrustedKey::hashicorp().unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("does not match HashiCorp's release key"), "{err}");
+        let err = verify_sums(
+            &fixture(SUMS),
+            &fixture("nomad_1.10.5_SHA256SUMS.sig"),
+            &TrustedKey::hashicorp().unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("does not match HashiCorp's release key"),
+            "{err}"
+        );
         assert!(err.contains("mirror may be tampered with"), "{err}");
     }
 
@@ -474,14 +553,22 @@ mod tests {
             expected_sha256(&sums, "nomad_1.10.5_linux_arm64.zip").unwrap(),
             sha256_hex(b"fake nomad 1.10.5 linux_arm64\n")
         );
-        let err = expected_sha256(&sums, "nomad_1.10.5_linux_386.zip").unwrap_err().to_string();
-        assert!(err.contains("no entry for nomad_1.10.5_linux_386.zip"), "{err}");
+        let err = expected_sha256(&sums, "nomad_1.10.5_linux_386.zip")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no entry for nomad_1.10.5_linux_386.zip"),
+            "{err}"
+        );
         // Binary-mode marker, upper-case hex, CRLF; a name that is only a suffix does not match.
         let h = "A".repeat(64);
         let text = format!("{h} *x.zip\r\n{} xx.zip\n", "b".repeat(64));
         assert_eq!(expected_sha256(&text, "x.zip").unwrap(), "a".repeat(64));
         let dup = format!("{h}  x.zip\n{}  x.zip\n", "b".repeat(64));
-        assert!(matches!(expected_sha256(&dup, "x.zip"), Err(ReleaseError::AmbiguousChecksum { .. })));
+        assert!(matches!(
+            expected_sha256(&dup, "x.zip"),
+            Err(ReleaseError::AmbiguousChecksum { .. })
+        ));
     }
 
     #[test]
@@ -495,7 +582,9 @@ mod tests {
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-        let err = sha256_file(&dir.path().join("missing")).unwrap_err().to_string();
+        let err = sha256_file(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing"), "{err}");
     }
 }
