@@ -784,12 +784,14 @@ mod props {
             "[ -~]{0,24}".prop_map(|t| format!("#{t}")),
             "[ -~]{0,24}".prop_map(|t| format!("//{t}")),
             "[a-z ]{0,12}".prop_map(|t| format!("/*{t}*/")),
+            ("[a-z ]{0,8}", "[a-z ]{0,8}").prop_map(|(a, b)| format!("/* {a}\n{b} */")),
         ]
     }
 
     fn trailing() -> impl Strategy<Value = String> {
         prop_oneof![
             3 => Just(String::new()),
+            1 => "[ \t]{1,3}",
             1 => "[ -~]{0,16}".prop_map(|t| format!(" # {t}")),
             1 => "[ -~]{0,16}".prop_map(|t| format!(" // {t}")),
         ]
