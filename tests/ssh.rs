@@ -692,6 +692,8 @@ async fn killed_command_has_no_exit_status() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!out.success());
+    // sshd reported the signal; the reason is kept on stderr for error messages.
+    assert_eq!(out.stderr_tail(), "[pdsup] killed by signal KILL");
     let err = host.run(&Cmd::sh("kill -9 $$")).await.unwrap_err();
     assert!(format!("{err:#}").contains("no exit status"), "{err:#}");
     // The connection survives for the next command.

@@ -158,8 +158,8 @@ pub enum SshError {
     WrongPassphrase { path: PathBuf },
 
     #[error(
-        "{user} needs a password for sudo, and pdsup runs sudo non-interactively (sudo -n). Log in \
-         as root instead, or allow {user} passwordless sudo on the droplet: \
+        "{user} cannot use sudo without a password, and pdsup runs sudo non-interactively \
+         (sudo -n). Log in as root instead, or allow {user} passwordless sudo on the droplet: \
          `echo '{user} ALL=(ALL) NOPASSWD:ALL' | sudo tee /etc/sudoers.d/90-pdsup && \
          sudo chmod 0440 /etc/sudoers.d/90-pdsup`"
     )]
@@ -397,7 +397,7 @@ impl Host for SshHost {
         );
         let command = remote_command(&write_script(path, mode), self.use_sudo);
         let out = self
-            .exec_raw(command, tokio::io::BufReader::with_capacity(CHUNK, file))
+            .exec_raw(command, file)
             .await
             .with_context(|| format!("copying {} to {path}", local.display()))?;
         if !out.success() {
@@ -429,7 +429,8 @@ fn status_text(status: Option<u32>) -> String {
     status.map_or("no exit status".to_string(), |s| format!("exit status {s}"))
 }
 
-/// One forwarded TCP connection: a direct-tcpip channel, copied both ways.
+/// One forwarded TCP connection: a direct-tcpip channel, copied both ways
+/// until both sides are done (each side's EOF is passed on to the other).
 async fn tunnel(
     session: &client::Handle<Client>,
     mut tcp: TcpStream,
@@ -445,9 +446,12 @@ async fn tunnel(
             u32::from(peer.port()),
         )
         .await
-        .context("opening the channel")?;
+        .context("the server refused to open the tunnel channel")?;
     let mut stream = channel.into_stream();
-    tokio::io::copy_bidirectional(&mut tcp, &mut stream).await?;
+    // A reset here is ordinary (a client dropping a pooled connection).
+    if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await {
+        log::debug!("tunnel connection from {peer} ended: {e}");
+    }
     Ok(())
 }
 
@@ -530,8 +534,11 @@ where
         let why = ended_by.unwrap_or_else(|| "the channel closed without an exit status".into());
         log::debug!("{host}: {why}");
         // Said on stderr so that `Host::run`'s error shows why there is no status.
+        if !out.stderr.is_empty() && !out.stderr.ends_with(b"\n") {
+            out.stderr.push(b'\n');
+        }
         out.stderr
-            .extend_from_slice(format!("\n[pdsup] {}\n", why.trim()).as_bytes());
+            .extend_from_slice(format!("[pdsup] {}\n", why.trim()).as_bytes());
     }
     Ok(out)
 }
