@@ -21,6 +21,9 @@ mod tests {
 
     #[test]
     fn render_replaces_every_placeholder() {
-        assert_eq!(render("a {{x}} b {{x}} {{y}}", &[("x", "1"), ("y", "2")]), "a 1 b 1 2");
+        assert_eq!(
+            render("a {{x}} b {{x}} {{y}}", &[("x", "1"), ("y", "2")]),
+            "a 1 b 1 2"
+        );
     }
 }

@@ -15,7 +15,9 @@ pub enum InputError {
     Hostname(String, &'static str),
     #[error("invalid handle {0:?}: {1}")]
     Handle(String, String),
-    #[error("invalid email {0:?}: {1}. The first account needs a working address, e.g. me@example.com")]
+    #[error(
+        "invalid email {0:?}: {1}. The first account needs a working address, e.g. me@example.com"
+    )]
     Email(String, String),
 }
 
@@ -60,7 +62,10 @@ impl FromStr for Hostname {
         for label in &labels {
             check_label(label).map_err(err)?;
         }
-        if labels.last().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+        if labels
+            .last()
+            .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+        {
             return Err(err("the last label cannot be all digits"));
         }
         Ok(Hostname(name))
@@ -215,7 +220,9 @@ mod tests {
             "alice.pds.example.com"
         );
         assert_eq!(
-            Handle::parse("@Alice.pds.example.com", &h).unwrap().initial(),
+            Handle::parse("@Alice.pds.example.com", &h)
+                .unwrap()
+                .initial(),
             "alice.pds.example.com"
         );
         assert_eq!(
@@ -225,7 +232,13 @@ mod tests {
                 initial: "alice.pds.example.com".into()
             }
         );
-        for bad in ["al", "a_b", "averyveryverylongname1", "x.y.pds.example.com", "-bob"] {
+        for bad in [
+            "al",
+            "a_b",
+            "averyveryverylongname1",
+            "x.y.pds.example.com",
+            "-bob",
+        ] {
             assert!(Handle::parse(bad, &h).is_err(), "{bad} should be refused");
         }
     }
@@ -236,7 +249,14 @@ mod tests {
             "me@example.com".parse::<Email>().unwrap().as_str(),
             "me@example.com"
         );
-        for bad in ["", "me", "me@", "@example.com", "me@localhost", "Me <me@example.com>"] {
+        for bad in [
+            "",
+            "me",
+            "me@",
+            "@example.com",
+            "me@localhost",
+            "Me <me@example.com>",
+        ] {
             assert!(bad.parse::<Email>().is_err(), "{bad} should be refused");
         }
     }

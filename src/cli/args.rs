@@ -110,12 +110,15 @@ pub fn hostname(args: &SiteArgs) -> Result<Hostname> {
 }
 
 fn readable(path: &Path, flag: &str) -> Result<()> {
-    std::fs::File::open(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
+    std::fs::File::open(path)
+        .with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
     Ok(())
 }
 
 fn url(value: &str, flag: &str) -> Result<String> {
-    if !(value.starts_with("https://") || value.starts_with("http://")) || value.contains(char::is_whitespace) {
+    if !(value.starts_with("https://") || value.starts_with("http://"))
+        || value.contains(char::is_whitespace)
+    {
         bail!("{flag} {value:?}: expected an http(s):// URL");
     }
     Ok(value.trim_end_matches('/').to_string())
@@ -152,11 +155,23 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             readable(p, flag)?;
         }
     }
-    if !args.nomad_version.chars().all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c)) {
-        bail!("--nomad-version {:?}: expected a version like {}", args.nomad_version, settings::NOMAD_VERSION);
+    if !args
+        .nomad_version
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
+    {
+        bail!(
+            "--nomad-version {:?}: expected a version like {}",
+            args.nomad_version,
+            settings::NOMAD_VERSION
+        );
     }
     if args.pds_image.trim().is_empty() || args.pds_image.contains(char::is_whitespace) {
-        bail!("--pds-image {:?}: expected an image reference like {}", args.pds_image, settings::PDS_IMAGE);
+        bail!(
+            "--pds-image {:?}: expected an image reference like {}",
+            args.pds_image,
+            settings::PDS_IMAGE
+        );
     }
     if !args.io_config_dir.starts_with('/') {
         bail!("--io-config-dir must be an absolute path on the droplet");
@@ -182,7 +197,11 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
         pds_image_archive: args.pds_image_archive.clone(),
         plc_url: url(&args.plc_url, "--plc-url")?,
         acme: Acme {
-            ca: args.acme_ca.as_deref().map(|u| url(u, "--acme-ca")).transpose()?,
+            ca: args
+                .acme_ca
+                .as_deref()
+                .map(|u| url(u, "--acme-ca"))
+                .transpose()?,
             ca_root: args.acme_ca_root.clone(),
         },
         io: Io {
@@ -196,7 +215,11 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
 }
 
 /// The record saved for the next run.
-pub fn record(settings: &Settings, previous: Option<SiteRecord>, destination: Option<String>) -> SiteRecord {
+pub fn record(
+    settings: &Settings,
+    previous: Option<SiteRecord>,
+    destination: Option<String>,
+) -> SiteRecord {
     let mut record = previous.unwrap_or_default();
     record.hostname = settings.hostname.to_string();
     if destination.is_some() {

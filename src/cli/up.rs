@@ -57,7 +57,15 @@ pub struct PlanArgs {
 }
 
 pub async fn up(args: UpArgs, global: &Global) -> Result<()> {
-    run(args.dest, args.local, args.dry_run, &args.site, &args.ssh, global).await
+    run(
+        args.dest,
+        args.local,
+        args.dry_run,
+        &args.site,
+        &args.ssh,
+        global,
+    )
+    .await
 }
 
 pub async fn plan(args: PlanArgs, global: &Global) -> Result<()> {
@@ -68,7 +76,8 @@ pub async fn plan(args: PlanArgs, global: &Global) -> Result<()> {
     let settings = args::settings(&args.site, previous.as_ref())?;
     let secrets = site.load_secrets()?.unwrap_or_else(PdsSecrets::generate);
     let mut report = RunReport::default();
-    let mut text = String::from("Plan for a fresh droplet (secrets masked; nothing is contacted):\n\n");
+    let mut text =
+        String::from("Plan for a fresh droplet (secrets masked; nothing is contacted):\n\n");
     for step in StepId::ALL {
         let plan = step.plan_fresh(&settings, &secrets)?;
         text.push_str(&render_plan(&plan, true));
@@ -80,14 +89,22 @@ pub async fn plan(args: PlanArgs, global: &Global) -> Result<()> {
         });
     }
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ok": true, "dry_run": true, "steps": report.steps}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"ok": true, "dry_run": true, "steps": report.steps})
+            )?
+        );
     } else {
         print!("{text}");
     }
     Ok(())
 }
 
-fn open_site(site_args: &SiteArgs, global: &Global) -> Result<(SiteDir, Option<crate::state::SiteRecord>)> {
+fn open_site(
+    site_args: &SiteArgs,
+    global: &Global,
+) -> Result<(SiteDir, Option<crate::state::SiteRecord>)> {
     let state_dir = match &global.state_dir {
         Some(d) => d.clone(),
         None => SiteDir::default_state_dir()?,

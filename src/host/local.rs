@@ -82,8 +82,8 @@ impl Host for LocalHost {
     }
 
     async fn upload(&self, local: &Path, path: &str, mode: &FileMode) -> Result<()> {
-        let file = std::fs::File::open(local)
-            .with_context(|| format!("opening {}", local.display()))?;
+        let file =
+            std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
         let mut cmd = self.command(&write_script(path, mode));
         cmd.stdin(Stdio::from(file));
         let out = cmd.output().await?;

@@ -13,15 +13,27 @@ use crate::settings::{Settings, PDS_PORT};
 use crate::state::secrets::{PdsSecrets, ADMIN_PASSWORD, JWT_SECRET, ROTATION_KEY};
 
 /// The full environment of the PDS task, secrets included (as `EnvValue::Secret`).
-pub fn pds_environment(settings: &Settings, secrets: &PdsSecrets) -> Result<Vec<(String, EnvValue)>> {
+pub fn pds_environment(
+    settings: &Settings,
+    secrets: &PdsSecrets,
+) -> Result<Vec<(String, EnvValue)>> {
     let plain = |k: &str, v: &str| (k.to_string(), EnvValue::Plain(v.to_string()));
     let mut env = vec![
         plain("TZ", &settings.timezone),
         plain("PDS_HOSTNAME", settings.hostname.as_str()),
         plain("PDS_PORT", &PDS_PORT.to_string()),
-        (JWT_SECRET.into(), EnvValue::Secret(secrets.jwt_secret.clone())),
-        (ADMIN_PASSWORD.into(), EnvValue::Secret(secrets.admin_password.clone())),
-        (ROTATION_KEY.into(), EnvValue::Secret(secrets.rotation_key_hex.clone())),
+        (
+            JWT_SECRET.into(),
+            EnvValue::Secret(secrets.jwt_secret.clone()),
+        ),
+        (
+            ADMIN_PASSWORD.into(),
+            EnvValue::Secret(secrets.admin_password.clone()),
+        ),
+        (
+            ROTATION_KEY.into(),
+            EnvValue::Secret(secrets.rotation_key_hex.clone()),
+        ),
         plain("PDS_DATA_DIRECTORY", "/pds"),
         plain("PDS_BLOBSTORE_DISK_LOCATION", "/pds/blocks"),
         plain("PDS_BLOBSTORE_DISK_TMP_LOCATION", "/pds/temp"),
@@ -57,7 +69,9 @@ pub fn parse_extra(raw: &str) -> Result<(String, String)> {
 
 fn check_extra_key(key: &str) -> Result<()> {
     let valid = !key.is_empty()
-        && key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
         && !key.starts_with(|c: char| c.is_ascii_digit());
     if !valid {
         bail!("--pds-env {key:?}: names are upper-case letters, digits and '_'");
@@ -95,7 +109,14 @@ fn shell_value(value: &str) -> String {
     if safe && !value.is_empty() {
         value.to_string()
     } else {
-        format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"").replace('$', "\\$").replace('`', "\\`"))
+        format!(
+            "\"{}\"",
+            value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "\\$")
+                .replace('`', "\\`")
+        )
     }
 }
 
@@ -150,7 +171,9 @@ mod tests {
     fn extra_env_overrides_defaults_but_not_secrets() {
         let mut settings = Settings::example();
         settings.pds_env = vec![parse_extra("PDS_INVITE_REQUIRED=false").unwrap()];
-        settings.pds_env.push(parse_extra("PDS_EMAIL_FROM_ADDRESS=a b <x@y.z>").unwrap());
+        settings
+            .pds_env
+            .push(parse_extra("PDS_EMAIL_FROM_ADDRESS=a b <x@y.z>").unwrap());
         let env = pds_environment(&settings, &PdsSecrets::generate()).unwrap();
         let parsed = parse_env_file(&render_env_file(&env));
         assert_eq!(parsed["PDS_INVITE_REQUIRED"], "false");

@@ -158,7 +158,13 @@ impl Xrpc {
         if !resp.status().is_success() {
             return Err(xrpc_error(method, resp).await.into());
         }
-        Ok(resp.json::<Repos>().await?.repos.into_iter().map(|r| r.did).collect())
+        Ok(resp
+            .json::<Repos>()
+            .await?
+            .repos
+            .into_iter()
+            .map(|r| r.did)
+            .collect())
     }
 
     async fn post<T: serde::de::DeserializeOwned>(
@@ -174,7 +180,10 @@ impl Xrpc {
         if let Some(password) = admin_password {
             req = req.basic_auth("admin", Some(password.expose()));
         }
-        let resp = req.send().await.with_context(|| format!("calling {method}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {method}"))?;
         if !resp.status().is_success() {
             return Err(xrpc_error(method, resp).await.into());
         }

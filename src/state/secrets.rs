@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use rand::rngs::SysRng;
 use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
 use rand::{Rng, RngExt};
 
 use crate::secret::Secret;
@@ -94,10 +94,16 @@ mod tests {
         let s = PdsSecrets::generate();
         let mut env = BTreeMap::new();
         env.insert(JWT_SECRET.to_string(), s.jwt_secret.expose().to_string());
-        env.insert(ADMIN_PASSWORD.to_string(), s.admin_password.expose().to_string());
+        env.insert(
+            ADMIN_PASSWORD.to_string(),
+            s.admin_password.expose().to_string(),
+        );
         let err = PdsSecrets::from_env(&env).unwrap_err().to_string();
         assert!(err.contains(ROTATION_KEY), "{err}");
-        env.insert(ROTATION_KEY.to_string(), s.rotation_key_hex.expose().to_string());
+        env.insert(
+            ROTATION_KEY.to_string(),
+            s.rotation_key_hex.expose().to_string(),
+        );
         assert_eq!(PdsSecrets::from_env(&env).unwrap(), s);
     }
 

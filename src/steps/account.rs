@@ -41,7 +41,10 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
             email_confirmed = email_confirmed_on_droplet(ctx, did).await?;
         }
     }
-    Ok(Facts { did, email_confirmed })
+    Ok(Facts {
+        did,
+        email_confirmed,
+    })
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
@@ -49,7 +52,10 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     let handle = settings.handle.initial().to_string();
     if facts.did.is_none() {
         plan.change(
-            format!("create the account {handle} <{}> (password generated, shown once)", settings.email.as_str()),
+            format!(
+                "create the account {handle} <{}> (password generated, shown once)",
+                settings.email.as_str()
+            ),
             Action::CreateAccount {
                 handle: handle.clone(),
                 email: settings.email.as_str().to_string(),
@@ -70,7 +76,9 @@ pub async fn create(ctx: &mut Ctx<'_>, handle: &str, email: &str) -> Result<()> 
     let password = account_password();
     let pds = ctx.pds().await?;
     let invite = pds.create_invite_code(&admin).await?;
-    let created = pds.create_account(email, handle, &password, &invite).await?;
+    let created = pds
+        .create_account(email, handle, &password, &invite)
+        .await?;
     ctx.record.account_did = Some(created.did.clone());
     ctx.site.save_record(&ctx.record)?;
     ctx.outcome.account = Some(AccountOutcome {
@@ -87,7 +95,11 @@ fn checked_did(ctx: &Ctx<'_>) -> Result<String> {
     };
     // The DID goes into an SQL statement: accept only did:plc/did:web characters.
     let did = &account.did;
-    if !did.starts_with("did:") || !did.chars().all(|c| c.is_ascii_alphanumeric() || ":._-%".contains(c)) {
+    if !did.starts_with("did:")
+        || !did
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":._-%".contains(c))
+    {
         bail!("unexpected DID {did:?}");
     }
     Ok(did.clone())
@@ -130,11 +142,17 @@ mod tests {
         let p = plan(&Facts::fresh(), &settings);
         assert_eq!(p.changes.len(), 1);
         assert!(p.changes[0].summary.contains("alice.pds.example.com"));
-        let exists = Facts { did: Some("did:plc:x".into()), email_confirmed: false };
+        let exists = Facts {
+            did: Some("did:plc:x".into()),
+            email_confirmed: false,
+        };
         assert!(plan(&exists, &settings).is_unchanged());
         settings.confirm_email = true;
         assert_eq!(plan(&exists, &settings).changes.len(), 1);
-        let confirmed = Facts { email_confirmed: true, ..exists };
+        let confirmed = Facts {
+            email_confirmed: true,
+            ..exists
+        };
         assert!(plan(&confirmed, &settings).is_unchanged());
     }
 }

@@ -46,7 +46,9 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         None => {
             // The source address of the default route: a local lookup, no traffic.
             let out = ctx
-                .probe("ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'")
+                .probe(
+                    "ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'",
+                )
                 .await?
                 .stdout_str();
             let ip = out.trim().to_string();
@@ -76,11 +78,22 @@ pub fn records(facts: &Facts, settings: &Settings) -> Vec<Record> {
         .unwrap_or_else(|| "<droplet's public IPv4>".into());
     let host = settings.hostname.as_str();
     let mut out = vec![
-        Record { kind: "A", name: host.to_string(), value: ip.clone() },
-        Record { kind: "A", name: format!("*.{host}"), value: ip },
+        Record {
+            kind: "A",
+            name: host.to_string(),
+            value: ip.clone(),
+        },
+        Record {
+            kind: "A",
+            name: format!("*.{host}"),
+            value: ip,
+        },
     ];
     if let Handle::Custom { domain, .. } = &settings.handle {
-        let did = facts.did.clone().unwrap_or_else(|| "<the account's DID>".into());
+        let did = facts
+            .did
+            .clone()
+            .unwrap_or_else(|| "<the account's DID>".into());
         out.push(Record {
             kind: "TXT",
             name: format!("_atproto.{domain}"),
@@ -105,14 +118,20 @@ mod tests {
     #[test]
     fn records_for_hostname_and_custom_handle() {
         let mut settings = Settings::example();
-        let facts = Facts { public_ip: Some("203.0.113.7".into()), did: Some("did:plc:abc".into()) };
+        let facts = Facts {
+            public_ip: Some("203.0.113.7".into()),
+            did: Some("did:plc:abc".into()),
+        };
         let r = records(&facts, &settings);
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].name, "*.pds.example.com");
         assert_eq!(r[1].value, "203.0.113.7");
         settings.handle = Handle::parse("alice.com", &settings.hostname).unwrap();
         let r = records(&facts, &settings);
-        assert_eq!(r[2].to_string().split_whitespace().collect::<Vec<_>>(), ["TXT", "_atproto.alice.com", "\"did=did:plc:abc\""]);
+        assert_eq!(
+            r[2].to_string().split_whitespace().collect::<Vec<_>>(),
+            ["TXT", "_atproto.alice.com", "\"did=did:plc:abc\""]
+        );
     }
 
     #[test]

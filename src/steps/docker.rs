@@ -64,8 +64,14 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     let mut plan = StepPlan::new(StepId::Docker);
     if !facts.installed {
         let (summary, source) = match settings.docker_source {
-            DockerSource::Docker => ("install Docker Engine from Docker's apt repository", DockerSource::Docker),
-            DockerSource::Distro => ("install docker.io from the distribution", DockerSource::Distro),
+            DockerSource::Docker => (
+                "install Docker Engine from Docker's apt repository",
+                DockerSource::Docker,
+            ),
+            DockerSource::Distro => (
+                "install docker.io from the distribution",
+                DockerSource::Distro,
+            ),
         };
         let script = install_script(source);
         plan.change(summary, Action::Run(Cmd::sh(script.clone())))
@@ -100,9 +106,16 @@ mod tests {
 
     #[test]
     fn running_engine_is_left_alone_and_a_stopped_one_started() {
-        let running = Facts { installed: true, active: true, enabled: true };
+        let running = Facts {
+            installed: true,
+            active: true,
+            enabled: true,
+        };
         assert!(plan(&running, &Settings::example()).is_unchanged());
-        let stopped = Facts { active: false, ..running };
+        let stopped = Facts {
+            active: false,
+            ..running
+        };
         let p = plan(&stopped, &Settings::example());
         assert_eq!(p.changes.len(), 1);
         assert!(p.changes[0].summary.contains("start"));

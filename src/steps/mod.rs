@@ -336,9 +336,7 @@ impl<'a> Ctx<'a> {
                 pds_job::wait_healthy(self, job, image).await?;
             }
             Action::WaitPdsHealthy => pds_job::wait_pds_health(self).await?,
-            Action::CreateAccount { handle, email } => {
-                account::create(self, handle, email).await?
-            }
+            Action::CreateAccount { handle, email } => account::create(self, handle, email).await?,
             Action::ConfirmEmail { handle } => account::confirm_email(self, handle).await?,
         }
         Ok(())

@@ -87,12 +87,19 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
         if !facts.existing_dirs.contains(&path) {
             plan.change(
                 format!("create the host volume directory {path}"),
-                Action::Run(Cmd::sh(format!("mkdir -p {p} && chmod 700 {p}", p = quote(&path)))),
+                Action::Run(Cmd::sh(format!(
+                    "mkdir -p {p} && chmod 700 {p}",
+                    p = quote(&path)
+                ))),
             );
         }
     }
     if changed {
-        let what = if facts.config.is_some() { "add host volumes to" } else { "write" };
+        let what = if facts.config.is_some() {
+            "add host volumes to"
+        } else {
+            "write"
+        };
         plan.change(
             format!("{what} {NOMAD_CONFIG_PATH}"),
             Action::Write {
@@ -101,7 +108,10 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
                 mode: FileMode::root(0o640),
             },
         )
-        .detail(crate::ui::diff(facts.config.as_deref().unwrap_or(""), &text));
+        .detail(crate::ui::diff(
+            facts.config.as_deref().unwrap_or(""),
+            &text,
+        ));
     }
     if changed || !facts.active {
         let verb = if facts.active { "restart" } else { "start" };
@@ -156,7 +166,9 @@ mod tests {
         let mut settings = Settings::example();
         settings.proxy = Proxy::Caddy;
         let facts = Facts {
-            config: Some("data_dir = \"/opt/nomad/data\"\n\nclient {\n  enabled = true\n}\n".into()),
+            config: Some(
+                "data_dir = \"/opt/nomad/data\"\n\nclient {\n  enabled = true\n}\n".into(),
+            ),
             existing_dirs: vec![PDS_VOLUME_PATH.into()],
             active: true,
         };

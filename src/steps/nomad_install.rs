@@ -108,7 +108,9 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     if !facts.has_tools {
         plan.change(
             "install unzip and curl (to fetch and unpack the Nomad release)",
-            Action::Run(Cmd::sh(format!("set -e\n{APT} update\n{APT} install unzip curl ca-certificates"))),
+            Action::Run(Cmd::sh(format!(
+                "set -e\n{APT} update\n{APT} install unzip curl ca-certificates"
+            ))),
         );
     }
     if !facts.has_user {
@@ -128,7 +130,9 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
             },
         };
         let from = match &source {
-            Source::Download { base_url } => release::url(base_url, wanted, &release::zip_name(wanted, arch)),
+            Source::Download { base_url } => {
+                release::url(base_url, wanted, &release::zip_name(wanted, arch))
+            }
             Source::LocalZip(p) => format!("{} (uploaded)", p.display()),
         };
         let verb = match &facts.version {
@@ -144,7 +148,10 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
                 key: settings.nomad.release_key.clone(),
             }),
         )
-        .detail(format!("from {from}\nSHA256SUMS signature checked against {}", key_name(settings.nomad.release_key.as_deref())));
+        .detail(format!(
+            "from {from}\nSHA256SUMS signature checked against {}",
+            key_name(settings.nomad.release_key.as_deref())
+        ));
     }
     let unit = config::systemd_unit();
     if facts.unit.as_deref() != Some(unit) {
@@ -158,10 +165,16 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
             },
         )
         .detail(diff);
-        plan.change("reload systemd", Action::Run(Cmd::sh("systemctl daemon-reload")));
+        plan.change(
+            "reload systemd",
+            Action::Run(Cmd::sh("systemctl daemon-reload")),
+        );
     }
     if !facts.enabled {
-        plan.change("enable the nomad service at boot", Action::Run(Cmd::sh("systemctl enable nomad")));
+        plan.change(
+            "enable the nomad service at boot",
+            Action::Run(Cmd::sh("systemctl enable nomad")),
+        );
     }
     plan
 }
@@ -198,7 +211,10 @@ pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
                     Ok::<_, anyhow::Error>(resp.bytes().await?.to_vec())
                 }
             };
-            (fetch(release::sums_name(v)).await?, fetch(release::sig_name(v)).await?)
+            (
+                fetch(release::sums_name(v)).await?,
+                fetch(release::sig_name(v)).await?,
+            )
         }
         Source::LocalZip(path) => {
             let dir = path.parent().unwrap_or(Path::new("."));
@@ -222,11 +238,14 @@ pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
     release::verify_sums(&sums, &sig, &key)?;
     let expected = release::expected_sha256(&String::from_utf8_lossy(&sums), &zip)?;
     let remote_zip = format!("{STAGING}/{zip}");
-    ctx.host.run(&Cmd::sh(format!("rm -rf {STAGING} && mkdir -p {STAGING}"))).await?;
+    ctx.host
+        .run(&Cmd::sh(format!("rm -rf {STAGING} && mkdir -p {STAGING}")))
+        .await?;
     match &install.source {
         Source::Download { base_url } => {
             let url = release::url(base_url, v, &zip);
-            ctx.ui.progress(&format!("downloading {zip} on the droplet"));
+            ctx.ui
+                .progress(&format!("downloading {zip} on the droplet"));
             ctx.host
                 .run(&Cmd::sh(format!(
                     "curl -fsSL --retry 3 -o {} {}",
@@ -245,7 +264,9 @@ pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
                 );
             }
             ctx.ui.progress(&format!("uploading {}", path.display()));
-            ctx.host.upload(path, &remote_zip, &FileMode::root(0o600)).await?;
+            ctx.host
+                .upload(path, &remote_zip, &FileMode::root(0o600))
+                .await?;
         }
     }
     ctx.ui.progress("verifying and installing the nomad binary");
@@ -261,10 +282,16 @@ pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
         zip = quote(&zip),
     );
     ctx.host.run(&Cmd::sh(script)).await?;
-    let got = ctx.host.run(&Cmd::sh("/usr/local/bin/nomad version | head -n1")).await?;
+    let got = ctx
+        .host
+        .run(&Cmd::sh("/usr/local/bin/nomad version | head -n1"))
+        .await?;
     let installed = parse_version(&got.stdout_str());
     if installed.as_deref() != Some(v.as_str()) {
-        bail!("after installing, `nomad version` says {:?}, expected {v}", got.stdout_str().trim());
+        bail!(
+            "after installing, `nomad version` says {:?}, expected {v}",
+            got.stdout_str().trim()
+        );
     }
     Ok(())
 }
@@ -303,7 +330,7 @@ mod tests {
         let plan = plan(&Facts::fresh(), &Settings::example());
         let summaries: Vec<&str> = plan.changes.iter().map(|c| c.summary.as_str()).collect();
         assert!(summaries[0].contains("unzip"));
-        assert!(summaries.iter().any(|s| *s == "install Nomad 1.10.5"));
+        assert!(summaries.contains(&"install Nomad 1.10.5"));
         assert!(summaries.iter().any(|s| s.contains("nomad.service")));
         let install = plan.changes.iter().find_map(|c| match &c.action {
             Action::InstallNomad(i) => Some(i),
@@ -311,7 +338,9 @@ mod tests {
         });
         assert_eq!(
             install.unwrap().source,
-            Source::Download { base_url: "https://releases.hashicorp.com".into() }
+            Source::Download {
+                base_url: "https://releases.hashicorp.com".into()
+            }
         );
     }
 
@@ -326,7 +355,10 @@ mod tests {
             enabled: true,
         };
         assert!(plan(&facts, &Settings::example()).is_unchanged());
-        let old = Facts { version: Some("1.9.0".into()), ..facts };
+        let old = Facts {
+            version: Some("1.9.0".into()),
+            ..facts
+        };
         let p = plan(&old, &Settings::example());
         assert_eq!(p.changes.len(), 1);
         assert_eq!(p.changes[0].summary, "upgrade Nomad 1.9.0 → 1.10.5");

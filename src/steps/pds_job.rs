@@ -33,7 +33,10 @@ impl Facts {
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let image = &ctx.settings.pds_image;
     let image_present = ctx
-        .probe(&format!("docker image inspect {} >/dev/null 2>&1", quote(image)))
+        .probe(&format!(
+            "docker image inspect {} >/dev/null 2>&1",
+            quote(image)
+        ))
         .await?
         .success();
     let env = pds_environment(ctx.settings, ctx.secrets()?)?;
@@ -127,7 +130,8 @@ pub async fn wait_pds_health(ctx: &mut Ctx<'_>) -> Result<()> {
             }
             Err(e) => last_err = Some(e),
         }
-        ctx.ui.progress("waiting for the PDS to answer /xrpc/_health");
+        ctx.ui
+            .progress("waiting for the PDS to answer /xrpc/_health");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("timed out")))
@@ -147,10 +151,19 @@ mod tests {
         assert_eq!(summaries.len(), 3, "{summaries:?}");
         assert!(summaries[0].starts_with("submit the pds job"));
         let detail = fresh.changes[0].detail.as_deref().unwrap();
-        assert!(!detail.contains(secrets.jwt_secret.expose()), "plan shows a secret");
+        assert!(
+            !detail.contains(secrets.jwt_secret.expose()),
+            "plan shows a secret"
+        );
         assert!(detail.contains("********"));
-        let converged = Facts { image_present: true, job_unchanged: true, healthy: true };
-        assert!(plan(&converged, &settings, &secrets).unwrap().is_unchanged());
+        let converged = Facts {
+            image_present: true,
+            job_unchanged: true,
+            healthy: true,
+        };
+        assert!(plan(&converged, &settings, &secrets)
+            .unwrap()
+            .is_unchanged());
     }
 
     #[test]
@@ -159,8 +172,14 @@ mod tests {
         settings.pds_image_archive = Some("/tmp/pds.tar".into());
         let secrets = PdsSecrets::generate();
         let p = plan(&Facts::fresh(), &settings, &secrets).unwrap();
-        assert!(p.changes[0].summary.starts_with("upload the PDS image archive"));
-        let present = Facts { image_present: true, job_unchanged: true, healthy: true };
+        assert!(p.changes[0]
+            .summary
+            .starts_with("upload the PDS image archive"));
+        let present = Facts {
+            image_present: true,
+            job_unchanged: true,
+            healthy: true,
+        };
         assert!(plan(&present, &settings, &secrets).unwrap().is_unchanged());
     }
 }

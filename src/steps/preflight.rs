@@ -185,7 +185,11 @@ mod tests {
 
     #[test]
     fn unsupported_os_and_small_droplets_are_blocked() {
-        let facts = Facts::parse(&DEBIAN.replace("os_version=12", "os_version=11").replace("mem_total_mb=2048", "mem_total_mb=512"));
+        let facts = Facts::parse(
+            &DEBIAN
+                .replace("os_version=12", "os_version=11")
+                .replace("mem_total_mb=2048", "mem_total_mb=512"),
+        );
         let plan = plan(&facts, &Settings::example());
         assert_eq!(plan.blockers.len(), 2, "{:?}", plan.blockers);
         assert!(plan.blockers[0].contains("unsupported OS"));
@@ -197,7 +201,10 @@ mod tests {
             "{DEBIAN}listener=LISTEN 0 511 0.0.0.0:80 0.0.0.0:* users:((\"nginx\",pid=812,fd=6))\nlistener=LISTEN 0 4096 *:443 *:* users:((\"caddy\",pid=9,fd=7))\n"
         );
         let facts = Facts::parse(&text);
-        assert_eq!(facts.listeners, vec![(80, "nginx".into()), (443, "caddy".into())]);
+        assert_eq!(
+            facts.listeners,
+            vec![(80, "nginx".into()), (443, "caddy".into())]
+        );
         let mut settings = Settings::example();
         settings.proxy = Proxy::Caddy;
         let plan = plan(&facts, &settings);

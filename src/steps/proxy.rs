@@ -52,7 +52,10 @@ pub fn caddyfile(settings: &Settings) -> String {
 }
 
 pub fn io_ingress(settings: &Settings) -> String {
-    assets::render(assets::IO_INGRESS, &[("hostname", settings.hostname.as_str())])
+    assets::render(
+        assets::IO_INGRESS,
+        &[("hostname", settings.hostname.as_str())],
+    )
 }
 
 fn io_ingress_path(settings: &Settings) -> String {
@@ -118,14 +121,15 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
     if !facts.caddy_installed {
         plan.change(
             "install Caddy from the distribution",
-            Action::Run(Cmd::sh(format!("set -e\n{APT} update\n{APT} install caddy"))),
+            Action::Run(Cmd::sh(format!(
+                "set -e\n{APT} update\n{APT} install caddy"
+            ))),
         );
     }
     let mut reload = false;
     if let Some(root) = &settings.acme.ca_root {
-        let pem = std::fs::read_to_string(root).map_err(|e| {
-            anyhow::anyhow!("reading --acme-ca-root {}: {e}", root.display())
-        })?;
+        let pem = std::fs::read_to_string(root)
+            .map_err(|e| anyhow::anyhow!("reading --acme-ca-root {}: {e}", root.display()))?;
         if facts.acme_root.as_deref() != Some(pem.as_str()) {
             plan.change(
                 format!("install the ACME CA root at {CADDY_ACME_ROOT}"),
@@ -141,14 +145,20 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
     let wanted = caddyfile(settings);
     if facts.caddyfile.as_deref() != Some(wanted.as_str()) {
         plan.change(
-            format!("write {CADDYFILE_PATH} for {} and *.{}", settings.hostname, settings.hostname),
+            format!(
+                "write {CADDYFILE_PATH} for {} and *.{}",
+                settings.hostname, settings.hostname
+            ),
             Action::Write {
                 path: CADDYFILE_PATH.into(),
                 contents: Contents::Text(wanted.clone()),
                 mode: FileMode::root(0o644),
             },
         )
-        .detail(crate::ui::diff(facts.caddyfile.as_deref().unwrap_or(""), &wanted));
+        .detail(crate::ui::diff(
+            facts.caddyfile.as_deref().unwrap_or(""),
+            &wanted,
+        ));
         reload = true;
     }
     if reload || !facts.caddy_active {
@@ -174,7 +184,10 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
                 mode: FileMode::root(0o644),
             },
         )
-        .detail(crate::ui::diff(facts.io_ingress.as_deref().unwrap_or(""), &wanted));
+        .detail(crate::ui::diff(
+            facts.io_ingress.as_deref().unwrap_or(""),
+            &wanted,
+        ));
     }
     if !facts.io_job_unchanged {
         let job = io_job(&settings.io.image);
@@ -217,7 +230,9 @@ mod tests {
     #[test]
     fn io_ingress_is_the_seed_block() {
         let text = io_ingress(&Settings::example());
-        assert!(text.contains("host \"pds.example.com\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}"));
+        assert!(text.contains(
+            "host \"pds.example.com\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}"
+        ));
         hcl::parse(&text).expect("valid HCL");
     }
 
@@ -241,7 +256,8 @@ mod tests {
         let plan = plan(&Facts::fresh(), &Settings::example()).unwrap();
         let summaries: Vec<&str> = plan.changes.iter().map(|c| c.summary.as_str()).collect();
         assert_eq!(summaries.len(), 3, "{summaries:?}");
-        assert!(summaries[0].starts_with("write the IO ingress for pds.example.com to /srv/nomad/io/pds.hcl"));
+        assert!(summaries[0]
+            .starts_with("write the IO ingress for pds.example.com to /srv/nomad/io/pds.hcl"));
         assert!(summaries[1].contains("agentio/io:latest"));
     }
 }

@@ -79,7 +79,9 @@ mod tests {
     fn new_site_generates_and_existing_site_keeps() {
         let settings = Settings::example();
         let fresh = plan(&Facts::fresh(), &settings).unwrap();
-        assert!(fresh.changes[0].summary.starts_with("generate the PDS secrets"));
+        assert!(fresh.changes[0]
+            .summary
+            .starts_with("generate the PDS secrets"));
         let secrets = PdsSecrets::generate();
         let text = render_env_file(&pds_environment(&settings, &secrets).unwrap());
         let kept = Facts {

@@ -39,7 +39,11 @@ impl Ui {
         } else {
             Mode::Plain
         };
-        Ui { mode, json, bar: Mutex::new(None) }
+        Ui {
+            mode,
+            json,
+            bar: Mutex::new(None),
+        }
     }
 
     pub fn json(&self) -> bool {
@@ -51,8 +55,10 @@ impl Ui {
         match self.mode {
             Mode::Tty => {
                 let bar = ProgressBar::new_spinner().with_style(
-                    ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {elapsed:.dim}")
-                        .expect("valid template"),
+                    ProgressStyle::with_template(
+                        "{spinner} {prefix:.bold} {wide_msg} {elapsed:.dim}",
+                    )
+                    .expect("valid template"),
                 );
                 bar.set_prefix(format!("[{index}/{total}] {}", step.name()));
                 bar.set_message("checking");

@@ -23,7 +23,10 @@ impl Summary<'_> {
             return out;
         }
         let version = self.outcome.pds_version.as_deref().unwrap_or("?");
-        out.push_str(&format!("\nPDS:       https://{}  (version {version})\n", s.hostname));
+        out.push_str(&format!(
+            "\nPDS:       https://{}  (version {version})\n",
+            s.hostname
+        ));
         if !self.report.changed() {
             out.push_str("           everything was already in place: nothing changed\n");
         }
