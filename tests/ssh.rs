@@ -625,7 +625,16 @@ async fn default_key_from_home_and_refused_keys_are_listed() {
 async fn unreadable_key_file() {
     let fx = Fixture::new();
     let mut opts = fx.opts();
-    for (name, content) in [("garbage", Some("this is not a key\n")), ("missing", None)] {
+    let public = std::fs::read_to_string(pub_file(&fx.client_key)).unwrap();
+    for (name, content, why) in [
+        ("garbage", Some("this is not a key\n"), "not a private key"),
+        ("missing", None, "No such file"),
+        (
+            "id_test_copy.pub",
+            Some(public.as_str()),
+            "this is a public key",
+        ),
+    ] {
         let path = fx.path(name);
         if let Some(content) = content {
             std::fs::write(&path, content).unwrap();
@@ -633,7 +642,10 @@ async fn unreadable_key_file() {
         opts.identity_file = Some(path.clone());
         let err = fx.connect_opts(&opts, &fx.env()).await.err().unwrap();
         match ssh_error(&err) {
-            SshError::KeyUnreadable { path: p, .. } => assert_eq!(p, &path),
+            SshError::KeyUnreadable { path: p, reason } => {
+                assert_eq!(p, &path);
+                assert!(reason.contains(why), "{name}: {reason}");
+            }
             other => panic!("expected KeyUnreadable for {name}, got {other:?}"),
         }
     }

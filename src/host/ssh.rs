@@ -752,6 +752,9 @@ fn key_candidates(
 /// Reads a private key without decrypting it.
 fn load_key(path: &Path) -> Result<KeyMaterial, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    if PublicKey::from_openssh(text.trim()).is_ok() {
+        return Err("this is a public key; give the private key (the file without .pub)".into());
+    }
     if text.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
         let key = PrivateKey::from_openssh(&text)
             .map_err(|e| format!("not a valid OpenSSH private key ({e})"))?;
