@@ -1,4 +1,4 @@
-//! A minimal logger in Nomad's line format (`<RFC3339> [LEVEL] <target>: <message>`) on stderr,
+//! A minimal logger in Nomad's line format (`<RFC3339> [LEVEL]  <subsystem>: <message>`) on stderr,
 //! which systemd puts in the journal. The level follows the agent's `log_level`.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -23,12 +23,11 @@ impl Log for StderrLogger {
             Level::Debug => "[DEBUG]",
             Level::Trace => "[TRACE]",
         };
-        let target = record.target().trim_start_matches("nomad::");
+        // Messages carry their subsystem themselves ("client: ...", "http: ...").
         eprintln!(
-            "{} {} {}: {}",
+            "{} {} {}",
             chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
             level,
-            target,
             record.args()
         );
     }
