@@ -456,10 +456,17 @@ mod double {
                 "echo '{STDOUT_LINE}'; echo '{STDERR_LINE}' >&2; exec /bin/busybox httpd -f -v -p 3000 -h /www"
             );
             let cmd_json = serde_json::to_string(&["/bin/busybox", "sh", "-c", &script]).unwrap();
-            run(Command::new("sh").arg("-c").arg(format!(
-                "tar -C '{}' -c . | docker import -c 'CMD {cmd_json}' - {IMAGE} >/dev/null",
-                r.display()
-            )));
+            let tar = root.path().join("rootfs.tar");
+            run(Command::new("tar")
+                .arg("-C")
+                .arg(r)
+                .args(["--exclude", "./rootfs.tar", "-cf"])
+                .arg(&tar)
+                .arg("."));
+            run(Command::new("docker")
+                .args(["import", "-c", &format!("CMD {cmd_json}")])
+                .arg(&tar)
+                .arg(IMAGE));
         });
         IMAGE
     }
@@ -542,9 +549,14 @@ client {{
             self.dir.path().join("volumes").join(name)
         }
 
-        /// The agent's own log, for failure messages.
+        /// The agent's whole log.
+        pub fn full_log(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        }
+
+        /// The end of the agent's log, for failure messages.
         pub fn log(&self) -> String {
-            let text = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+            let text = self.full_log();
             let lines: Vec<&str> = text.lines().collect();
             lines[lines.len().saturating_sub(40)..].join("\n")
         }
@@ -713,7 +725,64 @@ async fn double_job_lifecycle() {
         assert_eq!(d.status, "successful", "{d:?}");
     }
 
+    // The double logs every key Nomad would have dropped silently: there must be none.
+    let log = agent.full_log();
+    for dropped in ["ignoring unknown field", "dropping volume"] {
+        assert!(!log.contains(dropped), "Nomad would drop part of our job:\n{log}");
+    }
+
     api.deregister("pds", true).await.unwrap();
+    assert_eq!(api.deregister("nope", true).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn double_io_job_is_placed_and_force_pulls() {
+    let mut agent = Agent::start(&["io"]);
+    agent.ready(&["io"]).await;
+    // The image exists locally, but force_pull pulls it anyway, as for IO's `latest`
+    // tag; here the registry is unreachable, so the pull fails once placed.
+    let image = "127.0.0.1:1/agentio/io:latest";
+    let job = pdsup::nomad::job::io_job(image);
+    assert_eq!(agent.api.plan_diff(&job).await.unwrap(), DiffType::Added);
+    let plan = agent.api.plan(&job).await.unwrap();
+    assert!(plan.failed_placements.is_empty(), "{plan:?}");
+    agent.api.register(&job).await.unwrap();
+    let err = agent
+        .api
+        .wait_job_healthy("io", Duration::from_secs(120), &mut |m| eprintln!("{m}"))
+        .await
+        .expect_err("the pull fails");
+    let text = format!("{err:#}");
+    assert!(text.contains(&format!("Failed to pull `{image}`")), "{text}");
+    let stored = agent.api.job("io").await.unwrap().unwrap();
+    let task = &stored["TaskGroups"][0]["Tasks"][0];
+    assert_eq!(task["Config"]["network_mode"], "host");
+    assert_eq!(task["Config"]["force_pull"], true);
+    assert_eq!(stored["TaskGroups"][0]["Services"][0]["Provider"], "nomad");
+    let log = agent.full_log();
+    assert!(!log.contains("ignoring unknown field"), "{log}");
+}
+
+#[tokio::test]
+async fn double_missing_host_volume_is_reported_by_plan_and_wait() {
+    // The client has no "pds" volume: Nomad cannot place the job.
+    let mut agent = Agent::start(&["io"]);
+    agent.ready(&["io"]).await;
+    let job = test_job(double::image(), double::free_port());
+    let plan = agent.api.plan(&job).await.unwrap();
+    assert_eq!(plan.diff, DiffType::Added);
+    assert!(
+        plan.failed_placements.iter().any(|f| f.contains("missing compatible host volumes")),
+        "{plan:?}"
+    );
+    agent.api.register(&job).await.unwrap();
+    let err = agent
+        .api
+        .wait_job_healthy("pds", Duration::from_secs(60), &mut |m| eprintln!("{m}"))
+        .await
+        .expect_err("unplaceable");
+    let text = format!("{err:#}");
+    assert!(text.contains("missing compatible host volumes"), "{text}");
 }
 
 #[tokio::test]
@@ -730,6 +799,7 @@ async fn double_unpullable_image_names_the_image() {
         .await
         .expect_err("an image that cannot be pulled");
     let text = format!("{err:#}");
+    eprintln!("{text}");
     assert!(text.contains(image), "{text}");
     assert!(text.to_lowercase().contains("pull"), "{text}");
     assert!(!text.contains("was not healthy after"), "it waited for the timeout: {text}");
@@ -754,6 +824,7 @@ async fn double_crashing_task_quotes_its_stderr() {
         .await
         .expect_err("a task that exits");
     let text = format!("{err:#}");
+    eprintln!("{text}");
     assert!(text.contains("cannot open /pds/account.sqlite"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
 }

@@ -526,7 +526,9 @@ impl NomadApi {
     /// Sends one request and reads the whole answer. A transport error names
     /// the method and path, never the body.
     async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> ApiResult<Reply> {
-        let mut req = self.client.request(method.clone(), format!("{}{path}", self.base));
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base));
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -551,7 +553,12 @@ impl NomadApi {
         }
     }
 
-    fn decode<T: DeserializeOwned>(method: Method, path: &str, reply: &Reply, secrets: &[&str]) -> ApiResult<T> {
+    fn decode<T: DeserializeOwned>(
+        method: Method,
+        path: &str,
+        reply: &Reply,
+        secrets: &[&str],
+    ) -> ApiResult<T> {
         serde_json::from_slice(&reply.body).map_err(|e| ApiError::Decode {
             method,
             path: path.to_string(),
@@ -624,7 +631,10 @@ impl NomadApi {
             .filter(|s| !s.is_empty())
             .map(str::to_string);
         Ok(AgentSelf {
-            version: config["Version"]["Version"].as_str().unwrap_or_default().to_string(),
+            version: config["Version"]["Version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             node_name: config["NodeName"].as_str().unwrap_or_default().to_string(),
             node_id,
             host_volumes,
@@ -656,7 +666,11 @@ impl NomadApi {
                 nodes
                     .iter()
                     .find(|n| me.node_id.as_deref() == Some(n.id.as_str()))
-                    .or_else(|| nodes.iter().find(|n| !me.node_name.is_empty() && n.name == me.node_name))
+                    .or_else(|| {
+                        nodes
+                            .iter()
+                            .find(|n| !me.node_name.is_empty() && n.name == me.node_name)
+                    })
             })
             .or_else(|| (nodes.len() == 1).then(|| &nodes[0]));
         match pick {
@@ -688,12 +702,17 @@ impl NomadApi {
             None => DiffType::Added,
         };
         let failed: BTreeMap<String, AllocMetric> = match &v["FailedTGAllocs"] {
-            Value::Object(_) => serde_json::from_value(v["FailedTGAllocs"].clone()).unwrap_or_default(),
+            Value::Object(_) => {
+                serde_json::from_value(v["FailedTGAllocs"].clone()).unwrap_or_default()
+            }
             _ => BTreeMap::new(),
         };
         Ok(PlanResult {
             diff,
-            failed_placements: failed.iter().map(|(tg, m)| format!("group {tg}: {m}")).collect(),
+            failed_placements: failed
+                .iter()
+                .map(|(tg, m)| format!("group {tg}: {m}"))
+                .collect(),
             warnings: v["Warnings"].as_str().unwrap_or_default().to_string(),
         })
     }
@@ -731,7 +750,9 @@ impl NomadApi {
             return Err(Self::status_error(Method::DELETE, &path, &reply, &[]));
         }
         let v: Value = Self::decode(Method::DELETE, &path, &reply, &[])?;
-        Ok(Some(EvalId(v["EvalID"].as_str().unwrap_or_default().to_string())))
+        Ok(Some(EvalId(
+            v["EvalID"].as_str().unwrap_or_default().to_string(),
+        )))
     }
 
     /// `GET /v1/job/:id` as raw JSON (it holds secrets in `Env`: do not print it);
@@ -753,7 +774,8 @@ impl NomadApi {
 
     /// `GET /v1/job/:id/deployment`: the latest deployment, if any.
     pub async fn deployment(&self, job: &str) -> ApiResult<Option<Deployment>> {
-        self.get_opt(&format!("/v1/job/{}/deployment", enc(job))).await
+        self.get_opt(&format!("/v1/job/{}/deployment", enc(job)))
+            .await
     }
 
     /// `GET /v1/job/:id/evaluations`; empty if the endpoint or the job is missing.
@@ -774,9 +796,8 @@ impl NomadApi {
             #[serde(default)]
             port: u16,
         }
-        let regs: Option<Vec<Registration>> = self
-            .get_opt(&format!("/v1/service/{}", enc(name)))
-            .await?;
+        let regs: Option<Vec<Registration>> =
+            self.get_opt(&format!("/v1/service/{}", enc(name))).await?;
         Ok(regs
             .unwrap_or_default()
             .into_iter()
@@ -803,14 +824,20 @@ impl NomadApi {
     pub async fn node_readiness(&self, volumes: &[&str]) -> Readiness {
         let health = match self.agent_health().await {
             Ok(h) => h,
-            Err(e) => return Readiness::NotReady(format!("Nomad's HTTP API does not answer ({e})")),
+            Err(e) => {
+                return Readiness::NotReady(format!("Nomad's HTTP API does not answer ({e})"))
+            }
         };
         if let Some(problem) = health.problem() {
             return Readiness::NotReady(format!("the Nomad agent is not healthy ({problem})"));
         }
         let node = match self.local_node().await {
             Ok(Some(n)) => n,
-            Ok(None) => return Readiness::NotReady("the Nomad client has not registered its node yet".into()),
+            Ok(None) => {
+                return Readiness::NotReady(
+                    "the Nomad client has not registered its node yet".into(),
+                )
+            }
             Err(e) => return Readiness::NotReady(format!("the node list is not available ({e})")),
         };
         if !node.is_ready() {
@@ -819,10 +846,18 @@ impl NomadApi {
             } else {
                 format!(": {}", node.status_description)
             };
-            return Readiness::NotReady(format!("node {} is {}{why}, not ready", node.name, node.status));
+            return Readiness::NotReady(format!(
+                "node {} is {}{why}, not ready",
+                node.name, node.status
+            ));
         }
         match node.drivers.get("docker") {
-            None => return Readiness::NotReady(format!("node {} has not detected the docker driver", node.name)),
+            None => {
+                return Readiness::NotReady(format!(
+                    "node {} has not detected the docker driver",
+                    node.name
+                ))
+            }
             Some(d) if !d.detected => {
                 return Readiness::NotReady(format!(
                     "node {} has not detected the docker driver ({})",
@@ -848,7 +883,11 @@ impl NomadApi {
                 "node {} has not fingerprinted the host volume(s) {} (it has: {})",
                 node.name,
                 missing.join(", "),
-                if have.is_empty() { "none".into() } else { have.join(", ") }
+                if have.is_empty() {
+                    "none".into()
+                } else {
+                    have.join(", ")
+                }
             ));
         }
         Readiness::Ready(node)
@@ -874,7 +913,10 @@ impl NomadApi {
                 last = reason;
             }
             if Instant::now() >= deadline {
-                bail!("the Nomad node was not ready after {}s: {last}", timeout.as_secs());
+                bail!(
+                    "the Nomad node was not ready after {}s: {last}",
+                    timeout.as_secs()
+                );
             }
             tokio::time::sleep(POLL).await;
         }
@@ -891,7 +933,8 @@ impl NomadApi {
             bail!("job {job} is not registered with Nomad");
         };
         let version = spec["Version"].as_u64().unwrap_or(0);
-        self.wait_job_version_healthy(job, version, timeout, progress).await
+        self.wait_job_version_healthy(job, version, timeout, progress)
+            .await
     }
 
     /// Waits until the newest allocation of `version` of `job` runs and is
@@ -959,7 +1002,12 @@ impl NomadApi {
                 .events
                 .iter()
                 .rev()
-                .find(|e| matches!(e.kind.as_str(), "Driver Failure" | "Setup Failure" | "Failed Validation"))
+                .find(|e| {
+                    matches!(
+                        e.kind.as_str(),
+                        "Driver Failure" | "Setup Failure" | "Failed Validation"
+                    )
+                })
                 .map(|e| (task.clone(), e.clone()))
         });
         if let Some((task, event)) = fatal {
@@ -1039,10 +1087,24 @@ impl NomadApi {
     }
 
     /// No allocation of the version yet: ask the scheduler why.
-    async fn unplaced(&self, job: &str, version: u64, allocs: &[AllocStub]) -> ApiResult<JobHealth> {
+    async fn unplaced(
+        &self,
+        job: &str,
+        version: u64,
+        allocs: &[AllocStub],
+    ) -> ApiResult<JobHealth> {
+        // The scheduler's answer for this version: the newest evaluation that
+        // reports failed placements (the blocked evaluation it leaves behind may not).
+        let modify_index = match self.job(job).await {
+            Ok(Some(spec)) => spec["JobModifyIndex"].as_u64().unwrap_or(0),
+            _ => 0,
+        };
         let evals = self.evaluations(job).await.unwrap_or_default();
-        let newest = evals.iter().max_by_key(|e| e.create_index);
-        if let Some(eval) = newest.filter(|e| !e.failed_tg_allocs.is_empty()) {
+        let failed = evals
+            .iter()
+            .filter(|e| !e.failed_tg_allocs.is_empty() && e.job_modify_index >= modify_index)
+            .max_by_key(|e| e.create_index);
+        if let Some(eval) = failed {
             let why: Vec<String> = eval
                 .failed_tg_allocs
                 .iter()
@@ -1066,7 +1128,9 @@ impl NomadApi {
         if let Ok(Some(spec)) = self.job(job).await {
             for group in spec["TaskGroups"].as_array().into_iter().flatten() {
                 for task in group["Tasks"].as_array().into_iter().flatten() {
-                    if let (Some(name), Some(image)) = (task["Name"].as_str(), task["Config"]["image"].as_str()) {
+                    if let (Some(name), Some(image)) =
+                        (task["Name"].as_str(), task["Config"]["image"].as_str())
+                    {
                         images.insert(name.to_string(), image.to_string());
                     }
                 }
@@ -1084,7 +1148,10 @@ impl NomadApi {
                 };
                 let tail = last_lines(&text, LOG_TAIL_LINES);
                 if !tail.is_empty() {
-                    message.push_str(&format!("\nlast {} lines of task {task}:\n", stream.as_str()));
+                    message.push_str(&format!(
+                        "\nlast {} lines of task {task}:\n",
+                        stream.as_str()
+                    ));
                     for line in tail.lines() {
                         message.push_str("  ");
                         message.push_str(line);
@@ -1135,7 +1202,11 @@ fn image_note(images: &BTreeMap<String, String>, task: &str) -> String {
 fn task_summary(alloc: &AllocStub, images: &BTreeMap<String, String>) -> String {
     let mut out = String::new();
     for (task, state) in &alloc.task_states {
-        out.push_str(&format!("; task {task}{} {}", image_note(images, task), state.state));
+        out.push_str(&format!(
+            "; task {task}{} {}",
+            image_note(images, task),
+            state.state
+        ));
         if state.restarts > 0 {
             out.push_str(&format!(" after {} restart(s)", state.restarts));
         }
@@ -1152,12 +1223,14 @@ mod tests {
 
     #[test]
     fn health_parses_lowercase_keys() {
-        let ok: AgentHealth =
-            serde_json::from_str(r#"{"client":{"ok":true,"message":"ok"},"server":{"ok":true,"message":"ok"}}"#)
-                .unwrap();
+        let ok: AgentHealth = serde_json::from_str(
+            r#"{"client":{"ok":true,"message":"ok"},"server":{"ok":true,"message":"ok"}}"#,
+        )
+        .unwrap();
         assert!(ok.is_healthy());
         let bad: AgentHealth =
-            serde_json::from_str(r#"{"client":{"ok":false,"message":"no known servers"}}"#).unwrap();
+            serde_json::from_str(r#"{"client":{"ok":false,"message":"no known servers"}}"#)
+                .unwrap();
         assert_eq!(bad.problem().unwrap(), "client: no known servers");
         assert!(!AgentHealth::default().is_healthy());
     }
@@ -1178,7 +1251,9 @@ mod tests {
         assert!(node.docker_ok());
         assert_eq!(node.host_volume_names(), ["pds"]);
         assert_eq!(node.host_volumes["pds"].path, "/srv/nomad/pds");
-        let bare: Node = serde_json::from_value(json!({"ID": "x", "Drivers": null, "HostVolumes": null})).unwrap();
+        let bare: Node =
+            serde_json::from_value(json!({"ID": "x", "Drivers": null, "HostVolumes": null}))
+                .unwrap();
         assert!(!bare.docker_ok());
     }
 
@@ -1200,8 +1275,12 @@ mod tests {
         assert_eq!(a.healthy(), None);
         let last = a.task_states["pds"].last_event().unwrap();
         assert_eq!(last.kind, "Driver Failure");
-        assert_eq!(last.to_string(), "Driver Failure: Failed to pull `nope:1`: not found");
-        let none: Vec<AllocStub> = serde_json::from_value(json!([{"ID": "a", "TaskStates": null}])).unwrap();
+        assert_eq!(
+            last.to_string(),
+            "Driver Failure: Failed to pull `nope:1`: not found"
+        );
+        let none: Vec<AllocStub> =
+            serde_json::from_value(json!([{"ID": "a", "TaskStates": null}])).unwrap();
         assert!(none[0].task_states.is_empty());
     }
 
@@ -1223,7 +1302,10 @@ mod tests {
     fn excerpts_are_short_single_line_and_masked() {
         let body = format!("bad job\n  env PDS_JWT_SECRET=s3cr3t {}", "x".repeat(1000));
         let e = excerpt(body.as_bytes(), &["s3cr3t"]);
-        assert!(e.starts_with("bad job env PDS_JWT_SECRET=******** x"), "{e}");
+        assert!(
+            e.starts_with("bad job env PDS_JWT_SECRET=******** x"),
+            "{e}"
+        );
         assert!(!e.contains('\n'));
         assert!(e.chars().count() <= EXCERPT_CHARS + 1);
         assert_eq!(excerpt(b"", &[]), "(empty body)");
@@ -1244,7 +1326,10 @@ mod tests {
 
     #[test]
     fn log_tail_keeps_last_lines() {
-        let text = (1..=30).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
+        let text = (1..=30)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let tail = last_lines(&text, 3);
         assert_eq!(tail, "line 28\nline 29\nline 30");
     }
