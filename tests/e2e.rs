@@ -1,0 +1,911 @@
+//! End-to-end: the real `pdsup` binary against droplets in a box (scripts/harness/).
+//!
+//! Each test plays an operator with a laptop of their own (a temp `HOME` and
+//! `--state-dir`) and a fresh droplet, and checks what `pdsup up` leaves behind on
+//! both sides: the PDS answering through the proxy, the account listed by
+//! `com.atproto.sync.listRepos`, the local secrets, and what a second or resumed
+//! run does and does not touch. Everything comes from the harness: the Debian
+//! mirror (`--docker-source distro`), the Nomad test double installed through the
+//! real download-and-verify path from the mirror (signed with the test key), the
+//! PDS image archive, the PLC directory and Pebble.
+//!
+//! Prepare with `scripts/harness/up.sh`, `pds-image.sh` and `nomad-release.sh`;
+//! these tests fail, never skip, when the harness is missing. Run with
+//! `cargo test --test e2e -- --test-threads=2`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const HOSTNAME: &str = "pds.test";
+const HANDLE: &str = "alice";
+const FULL_HANDLE: &str = "alice.pds.test";
+const EMAIL: &str = "alice@example.com";
+const IO_IMAGE: &str = "agentio/io:latest";
+/// Upper bound for one `pdsup up`; a hang fails the test instead of stalling it.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+const SECRET_KEYS: [&str; 3] = [
+    "PDS_JWT_SECRET",
+    "PDS_ADMIN_PASSWORD",
+    "PDS_PLC_ROTATION_KEY_K256_PRIVATE_KEY_HEX",
+];
+
+// ---------------------------------------------------------------------------------
+// The operator's machine: a HOME and a state dir of its own
+// ---------------------------------------------------------------------------------
+
+struct Operator {
+    /// `HOME` for pdsup: no ~/.ssh/config, keys or known_hosts of the real user.
+    home: tempfile::TempDir,
+    state: tempfile::TempDir,
+    /// Where run logs go (stdout/stderr files), for polling and for messages.
+    logs: tempfile::TempDir,
+    runs: std::cell::Cell<usize>,
+}
+
+/// How one `pdsup` run ended.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+
+    #[track_caller]
+    fn assert_ok(&self, what: &str) -> &Self {
+        assert!(self.status.success(), "{what} failed:\n{}", self.describe());
+        self
+    }
+
+    #[track_caller]
+    fn assert_failed(&self, what: &str) -> &Self {
+        assert!(!self.status.success(), "{what} succeeded but must fail:\n{}", self.describe());
+        assert_eq!(self.status.code(), Some(1), "{what}: unexpected exit status:\n{}", self.describe());
+        self
+    }
+
+    /// Asserts that stderr contains every one of `needles`.
+    #[track_caller]
+    fn assert_stderr_has(&self, what: &str, needles: &[&str]) -> &Self {
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "{what}: stderr does not mention {needle:?}:\n{}",
+                self.describe()
+            );
+        }
+        self
+    }
+
+    /// The one JSON document `--json` prints on stdout.
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.describe()))
+    }
+}
+
+/// A `pdsup` process that is still running (see [`Operator::spawn`]).
+struct Running {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    started: Instant,
+}
+
+impl Running {
+    fn stderr_so_far(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for the end (killing it after `RUN_TIMEOUT`).
+    fn wait(mut self) -> Run {
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for pdsup") {
+                return Run {
+                    status,
+                    stdout: fs::read_to_string(&self.stdout).unwrap_or_default(),
+                    stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
+                };
+            }
+            if self.started.elapsed() > RUN_TIMEOUT {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "pdsup did not finish within {}s; its stderr so far:\n{}",
+                    RUN_TIMEOUT.as_secs(),
+                    self.stderr_so_far()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, like a laptop losing power or `kill -9`.
+    fn kill(mut self) -> String {
+        self.child.kill().expect("kill pdsup");
+        self.child.wait().expect("reap pdsup");
+        self.stderr_so_far()
+    }
+}
+
+impl Operator {
+    fn new() -> Self {
+        Operator {
+            home: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+            logs: tempfile::tempdir().unwrap(),
+            runs: std::cell::Cell::new(0),
+        }
+    }
+
+    fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    fn site_dir(&self) -> PathBuf {
+        self.state_dir().join("sites").join(HOSTNAME)
+    }
+
+    fn env_file(&self) -> PathBuf {
+        self.site_dir().join("pds.env")
+    }
+
+    fn known_hosts(&self) -> PathBuf {
+        self.site_dir().join("known_hosts")
+    }
+
+    /// `pdsup` with this operator's HOME and state dir and nothing from the test
+    /// machine's environment that could change its behaviour.
+    fn command(&self, args: &[String]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pdsup"));
+        cmd.env("HOME", self.home.path())
+            .env("XDG_DATA_HOME", self.home.path().join(".local/share"))
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("PDSUP_SSH_PASSPHRASE")
+            .env_remove("PDSUP_STATE_DIR")
+            .env_remove("PDSUP_HOSTNAME")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd.args(args);
+        cmd
+    }
+
+    fn spawn_with(&self, args: &[String], env: &[(&str, &str)]) -> Running {
+        let n = self.runs.get() + 1;
+        self.runs.set(n);
+        let stdout = self.logs.path().join(format!("run{n}.stdout"));
+        let stderr = self.logs.path().join(format!("run{n}.stderr"));
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        eprintln!("$ pdsup {}", args.join(" "));
+        let child = cmd
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("cannot run pdsup");
+        Running { child, stdout, stderr, started: Instant::now() }
+    }
+
+    fn spawn(&self, args: &[String]) -> Running {
+        self.spawn_with(args, &[])
+    }
+
+    fn run(&self, args: &[String]) -> Run {
+        let started = Instant::now();
+        let run = self.spawn(args).wait();
+        eprintln!("  ({:.0?}, {})", started.elapsed(), run.status);
+        run
+    }
+
+    fn run_with(&self, args: &[String], env: &[(&str, &str)]) -> Run {
+        self.spawn_with(args, env).wait()
+    }
+
+    /// `pdsup up DEST` with the harness's sources and this operator's state.
+    fn up_args<S: AsRef<str>>(&self, dest: &str, extra: &[S]) -> Vec<String> {
+        let mut args = vec!["up".to_string(), dest.to_string()];
+        args.extend(self.site_args());
+        args.extend(["-i".to_string(), ssh_key().display().to_string()]);
+        args.extend(extra.iter().map(|s| s.as_ref().to_string()));
+        args
+    }
+
+    /// Everything but DEST and the SSH key: the site and where things come from.
+    fn site_args(&self) -> Vec<String> {
+        let c = cache_dir();
+        let mut args: Vec<String> = vec![
+            "--state-dir".into(),
+            self.state_dir().display().to_string(),
+        ];
+        args.extend(harness_sources(&c));
+        args
+    }
+
+    /// The secrets of `pds.env`, by name.
+    fn secrets(&self) -> BTreeMap<String, String> {
+        let env = parse_env(&fs::read_to_string(self.env_file()).expect("read pds.env"));
+        SECRET_KEYS
+            .iter()
+            .map(|k| {
+                let v = env.get(*k).unwrap_or_else(|| panic!("pds.env has no {k}"));
+                (k.to_string(), v.clone())
+            })
+            .collect()
+    }
+
+    /// Every file under the state dir, for "nothing was saved" checks.
+    fn state_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.state_dir(), &mut out);
+        out
+    }
+}
+
+/// Site flags and the harness's sources, with paths under `cache` (the harness
+/// cache on this machine, or a copy of its files on a droplet for `--local`).
+fn harness_sources(cache: &Path) -> Vec<String> {
+    [
+        "--hostname", HOSTNAME,
+        "--email", EMAIL,
+        "--handle", HANDLE,
+        "--docker-source", "distro",
+        "--nomad-release-url", &mirror_url(),
+        "--nomad-release-key", &cache.join("mirror/test-release-key.asc").display().to_string(),
+        "--pds-image-archive", &cache.join("pds-image.tar").display().to_string(),
+        "--plc-url", &format!("http://{GATEWAY}:2582"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Caddy with real ACME against Pebble. `acme_ca_root` is the CA Caddy must trust
+/// to talk to Pebble's directory: Pebble's own listen certificate.
+fn caddy_args() -> Vec<String> {
+    let root = pebble_cert().display().to_string();
+    strings(&["--proxy", "caddy", "--acme-ca", &pebble_directory_url(), "--acme-ca-root", &root])
+}
+
+fn strings(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+/// No extra flags.
+const NONE: &[&str] = &[];
+
+fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect()
+}
+
+/// The harness must be complete: droplet images, services, the PDS image and the
+/// Nomad release on the mirror.
+fn require_e2e() {
+    require_services();
+    let c = cache_dir();
+    for (path, script) in [
+        (c.join("pds-image.tar"), "pds-image.sh"),
+        (c.join("mirror/test-release-key.asc"), "nomad-release.sh"),
+        (c.join("mirror/nomad/1.10.5/nomad_1.10.5_linux_amd64.zip"), "nomad-release.sh"),
+        (c.join("mirror/nomad/1.10.5/nomad_1.10.5_SHA256SUMS.sig"), "nomad-release.sh"),
+    ] {
+        assert!(
+            path.is_file(),
+            "droplet-in-a-box harness is not ready: {} is missing. Run `{}`, then re-run the tests.",
+            path.display(),
+            harness_script(script).display()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Looking at a droplet
+// ---------------------------------------------------------------------------------
+
+fn root_dest(d: &Droplet) -> String {
+    format!("root@127.0.0.1:{}", d.ssh_port)
+}
+
+/// What pdsup would have installed or written, if anything: empty on a droplet
+/// that a failed run must have left alone.
+fn traces_of_pdsup(d: &Droplet) -> String {
+    d.ssh_ok(
+        "root",
+        "for p in /usr/bin/dockerd /usr/local/bin/nomad /etc/nomad.d /etc/systemd/system/nomad.service \
+                  /srv/nomad /usr/bin/caddy /etc/caddy /usr/bin/unzip /var/tmp/pdsup-nomad; do \
+           [ -e \"$p\" ] && echo \"$p exists\"; \
+         done; \
+         id nomad >/dev/null 2>&1 && echo 'user nomad exists'; true",
+    )
+}
+
+#[track_caller]
+fn assert_untouched(d: &Droplet, what: &str) {
+    let traces = traces_of_pdsup(d);
+    assert!(traces.trim().is_empty(), "{what}: the droplet was changed:\n{traces}");
+}
+
+/// `systemctl show UNIT -p MainPID -p ActiveEnterTimestampMonotonic`: changes on
+/// every (re)start.
+fn service_identity(d: &Droplet, unit: &str) -> String {
+    d.ssh_ok("root", &format!("systemctl show {unit} -p MainPID -p ActiveEnterTimestampMonotonic"))
+}
+
+/// Nomad's view of a job, as `curl` on the droplet sees it.
+fn nomad_job(d: &Droplet, job: &str) -> Value {
+    let text = d.ssh_ok("root", &format!("curl -fsS http://127.0.0.1:4646/v1/job/{job}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("job {job} JSON ({e}): {text}"))
+}
+
+fn nomad_allocs(d: &Droplet, job: &str) -> Vec<String> {
+    let text = d.ssh_ok("root", &format!("curl -fsS http://127.0.0.1:4646/v1/job/{job}/allocations"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let mut ids: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{} {}", a["ID"].as_str().unwrap(), a["ClientStatus"].as_str().unwrap_or("?")))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `listRepos` asked on the droplet itself, at the PDS's loopback port.
+fn list_repos_on_droplet(d: &Droplet) -> Value {
+    let text = d.ssh_ok(
+        "root",
+        "curl -fsS http://127.0.0.1:3000/xrpc/com.atproto.sync.listRepos",
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("listRepos JSON ({e}): {text}"))
+}
+
+#[track_caller]
+fn assert_lists(repos: &Value, did: &str) {
+    let dids: Vec<&str> = repos["repos"]
+        .as_array()
+        .unwrap_or_else(|| panic!("listRepos answered {repos}"))
+        .iter()
+        .filter_map(|r| r["did"].as_str())
+        .collect();
+    assert!(dids.contains(&did), "listRepos does not list {did}: {repos}");
+}
+
+/// GET `https://NAME:<droplet's published 443><path>` from this machine, with
+/// `NAME` resolved to loopback and only Pebble's current root trusted: a reply
+/// proves Caddy serves a certificate it got through ACME for that name.
+fn https_get(d: &Droplet, name: &str, path: &str) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--max-time", "30", "--noproxy", "*"])
+        .arg("--resolve")
+        .arg(format!("{name}:{}:127.0.0.1", d.https_port))
+        .arg("--cacert")
+        .arg(pebble_root())
+        .arg(format!("https://{name}:{}{path}", d.https_port))
+        .output()
+        .expect("run curl");
+    if out.status.success() {
+        Ok(stdout(&out))
+    } else {
+        Err(describe(&out))
+    }
+}
+
+/// [`https_get`], retried for a while: the first request for a name makes Caddy
+/// obtain its certificate (on-demand TLS).
+fn https_get_eventually(d: &Droplet, name: &str, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match https_get(d, name, path) {
+            Ok(body) => return body,
+            Err(e) if Instant::now() > deadline => {
+                let journal = d.ssh("root", "journalctl -u caddy --no-pager -n 30");
+                panic!("https://{name}{path} through Caddy failed:\n{e}\ncaddy's journal:\n{}", stdout(&journal))
+            }
+            Err(_) => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// Steps of a `--json` report with their changes.
+fn step_changes(report: &Value) -> BTreeMap<String, Vec<String>> {
+    report["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps in {report}"))
+        .iter()
+        .map(|s| {
+            let changes = s["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            (s["step"].as_str().unwrap().to_string(), changes)
+        })
+        .collect()
+}
+
+/// The account of a successful `--json` run: checks it is a did:plc for the handle.
+#[track_caller]
+fn account_did(report: &Value) -> String {
+    assert_eq!(report["ok"], true, "{report}");
+    let did = report["account"]["did"].as_str().unwrap_or_else(|| panic!("no account DID in {report}"));
+    assert!(
+        did.starts_with("did:plc:") && did.len() > "did:plc:".len() + 20,
+        "not a did:plc: {did:?}"
+    );
+    assert_eq!(report["account"]["handle"], FULL_HANDLE, "{report}");
+    did.to_string()
+}
+
+#[track_caller]
+fn assert_no_secrets(secrets: &BTreeMap<String, String>, text: &str, what: &str) {
+    for (key, value) in secrets {
+        assert!(value.len() >= 32, "{key} is suspiciously short");
+        assert!(!text.contains(value.as_str()), "{what} shows the value of {key}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 1. Fresh droplet → converged (Caddy + Pebble); a second run changes nothing
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
+    require_e2e();
+    let d = Droplet::start("bookworm");
+    let op = Operator::new();
+    let args = op.up_args(&root_dest(&d), &[caddy_args(), strings(&["--json", "-v"])].concat());
+
+    // First run: everything from nothing.
+    let first = op.run(&args);
+    first.assert_ok("first pdsup up");
+    let report = first.json();
+    assert_eq!(report["changed"], true, "{report}");
+    let did = account_did(&report);
+    let password = report["account"]["password"].as_str().expect("the new account's password is shown once");
+    assert!(password.len() >= 16, "short account password {password:?}");
+    let steps = step_changes(&report);
+    for step in ["docker", "nomad", "nomad_config", "proxy", "secrets", "pds_job", "account"] {
+        assert!(!steps[step].is_empty(), "a fresh droplet needs {step} work: {report}");
+    }
+
+    // The PDS, through Caddy with a certificate Pebble issued, for the hostname...
+    let health = https_get_eventually(&d, HOSTNAME, "/xrpc/_health");
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert!(health["version"].as_str().is_some_and(|v| v.starts_with("0.4.")), "{health}");
+    let repos = https_get_eventually(&d, HOSTNAME, "/xrpc/com.atproto.sync.listRepos");
+    assert_lists(&serde_json::from_str(&repos).unwrap(), &did);
+    // ...and for the handle, whose certificate Caddy may get only because the
+    // PDS's /tls-check says the account exists.
+    let handle_did = https_get_eventually(&d, FULL_HANDLE, "/.well-known/atproto-did");
+    assert_eq!(handle_did.trim(), did);
+    assert!(https_get(&d, "nobody.pds.test", "/xrpc/_health").is_err(), "Caddy got a certificate for an unknown handle");
+
+    // Secrets: kept here only, 0600, three of them, never in the output.
+    let mode = fs::metadata(op.env_file()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "pds.env mode is {mode:o}");
+    let secrets = op.secrets();
+    for (key, value) in &secrets {
+        let want = if key.contains("ROTATION") { 64 } else { 32 };
+        assert!(value.len() == want && value.chars().all(|c| c.is_ascii_hexdigit()), "{key}={value:?} is not {want} hex digits");
+    }
+    assert_no_secrets(&secrets, &first.stdout, "the first run's JSON");
+    assert_no_secrets(&secrets, &first.stderr, "the first run's -v log");
+    let env_before = fs::read(op.env_file()).unwrap();
+
+    // The plan (with the job and its env in full) masks them too.
+    let mut plan_args = vec!["plan".to_string()];
+    plan_args.extend(op.site_args());
+    plan_args.extend(caddy_args());
+    let plan = op.run(&plan_args);
+    plan.assert_ok("pdsup plan");
+    assert!(plan.stdout.contains("PDS_JWT_SECRET") && plan.stdout.contains("********"), "{}", plan.describe());
+    assert_no_secrets(&secrets, &format!("{}{}", plan.stdout, plan.stderr), "pdsup plan");
+
+    // Second run: nothing to do, and nothing restarted or re-submitted.
+    let nomad_before = service_identity(&d, "nomad");
+    let caddy_before = service_identity(&d, "caddy");
+    let job_before = nomad_job(&d, "pds");
+    let allocs_before = nomad_allocs(&d, "pds");
+    let containers_before = d.ssh_ok("root", "docker ps -q --no-trunc | sort");
+
+    let second = op.run(&args);
+    second.assert_ok("second pdsup up");
+    let report = second.json();
+    assert_eq!(report["changed"], false, "{report}");
+    for (step, changes) in step_changes(&report) {
+        assert!(changes.is_empty(), "second run changed {step}: {changes:?}");
+    }
+    assert_eq!(account_did(&report), did);
+    assert!(report["account"]["password"].is_null(), "a re-run must not show a password: {report}");
+    assert!(
+        report["pds_version"].as_str().is_some_and(|v| v.starts_with("0.4.")),
+        "a converged run still reports the PDS version: {report}"
+    );
+    assert_no_secrets(&secrets, &format!("{}{}", second.stdout, second.stderr), "the second run");
+
+    assert_eq!(service_identity(&d, "nomad"), nomad_before, "Nomad was restarted");
+    assert_eq!(service_identity(&d, "caddy"), caddy_before, "Caddy was restarted");
+    let job_after = nomad_job(&d, "pds");
+    for field in ["Version", "JobModifyIndex", "ModifyIndex"] {
+        assert_eq!(job_after[field], job_before[field], "the pds job was re-submitted ({field})");
+    }
+    assert_eq!(nomad_allocs(&d, "pds"), allocs_before, "the pds allocation was replaced");
+    assert_eq!(d.ssh_ok("root", "docker ps -q --no-trunc | sort"), containers_before, "containers changed");
+    assert_eq!(fs::read(op.env_file()).unwrap(), env_before, "pds.env changed");
+    assert_lists(&list_repos_on_droplet(&d), &did);
+}
+
+// ---------------------------------------------------------------------------------
+// 2. A run killed while Nomad is being installed is finished by the next one
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_run_killed_during_the_nomad_install_is_finished_by_the_next_run() {
+    require_e2e();
+    let d = Droplet::start("trixie");
+    let op = Operator::new();
+    let args = op.up_args(&root_dest(&d), &caddy_args());
+
+    let running = op.spawn(&args);
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        let log = running.stderr_so_far();
+        if log.contains("→ install Nomad") {
+            break;
+        }
+        assert!(!log.contains("error:"), "the run failed before the Nomad install:\n{log}");
+        assert!(Instant::now() < deadline, "no Nomad install after {}s:\n{log}", RUN_TIMEOUT.as_secs());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let log = running.kill();
+    eprintln!("killed pdsup during the Nomad install; its stderr:\n{log}");
+    assert!(!log.contains("nomad.hcl: "), "killed too late:\n{log}");
+    assert_eq!(
+        d.ssh_ok("root", "systemctl is-active docker || true").trim(),
+        "active",
+        "Docker should be done before Nomad"
+    );
+    assert!(
+        !d.ssh_ok("root", "[ -e /etc/nomad.d/nomad.hcl ] && echo yes || true").contains("yes"),
+        "nomad.hcl written before the kill"
+    );
+
+    let mut resume_args = args.clone();
+    resume_args.push("--json".into());
+    let resumed = op.run(&resume_args);
+    resumed.assert_ok("the run after the kill");
+    let report = resumed.json();
+    let steps = step_changes(&report);
+    assert!(steps["docker"].is_empty(), "Docker was finished before the kill: {:?}", steps["docker"]);
+    assert!(
+        !steps["nomad"].is_empty() || !steps["nomad_config"].is_empty(),
+        "the resumed run had no Nomad work left: {report}"
+    );
+    let did = account_did(&report);
+    assert!(report["account"]["password"].is_string(), "the account is created by the resumed run");
+    assert_lists(&list_repos_on_droplet(&d), &did);
+    let repos = https_get_eventually(&d, HOSTNAME, "/xrpc/com.atproto.sync.listRepos");
+    assert_lists(&serde_json::from_str(&repos).unwrap(), &did);
+    assert_eq!(
+        d.ssh_ok("root", "/usr/local/bin/nomad version | head -n1 | cut -d' ' -f1,2").trim(),
+        "Nomad v1.10.5"
+    );
+    assert!(
+        !d.ssh_ok("root", "[ -e /var/tmp/pdsup-nomad ] && echo left || true").contains("left"),
+        "the Nomad staging directory was left behind"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 3. A non-root sudo user; a user whose sudo wants a password; a changed host key
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn sudo_users_and_a_changed_host_key() {
+    require_e2e();
+    let d = Droplet::start("bookworm");
+    let op = Operator::new();
+
+    // pwuser logs in, but sudo wants a password: refused before any change.
+    let pw = op.run(&op.up_args(&format!("pwuser@127.0.0.1:{}", d.ssh_port), &caddy_args()));
+    pw.assert_failed("pdsup up as pwuser")
+        .assert_stderr_has("pwuser", &["pwuser needs a password for sudo", "sudo -n", "NOPASSWD"]);
+    assert_untouched(&d, "pdsup up as pwuser");
+    assert!(!op.env_file().exists(), "secrets were generated for a run that could not start");
+
+    // deploy has passwordless sudo: the whole setup works through it.
+    let deploy_args = op.up_args(&format!("deploy@127.0.0.1:{}", d.ssh_port), &[caddy_args(), strings(&["--json"])].concat());
+    let run = op.run(&deploy_args);
+    run.assert_ok("pdsup up as deploy");
+    let did = account_did(&run.json());
+    assert_lists(&list_repos_on_droplet(&d), &did);
+    assert_eq!(
+        d.ssh_ok("root", "stat -c '%U:%G %a' /etc/nomad.d/nomad.hcl /etc/caddy/Caddyfile"),
+        "root:root 640\nroot:root 644\n",
+        "files written through sudo belong to root"
+    );
+    let health = https_get_eventually(&d, HOSTNAME, "/xrpc/_health");
+    assert!(health.contains("\"version\""), "{health}");
+
+    // The droplet is rebuilt behind the same address: new host keys.
+    let pinned_before = fs::read_to_string(op.known_hosts()).unwrap();
+    let old_key = d.host_key();
+    assert!(pinned_before.contains(&old_key), "the first contact did not pin {old_key}:\n{pinned_before}");
+    d.ssh_ok(
+        "root",
+        "rm -f /etc/ssh/ssh_host_*; ssh-keygen -A >/dev/null; systemctl restart ssh",
+    );
+    let new_key = wait_for_new_host_key(&d, &old_key);
+    let marker = d.ssh_ok("root", "touch /root/.e2e-marker; sleep 1; echo ok");
+    assert_eq!(marker.trim(), "ok");
+    let job_before = nomad_job(&d, "pds");
+
+    let refused = op.run(&deploy_args);
+    refused
+        .assert_failed("pdsup up against a changed host key")
+        .assert_stderr_has("host key refusal", &["host key", "--accept-new-host-key", "SHA256:"]);
+    assert_eq!(fs::read_to_string(op.known_hosts()).unwrap(), pinned_before, "the pin changed without consent");
+    let changed = d.ssh_ok(
+        "root",
+        "find /etc /usr/local /usr/bin /var/tmp -newer /root/.e2e-marker 2>/dev/null | grep -v '^/etc/ssh' || true",
+    );
+    assert!(changed.trim().is_empty(), "files changed on the droplet despite the refusal:\n{changed}");
+    assert_eq!(nomad_job(&d, "pds")["JobModifyIndex"], job_before["JobModifyIndex"]);
+
+    // Accepting the new key deliberately: the run goes through (nothing to change).
+    let mut accept = deploy_args.clone();
+    accept.push("--accept-new-host-key".into());
+    let run = op.run(&accept);
+    run.assert_ok("pdsup up --accept-new-host-key");
+    let report = run.json();
+    assert_eq!(account_did(&report), did);
+    assert_eq!(report["changed"], false, "{report}");
+    let pinned_after = fs::read_to_string(op.known_hosts()).unwrap();
+    assert!(pinned_after.contains(&new_key), "the new key is not pinned:\n{pinned_after}");
+    assert!(!pinned_after.contains(&old_key), "the old key is still pinned:\n{pinned_after}");
+}
+
+/// Waits until sshd presents a host key other than `old` and returns it.
+fn wait_for_new_host_key(d: &Droplet, old: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("ssh-keyscan")
+            .args(["-t", "ed25519", "-p", &d.ssh_port.to_string(), "127.0.0.1"])
+            .output()
+            .unwrap();
+        let key = stdout(&out)
+            .lines()
+            .find(|l| l.contains("ssh-ed25519"))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+        match key {
+            Some(k) if k != old => return k,
+            _ if Instant::now() > deadline => panic!("sshd did not come back with a new host key"),
+            _ => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 4. --local: pdsup run on the droplet itself logs to the journal
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn local_mode_on_the_droplet_logs_to_the_journal() {
+    require_e2e();
+    let d = Droplet::start("bookworm");
+    // The binary and the files it needs, copied in as cloud-init would have them.
+    let c = cache_dir();
+    d.ssh_ok("root", "mkdir -p /root/pdsup-files/mirror");
+    for (from, to) in [
+        (PathBuf::from(env!("CARGO_BIN_EXE_pdsup")), "/usr/local/bin/pdsup"),
+        (c.join("pds-image.tar"), "/root/pdsup-files/pds-image.tar"),
+        (c.join("mirror/test-release-key.asc"), "/root/pdsup-files/mirror/test-release-key.asc"),
+    ] {
+        let out = Command::new("docker")
+            .arg("cp")
+            .arg(&from)
+            .arg(format!("{}:{to}", d.name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker cp {}:\n{}", from.display(), describe(&out));
+    }
+    let mut args = vec!["pdsup", "up", "--local", "--json", "--state-dir", "/root/pdsup-state"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    args.extend(harness_sources(Path::new("/root/pdsup-files")));
+    args.extend(["--proxy", "caddy"].map(String::from));
+    let line = args.iter().map(|a| shlex_quote(a)).collect::<Vec<_>>().join(" ");
+    let started = Instant::now();
+    let out = d.ssh("root", &format!("cd /root && {line}"));
+    eprintln!("  pdsup up --local: {:.0?}", started.elapsed());
+    assert!(out.status.success(), "pdsup up --local failed:\n{}", describe(&out));
+    let report: Value = serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("--local --json output ({e}):\n{}", describe(&out)));
+    let did = account_did(&report);
+    assert_lists(&list_repos_on_droplet(&d), &did);
+
+    let journal = d.ssh_ok("root", "journalctl -t pdsup --no-pager -o cat");
+    for line in ["[1/9] preflight", "install Nomad 1.10.5", "submit the pds job", "create the account alice.pds.test"] {
+        assert!(journal.contains(line), "journalctl -t pdsup has no line {line:?}:\n{journal}");
+    }
+    let mode = d.ssh_ok("root", "stat -c %a /root/pdsup-state/sites/pds.test/pds.env");
+    assert_eq!(mode.trim(), "600");
+    let env = d.ssh_ok("root", "cat /root/pdsup-state/sites/pds.test/pds.env");
+    let secrets = parse_env(&env);
+    for key in SECRET_KEYS {
+        let value = secrets.get(key).unwrap_or_else(|| panic!("no {key} in the droplet's pds.env"));
+        assert!(!journal.contains(value.as_str()), "the journal shows {key}");
+    }
+}
+
+fn shlex_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 5. IO (the default proxy): job and ingress land; the closed image is named
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
+    require_e2e();
+    let d = Droplet::start("bookworm");
+    let op = Operator::new();
+    let run = op.run(&op.up_args(&root_dest(&d), NONE));
+    run.assert_failed("pdsup up with IO (its image cannot be pulled here)")
+        .assert_stderr_has("the IO failure", &[&format!("the image {IO_IMAGE} could not be pulled"), "--proxy caddy"]);
+
+    let ingress = d.ssh_ok("root", "cat /srv/nomad/io/pds.hcl");
+    assert!(
+        ingress.contains("host \"pds.test\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}"),
+        "the seed's host block is missing from /srv/nomad/io/pds.hcl:\n{ingress}"
+    );
+    let job = nomad_job(&d, "io");
+    let task = &job["TaskGroups"][0]["Tasks"][0];
+    assert_eq!(task["Driver"], "docker", "{job}");
+    assert_eq!(task["Config"]["image"], IO_IMAGE, "{job}");
+    assert_eq!(task["Config"]["network_mode"], "host", "{job}");
+    let hcl = d.ssh_ok("root", "cat /etc/nomad.d/nomad.hcl");
+    assert!(hcl.contains("host_volume \"io\""), "no io host volume in nomad.hcl:\n{hcl}");
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Bad input: a specific error before anything changes
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn bad_input_is_refused_before_anything_changes() {
+    require_e2e();
+    let op = Operator::new();
+    // A loopback port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let closed_dest = format!("root@127.0.0.1:{closed}");
+
+    let with = |flag: &str, value: &str| -> Vec<String> {
+        let mut args = op.up_args(&closed_dest, NONE);
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = value.to_string();
+        args
+    };
+    let unreachable = format!("cannot reach 127.0.0.1:{closed}");
+    let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
+        ("hostname", with("--hostname", "pds_test.example"), vec!["invalid hostname \"pds_test.example\""]),
+        ("handle", with("--handle", "al"), vec!["invalid handle \"al\"", "3 to 18 characters"]),
+        ("email", with("--email", "alice-at-example.com"), vec!["invalid email \"alice-at-example.com\""]),
+        ("DEST", op.up_args("root@127.0.0.1:70000", NONE), vec!["invalid destination `root@127.0.0.1:70000`", "port"]),
+        ("key file", with("-i", "/nonexistent/id_ed25519"), vec!["/nonexistent/id_ed25519", "cannot read the key file"]),
+        ("unreachable host", op.up_args(&closed_dest, NONE), vec![&unreachable]),
+    ];
+    for (what, args, needles) in &cases {
+        let run = op.run(args);
+        run.assert_failed(what).assert_stderr_has(what, needles);
+        assert!(op.state_files().is_empty(), "{what}: state was saved: {:?}", op.state_files());
+    }
+
+    // A file that is not a key at all.
+    let not_a_key = op.home.path().join("not-a-key");
+    fs::write(&not_a_key, "hello\n").unwrap();
+    let run = op.run(&with("-i", not_a_key.to_str().unwrap()));
+    run.assert_failed("a key file that is no key").assert_stderr_has("not a key", &[not_a_key.to_str().unwrap()]);
+    assert!(
+        !run.stderr.contains("cannot reach"),
+        "the key should be refused before connecting:\n{}",
+        run.describe()
+    );
+
+    // The rest needs a droplet that sees no change from any of it.
+    let d = Droplet::start("bookworm");
+    let dest = root_dest(&d);
+
+    // Wrong passphrase for an encrypted copy of the test key.
+    let encrypted = op.home.path().join("id_encrypted");
+    fs::copy(ssh_key(), &encrypted).unwrap();
+    fs::set_permissions(&encrypted, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-p", "-P", "", "-N", "right passphrase", "-f"])
+        .arg(&encrypted)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-keygen -p:\n{}", describe(&out));
+    let mut args = op.up_args(&dest, NONE);
+    let i = args.iter().position(|a| a == "-i").unwrap();
+    args[i + 1] = encrypted.display().to_string();
+    let run = op.run_with(&args, &[("PDSUP_SSH_PASSPHRASE", "wrong")]);
+    run.assert_failed("wrong passphrase")
+        .assert_stderr_has("wrong passphrase", &["wrong passphrase", "PDSUP_SSH_PASSPHRASE"]);
+    assert!(!run.stderr.contains("right passphrase"));
+    let run = op.run_with(&[&args[..], &["--dry-run".to_string()]].concat(), &[("PDSUP_SSH_PASSPHRASE", "right passphrase")]);
+    run.assert_ok("the right passphrase (dry run)");
+    assert_untouched(&d, "wrong passphrase, then a dry run");
+
+    // An OS pdsup does not support.
+    d.ssh_ok(
+        "root",
+        "cp /etc/os-release /root/os-release.orig && \
+         sed 's/^VERSION_ID=.*/VERSION_ID=\"11\"/; s/^PRETTY_NAME=.*/PRETTY_NAME=\"Debian GNU\\/Linux 11 (bullseye)\"/' /root/os-release.orig > /etc/os-release.new && \
+         rm -f /etc/os-release && mv /etc/os-release.new /etc/os-release",
+    );
+    let run = op.run(&op.up_args(&dest, NONE));
+    run.assert_failed("Debian 11")
+        .assert_stderr_has("Debian 11", &["unsupported OS", "debian 11", "Debian 12/13"]);
+    assert_untouched(&d, "unsupported OS");
+    assert!(!op.env_file().exists(), "secrets were generated for an unsupported droplet");
+    d.ssh_ok("root", "cp /root/os-release.orig /etc/os-release");
+
+    // Port 80 held by another web server.
+    let out = Command::new("docker")
+        .args(["cp", "/bin/busybox"])
+        .arg(format!("{}:/root/busybox", d.name))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker cp busybox:\n{}", describe(&out));
+    d.ssh_ok("root", "mkdir -p /root/www && /root/busybox httpd -p 80 -h /root/www && sleep 0.5 && ss -Hltn 'sport = :80' | grep -q .");
+    for proxy in [&["--proxy", "caddy"][..], NONE] {
+        let run = op.run(&op.up_args(&dest, proxy));
+        run.assert_failed("port 80 taken")
+            .assert_stderr_has("port 80 taken", &["port 80 is held by \"busybox\"", "preflight"]);
+        assert_untouched(&d, "port 80 taken");
+    }
+}
