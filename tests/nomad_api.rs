@@ -51,11 +51,15 @@ impl Canned {
         let recorded = requests.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let routes = routes.clone();
                 let recorded = recorded.clone();
                 tokio::spawn(async move {
-                    let Some(req) = read_request(&mut sock).await else { return };
+                    let Some(req) = read_request(&mut sock).await else {
+                        return;
+                    };
                     let path = req.target.split('?').next().unwrap_or("").to_string();
                     let (status, body) = routes
                         .get(&format!("{} {path}", req.method))
@@ -105,7 +109,8 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Recorded> {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
     while buf.len() < head_end + len {
@@ -116,7 +121,11 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Recorded> {
         buf.extend_from_slice(&chunk[..n]);
     }
     let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
-    Some(Recorded { method, target, body })
+    Some(Recorded {
+        method,
+        target,
+        body,
+    })
 }
 
 const SECRET: &str = "c0ffee0123456789c0ffee0123456789";
@@ -135,7 +144,11 @@ fn secret_job() -> pdsup::nomad::job::Job {
 async fn canned_unhealthy_agent_is_a_result_not_an_error() {
     let body = json!({"client": {"ok": false, "message": "no known servers"}}).to_string();
     let server = Canned::start(vec![("GET /v1/agent/health", 500, body)]).await;
-    let health = server.api().agent_health().await.expect("a 500 health is an answer");
+    let health = server
+        .api()
+        .agent_health()
+        .await
+        .expect("a 500 health is an answer");
     assert!(!health.is_healthy());
     assert_eq!(health.problem().unwrap(), "client: no known servers");
 }
@@ -152,7 +165,9 @@ async fn canned_missing_job_is_none_and_new_job_plans_as_added() {
 
 #[tokio::test]
 async fn canned_plan_reads_the_diff_type_and_sends_diff_true() {
-    let body = json!({"Diff": {"Type": "None", "ID": "pds"}, "FailedTGAllocs": null, "Warnings": ""}).to_string();
+    let body =
+        json!({"Diff": {"Type": "None", "ID": "pds"}, "FailedTGAllocs": null, "Warnings": ""})
+            .to_string();
     let server = Canned::start(vec![("POST /v1/job/pds/plan", 200, body)]).await;
     let diff = server.api().plan_diff(&secret_job()).await.unwrap();
     assert_eq!(diff, DiffType::None);
@@ -160,13 +175,17 @@ async fn canned_plan_reads_the_diff_type_and_sends_diff_true() {
     let sent: Value = serde_json::from_str(&req.body).unwrap();
     assert_eq!(sent["Diff"], true);
     assert_eq!(sent["Job"]["ID"], "pds");
-    assert_eq!(sent["Job"]["TaskGroups"][0]["Tasks"][0]["Env"]["PDS_JWT_SECRET"], SECRET);
+    assert_eq!(
+        sent["Job"]["TaskGroups"][0]["Tasks"][0]["Env"]["PDS_JWT_SECRET"],
+        SECRET
+    );
 }
 
 #[tokio::test]
 async fn canned_errors_name_the_call_and_never_the_secrets() {
     // A server that echoes the request into its error, as some validation errors do.
-    let echo = format!("1 error occurred:\n\t* Task \"pds\": env PDS_JWT_SECRET={SECRET} is invalid");
+    let echo =
+        format!("1 error occurred:\n\t* Task \"pds\": env PDS_JWT_SECRET={SECRET} is invalid");
     let server = Canned::start(vec![("POST /v1/jobs", 400, echo)]).await;
     let err = server.api().register(&secret_job()).await.unwrap_err();
     let text = format!("{err:#}");
@@ -182,7 +201,8 @@ async fn canned_errors_name_the_call_and_never_the_secrets() {
 
 #[tokio::test]
 async fn canned_register_returns_the_eval_id() {
-    let body = json!({"EvalID": "e1", "EvalCreateIndex": 5, "JobModifyIndex": 5, "Warnings": ""}).to_string();
+    let body = json!({"EvalID": "e1", "EvalCreateIndex": 5, "JobModifyIndex": 5, "Warnings": ""})
+        .to_string();
     let server = Canned::start(vec![("POST /v1/jobs", 200, body)]).await;
     let eval = server.api().register(&secret_job()).await.unwrap();
     assert_eq!(eval.0, "e1");
@@ -192,11 +212,26 @@ async fn canned_register_returns_the_eval_id() {
 
 #[tokio::test]
 async fn canned_logs_ask_for_the_plain_tail() {
-    let server = Canned::start(vec![("GET /v1/client/fs/logs/a1", 200, "line 1\nline 2\n".into())]).await;
-    let text = server.api().logs("a1", "pds", LogStream::Stderr).await.unwrap();
+    let server = Canned::start(vec![(
+        "GET /v1/client/fs/logs/a1",
+        200,
+        "line 1\nline 2\n".into(),
+    )])
+    .await;
+    let text = server
+        .api()
+        .logs("a1", "pds", LogStream::Stderr)
+        .await
+        .unwrap();
     assert_eq!(text, "line 1\nline 2\n");
     let target = &server.requests()[0].target;
-    for part in ["task=pds", "type=stderr", "plain=true", "origin=end", "offset=4096"] {
+    for part in [
+        "task=pds",
+        "type=stderr",
+        "plain=true",
+        "origin=end",
+        "offset=4096",
+    ] {
         assert!(target.contains(part), "{target} lacks {part}");
     }
 }
@@ -249,7 +284,10 @@ fn node_routes(volumes: Value) -> Vec<(&'static str, u16, String)> {
 
 #[tokio::test]
 async fn canned_node_ready_with_its_volumes() {
-    let server = Canned::start(node_routes(json!({"pds": {"Name": "pds", "Path": "/srv/nomad/pds"}}))).await;
+    let server = Canned::start(node_routes(
+        json!({"pds": {"Name": "pds", "Path": "/srv/nomad/pds"}}),
+    ))
+    .await;
     let api = server.api();
     let me = api.agent_self().await.unwrap();
     assert_eq!(me.version, "1.10.5");
@@ -258,19 +296,26 @@ async fn canned_node_ready_with_its_volumes() {
     let node = api.local_node().await.unwrap().expect("the node");
     assert!(node.is_ready() && node.docker_ok());
     let mut seen = Vec::new();
-    api.wait_node_ready(&["pds"], Duration::from_secs(5), &mut |m| seen.push(m.to_string()))
-        .await
-        .unwrap();
+    api.wait_node_ready(&["pds"], Duration::from_secs(5), &mut |m| {
+        seen.push(m.to_string())
+    })
+    .await
+    .unwrap();
     assert!(seen.is_empty(), "{seen:?}");
 }
 
 #[tokio::test]
 async fn canned_node_wait_names_the_missing_volume() {
-    let server = Canned::start(node_routes(json!({"pds": {"Name": "pds", "Path": "/srv/nomad/pds"}}))).await;
+    let server = Canned::start(node_routes(
+        json!({"pds": {"Name": "pds", "Path": "/srv/nomad/pds"}}),
+    ))
+    .await;
     let mut seen = Vec::new();
     let err = server
         .api()
-        .wait_node_ready(&["pds", "io"], Duration::from_secs(2), &mut |m| seen.push(m.to_string()))
+        .wait_node_ready(&["pds", "io"], Duration::from_secs(2), &mut |m| {
+            seen.push(m.to_string())
+        })
         .await
         .unwrap_err();
     let text = format!("{err:#}");
@@ -324,7 +369,10 @@ async fn canned_driver_failure_quotes_the_event_and_stderr() {
         .await
         .unwrap_err();
     let text = format!("{err:#}");
-    assert!(text.contains("Driver Failure: Failed to pull `example.invalid/pds:9`"), "{text}");
+    assert!(
+        text.contains("Driver Failure: Failed to pull `example.invalid/pds:9`"),
+        "{text}"
+    );
     assert!(text.contains("(image example.invalid/pds:9)"), "{text}");
     assert!(text.contains("Error: cannot open /pds"), "{text}");
 }
@@ -338,7 +386,11 @@ async fn canned_healthy_alloc_of_the_current_version() {
          "DeploymentStatus": {"Healthy": true}}
     ]);
     let server = Canned::start(vec![
-        ("GET /v1/job/pds", 200, json!({"ID": "pds", "Version": 1}).to_string()),
+        (
+            "GET /v1/job/pds",
+            200,
+            json!({"ID": "pds", "Version": 1}).to_string(),
+        ),
         ("GET /v1/job/pds/allocations", 200, allocs.to_string()),
     ])
     .await;
@@ -355,7 +407,11 @@ async fn canned_unplaceable_job_says_why() {
         "FailedTGAllocs": {"pds": {"NodesEvaluated": 1, "NodesFiltered": 1,
             "ConstraintFiltered": {"missing compatible host volumes": 1}}}}]);
     let server = Canned::start(vec![
-        ("GET /v1/job/pds", 200, json!({"ID": "pds", "Version": 0}).to_string()),
+        (
+            "GET /v1/job/pds",
+            200,
+            json!({"ID": "pds", "Version": 0}).to_string(),
+        ),
         ("GET /v1/job/pds/allocations", 200, "[]".into()),
         ("GET /v1/job/pds/evaluations", 200, evals.to_string()),
     ])
@@ -363,12 +419,18 @@ async fn canned_unplaceable_job_says_why() {
     let mut seen = Vec::new();
     let err = server
         .api()
-        .wait_job_healthy("pds", Duration::from_secs(2), &mut |m| seen.push(m.to_string()))
+        .wait_job_healthy("pds", Duration::from_secs(2), &mut |m| {
+            seen.push(m.to_string())
+        })
         .await
         .unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("missing compatible host volumes"), "{text}");
-    assert!(seen.iter().any(|m| m.contains("missing compatible host volumes")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|m| m.contains("missing compatible host volumes")),
+        "{seen:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -391,7 +453,9 @@ mod double {
     pub const STDERR_LINE: &str = "pdsup-test says hello on stderr";
 
     fn run(cmd: &mut Command) -> String {
-        let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
         assert!(
             out.status.success(),
             "{cmd:?} failed: {}{}",
@@ -411,7 +475,10 @@ mod double {
             }
             let exe = std::env::current_exe().expect("test binary path");
             // <target>/<profile>/deps/nomad_api-HASH
-            let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>");
             let mut cmd = Command::new(env!("CARGO"));
             cmd.args(["build", "--quiet", "-p", "nomad-double", "--bin", "nomad"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -420,7 +487,11 @@ mod double {
             }
             run(&mut cmd);
             let bin = profile_dir.join("nomad");
-            assert!(bin.exists(), "{} missing after building nomad-double", bin.display());
+            assert!(
+                bin.exists(),
+                "{} missing after building nomad-double",
+                bin.display()
+            );
             bin
         })
     }
@@ -542,7 +613,12 @@ client {{
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
             let addr: SocketAddr = ([127, 0, 0, 1], http).into();
-            Agent { child, dir, api: NomadApi::new(addr), node_id: None }
+            Agent {
+                child,
+                dir,
+                api: NomadApi::new(addr),
+                node_id: None,
+            }
         }
 
         pub fn volume_path(&self, name: &str) -> PathBuf {
@@ -582,7 +658,12 @@ client {{
             // Like Nomad, the double leaves task containers running when it stops.
             if let Some(id) = &self.node_id {
                 let ids = Command::new("docker")
-                    .args(["ps", "-aq", "--filter", &format!("label=com.hashicorp.nomad.node_id={id}")])
+                    .args([
+                        "ps",
+                        "-aq",
+                        "--filter",
+                        &format!("label=com.hashicorp.nomad.node_id={id}"),
+                    ])
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default();
@@ -628,7 +709,9 @@ fn test_job(image: &str, port: u16) -> pdsup::nomad::job::Job {
 }
 
 async fn http_get(port: u16, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
@@ -648,7 +731,13 @@ async fn double_agent_and_node() {
     let mut names: Vec<&str> = me.host_volumes.iter().map(|v| v.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["io", "pds"]);
-    let pds_path = me.host_volumes.iter().find(|v| v.name == "pds").unwrap().path.clone();
+    let pds_path = me
+        .host_volumes
+        .iter()
+        .find(|v| v.name == "pds")
+        .unwrap()
+        .path
+        .clone();
     assert_eq!(Path::new(&pds_path), agent.volume_path("pds"));
     let node = api.local_node().await.unwrap().expect("the local node");
     assert!(node.is_ready(), "{node:?}");
@@ -693,7 +782,9 @@ async fn double_job_lifecycle() {
     // Identical re-submit changes nothing; a changed env would.
     assert_eq!(api.plan_diff(&job).await.unwrap(), DiffType::None);
     let mut edited = job.clone();
-    edited.groups[0].tasks[0].env.push(("TZ".into(), EnvValue::plain("UTC")));
+    edited.groups[0].tasks[0]
+        .env
+        .push(("TZ".into(), EnvValue::plain("UTC")));
     assert_eq!(api.plan_diff(&edited).await.unwrap(), DiffType::Edited);
 
     // What Nomad stored is what we sent (names and nesting right, nothing dropped).
@@ -707,7 +798,10 @@ async fn double_job_lifecycle() {
     assert_eq!(group["Tasks"][0]["Resources"]["MemoryMB"], 64);
 
     let allocs = api.allocations("pds").await.unwrap();
-    let alloc = allocs.iter().find(|a| a.client_status == "running").expect("a running alloc");
+    let alloc = allocs
+        .iter()
+        .find(|a| a.client_status == "running")
+        .expect("a running alloc");
     assert_eq!(alloc.job_version, stored["Version"].as_u64().unwrap());
 
     // The service is registered where the task listens, on loopback.
@@ -728,7 +822,10 @@ async fn double_job_lifecycle() {
     // The double logs every key Nomad would have dropped silently: there must be none.
     let log = agent.full_log();
     for dropped in ["ignoring unknown field", "dropping volume"] {
-        assert!(!log.contains(dropped), "Nomad would drop part of our job:\n{log}");
+        assert!(
+            !log.contains(dropped),
+            "Nomad would drop part of our job:\n{log}"
+        );
     }
 
     api.deregister("pds", true).await.unwrap();
@@ -753,7 +850,10 @@ async fn double_io_job_is_placed_and_force_pulls() {
         .await
         .expect_err("the pull fails");
     let text = format!("{err:#}");
-    assert!(text.contains(&format!("Failed to pull `{image}`")), "{text}");
+    assert!(
+        text.contains(&format!("Failed to pull `{image}`")),
+        "{text}"
+    );
     let stored = agent.api.job("io").await.unwrap().unwrap();
     let task = &stored["TaskGroups"][0]["Tasks"][0];
     assert_eq!(task["Config"]["network_mode"], "host");
@@ -772,7 +872,9 @@ async fn double_missing_host_volume_is_reported_by_plan_and_wait() {
     let plan = agent.api.plan(&job).await.unwrap();
     assert_eq!(plan.diff, DiffType::Added);
     assert!(
-        plan.failed_placements.iter().any(|f| f.contains("missing compatible host volumes")),
+        plan.failed_placements
+            .iter()
+            .any(|f| f.contains("missing compatible host volumes")),
         "{plan:?}"
     );
     agent.api.register(&job).await.unwrap();
@@ -802,7 +904,10 @@ async fn double_unpullable_image_names_the_image() {
     eprintln!("{text}");
     assert!(text.contains(image), "{text}");
     assert!(text.to_lowercase().contains("pull"), "{text}");
-    assert!(!text.contains("was not healthy after"), "it waited for the timeout: {text}");
+    assert!(
+        !text.contains("was not healthy after"),
+        "it waited for the timeout: {text}"
+    );
 }
 
 #[tokio::test]
@@ -827,4 +932,32 @@ async fn double_crashing_task_quotes_its_stderr() {
     eprintln!("{text}");
     assert!(text.contains("cannot open /pds/account.sqlite"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
+}
+
+#[tokio::test]
+async fn canned_recovered_driver_failure_is_not_fatal() {
+    // A container that could not start once, then started and became healthy.
+    let allocs = json!([{
+        "ID": "a1", "JobVersion": 0, "DesiredStatus": "run", "ClientStatus": "running", "CreateIndex": 7,
+        "TaskStates": {"pds": {"State": "running", "Restarts": 1, "Events": [
+            {"Type": "Driver Failure", "DisplayMessage": "failed to start container"},
+            {"Type": "Restarting", "DisplayMessage": "Task restarting in 15s"},
+            {"Type": "Started", "DisplayMessage": "Task started by client"}
+        ]}},
+        "DeploymentStatus": {"Healthy": true}
+    }]);
+    let server = Canned::start(vec![
+        (
+            "GET /v1/job/pds",
+            200,
+            json!({"ID": "pds", "Version": 0}).to_string(),
+        ),
+        ("GET /v1/job/pds/allocations", 200, allocs.to_string()),
+    ])
+    .await;
+    server
+        .api()
+        .wait_job_healthy("pds", Duration::from_secs(5), &mut |_| {})
+        .await
+        .unwrap();
 }

@@ -997,18 +997,17 @@ impl NomadApi {
             return self.unplaced(job, version, &allocs).await;
         };
         let images = self.task_images(job).await;
+        // A failure the task has not since recovered from (no `Started` after it).
         let fatal = alloc.task_states.iter().find_map(|(task, state)| {
-            state
-                .events
-                .iter()
-                .rev()
-                .find(|e| {
-                    matches!(
-                        e.kind.as_str(),
-                        "Driver Failure" | "Setup Failure" | "Failed Validation"
-                    )
-                })
-                .map(|e| (task.clone(), e.clone()))
+            let events = &state.events;
+            let i = events.iter().rposition(|e| {
+                matches!(
+                    e.kind.as_str(),
+                    "Driver Failure" | "Setup Failure" | "Failed Validation"
+                )
+            })?;
+            let recovered = events[i + 1..].iter().any(|e| e.kind == "Started");
+            (!recovered).then(|| (task.clone(), events[i].clone()))
         });
         if let Some((task, event)) = fatal {
             let message = format!(

@@ -387,7 +387,9 @@ impl Job {
             .build();
         let body = Body::builder().add_block(job).build();
         use hcl::format::Format;
-        let mut formatter = hcl::format::Formatter::builder().compact_arrays(true).build_vec();
+        let mut formatter = hcl::format::Formatter::builder()
+            .compact_arrays(true)
+            .build_vec();
         // Formatting into a Vec cannot fail (hcl-rs documents it).
         body.format_string(&mut formatter)
             .expect("formatting HCL into memory cannot fail")
@@ -411,8 +413,18 @@ impl Group {
                 }
                 Value::Object(o)
             };
-            let reserved: Vec<Value> = self.ports.iter().filter(|p| p.static_port.is_some()).map(port).collect();
-            let dynamic: Vec<Value> = self.ports.iter().filter(|p| p.static_port.is_none()).map(port).collect();
+            let reserved: Vec<Value> = self
+                .ports
+                .iter()
+                .filter(|p| p.static_port.is_some())
+                .map(port)
+                .collect();
+            let dynamic: Vec<Value> = self
+                .ports
+                .iter()
+                .filter(|p| p.static_port.is_none())
+                .map(port)
+                .collect();
             let mut network = Map::new();
             if !reserved.is_empty() {
                 network.insert("ReservedPorts".into(), Value::Array(reserved));
@@ -658,17 +670,35 @@ impl Task {
             );
         }
         if !self.env.is_empty() {
-            let shown = |v: &EnvValue| if reveal { v.expose().to_string() } else { v.shown().to_string() };
-            if self.env.iter().all(|(k, _)| Identifier::new(k.as_str()).is_ok()) {
+            let shown = |v: &EnvValue| {
+                if reveal {
+                    v.expose().to_string()
+                } else {
+                    v.shown().to_string()
+                }
+            };
+            if self
+                .env
+                .iter()
+                .all(|(k, _)| Identifier::new(k.as_str()).is_ok())
+            {
                 // The seed's form: `env { KEY = "value" }`.
-                let attrs = self.env.iter().map(|(k, v)| Attribute::new(k.as_str(), shown(v)));
+                let attrs = self
+                    .env
+                    .iter()
+                    .map(|(k, v)| Attribute::new(k.as_str(), shown(v)));
                 b = b.add_block(Block::builder("env").add_attributes(attrs).build());
             } else {
                 // Keys that are not HCL identifiers (dots, dashes) need the map form.
                 let object: Object<ObjectKey, Expression> = self
                     .env
                     .iter()
-                    .map(|(k, v)| (ObjectKey::Expression(Expression::String(k.clone())), Expression::String(shown(v))))
+                    .map(|(k, v)| {
+                        (
+                            ObjectKey::Expression(Expression::String(k.clone())),
+                            Expression::String(shown(v)),
+                        )
+                    })
                     .collect();
                 b = b.add_attribute(("env", Expression::Object(object)));
             }
@@ -696,7 +726,12 @@ fn json_to_expr(value: Value) -> Expression {
         Value::Array(items) => Expression::Array(items.into_iter().map(json_to_expr).collect()),
         Value::Object(map) => Expression::Object(
             map.into_iter()
-                .map(|(k, v)| (ObjectKey::Expression(Expression::String(k)), json_to_expr(v)))
+                .map(|(k, v)| {
+                    (
+                        ObjectKey::Expression(Expression::String(k)),
+                        json_to_expr(v),
+                    )
+                })
                 .collect(),
         ),
     }
@@ -733,7 +768,12 @@ mod tests {
     }
 
     fn keys(v: &Value) -> Vec<&str> {
-        let mut k: Vec<&str> = v.as_object().expect("an object").keys().map(String::as_str).collect();
+        let mut k: Vec<&str> = v
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
         k.sort_unstable();
         k
     }
@@ -743,7 +783,10 @@ mod tests {
         let body = pds_job("ghcr.io/bluesky-social/pds:0.4", env()).to_api_json();
         assert_eq!(keys(&body), ["Job"]);
         let job = &body["Job"];
-        assert_eq!(keys(job), ["Datacenters", "ID", "Name", "TaskGroups", "Type"]);
+        assert_eq!(
+            keys(job),
+            ["Datacenters", "ID", "Name", "TaskGroups", "Type"]
+        );
         assert_eq!(job["ID"], "pds");
         assert_eq!(job["Name"], "pds");
         assert_eq!(job["Type"], "service");
@@ -792,7 +835,14 @@ mod tests {
         let task = &group["Tasks"][0];
         assert_eq!(
             keys(task),
-            ["Config", "Driver", "Env", "Name", "Resources", "VolumeMounts"]
+            [
+                "Config",
+                "Driver",
+                "Env",
+                "Name",
+                "Resources",
+                "VolumeMounts"
+            ]
         );
         assert_eq!(task["Name"], "pds");
         assert_eq!(task["Driver"], "docker");
@@ -846,14 +896,23 @@ mod tests {
         let body = io_job("agentio/io:latest").to_api_json();
         let group = &body["Job"]["TaskGroups"][0];
         assert_eq!(body["Job"]["ID"], "io");
-        assert_eq!(keys(group), ["Count", "Name", "Services", "Tasks", "Update", "Volumes"]);
-        assert_eq!(group["Services"], json!([{ "Name": "io", "Provider": "nomad" }]));
+        assert_eq!(
+            keys(group),
+            ["Count", "Name", "Services", "Tasks", "Update", "Volumes"]
+        );
+        assert_eq!(
+            group["Services"],
+            json!([{ "Name": "io", "Provider": "nomad" }])
+        );
         assert_eq!(
             group["Volumes"],
             json!({ "io": { "Name": "io", "Type": "host", "Source": "io", "ReadOnly": false } })
         );
         let task = &group["Tasks"][0];
-        assert_eq!(keys(task), ["Config", "Driver", "Name", "Resources", "VolumeMounts"]);
+        assert_eq!(
+            keys(task),
+            ["Config", "Driver", "Name", "Resources", "VolumeMounts"]
+        );
         assert_eq!(
             task["Config"],
             json!({ "image": "agentio/io:latest", "network_mode": "host", "force_pull": true })
@@ -867,13 +926,25 @@ mod tests {
     #[test]
     fn dynamic_ports_and_args() {
         let mut job = pds_job("img", Vec::new());
-        job.groups[0].ports.push(Port { label: "admin".into(), static_port: None, to: Some(8080) });
+        job.groups[0].ports.push(Port {
+            label: "admin".into(),
+            static_port: None,
+            to: Some(8080),
+        });
         job.groups[0].tasks[0].args = vec!["httpd".into(), "-f".into()];
         let body = job.to_api_json();
         let network = &body["Job"]["TaskGroups"][0]["Networks"][0];
-        assert_eq!(network["DynamicPorts"], json!([{ "Label": "admin", "To": 8080 }]));
-        assert_eq!(body["Job"]["TaskGroups"][0]["Tasks"][0]["Config"]["args"], json!(["httpd", "-f"]));
-        assert!(body["Job"]["TaskGroups"][0]["Tasks"][0].get("Env").is_none());
+        assert_eq!(
+            network["DynamicPorts"],
+            json!([{ "Label": "admin", "To": 8080 }])
+        );
+        assert_eq!(
+            body["Job"]["TaskGroups"][0]["Tasks"][0]["Config"]["args"],
+            json!(["httpd", "-f"])
+        );
+        assert!(body["Job"]["TaskGroups"][0]["Tasks"][0]
+            .get("Env")
+            .is_none());
     }
 
     #[test]
@@ -888,7 +959,10 @@ mod tests {
         assert_eq!(job_block.labels()[0].as_str(), "pds");
 
         let revealed = job.to_hcl(true);
-        assert!(revealed.contains(&format!("PDS_JWT_SECRET = \"{JWT}\"")), "{revealed}");
+        assert!(
+            revealed.contains(&format!("PDS_JWT_SECRET = \"{JWT}\"")),
+            "{revealed}"
+        );
         hcl::from_str::<hcl::Body>(&revealed).expect("revealed HCL parses");
     }
 
@@ -910,7 +984,10 @@ mod tests {
         assert_eq!(group["update"]["healthy_deadline"], json!("5m"));
         let task = &group["task"]["pds"];
         assert_eq!(task["driver"], json!("docker"));
-        assert_eq!(task["config"]["image"], json!("ghcr.io/bluesky-social/pds:0.4"));
+        assert_eq!(
+            task["config"]["image"],
+            json!("ghcr.io/bluesky-social/pds:0.4")
+        );
         assert_eq!(task["config"]["ports"], json!(["http"]));
         assert_eq!(task["volume_mount"]["destination"], json!("/pds"));
         assert_eq!(task["resources"]["memory"], json!(512));
