@@ -149,6 +149,19 @@ app_modules() { # -> dir holding package.json, package-lock.json and pruned node
   echo "$dir"
 }
 
+# node-gyp compiles better-sqlite3: it needs a C++ compiler, make and python3.
+ensure_build_tools() {
+  local missing=() pair
+  for pair in g++:g++ make:make python3:python3; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  need_root
+  log "installing ${missing[*]} (for node-gyp)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
+    >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install ${missing[*]} failed" "see $LOG_DIR/apt.log"
+}
+
 # --- image ---------------------------------------------------------------------------
 
 build() {
@@ -159,6 +172,7 @@ build() {
   : >"$BLOG"
   local t_all=$SECONDS
   base=$(base_rootfs)
+  ensure_build_tools
   app=$(app_modules)
 
   root="$BUILD/pds.rootfs"
