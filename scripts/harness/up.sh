@@ -6,15 +6,12 @@ source "$(dirname "$0")/common.sh"
 need_root
 
 t0=$SECONDS
-# Host tools the harness and its tests use (Debian packages).
+# Debian packages the harness scripts and the proof tests use (docker.io is
+# engine.sh's business).
 missing=()
-for pair in debootstrap:debootstrap ssh:openssh-client ssh-keygen:openssh-client \
-            ssh-keyscan:openssh-client curl:curl openssl:openssl pebble:pebble \
-            python3:python3 flock:util-linux setsid:util-linux; do
-  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+for p in debootstrap openssh-client curl openssl pebble python3 util-linux busybox-static; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ -x /bin/busybox ] && /bin/busybox --help 2>&1 | head -1 | grep -q . \
-  && ! ldd /bin/busybox >/dev/null 2>&1 || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   { apt-get update -qq \
