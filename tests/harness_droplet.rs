@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::*;
 
 fn os_codename(d: &Droplet) -> String {
-    d.ssh_ok("root", ". /etc/os-release && echo \"$VERSION_CODENAME\"").trim().to_string()
+    d.ssh_ok("root", ". /etc/os-release && echo \"$VERSION_CODENAME\"")
+        .trim()
+        .to_string()
 }
 
 fn assert_systemd_running(d: &Droplet) {
@@ -23,19 +25,30 @@ fn assert_systemd_running(d: &Droplet) {
         d.name,
         stdout(&d.ssh("root", "systemctl --failed --no-pager"))
     );
-    assert_eq!(d.ssh_ok("root", "ps -o comm= -p 1").trim(), "systemd", "PID 1 is not systemd");
+    assert_eq!(
+        d.ssh_ok("root", "ps -o comm= -p 1").trim(),
+        "systemd",
+        "PID 1 is not systemd"
+    );
     assert_eq!(d.ssh_ok("root", "systemctl is-active ssh").trim(), "active");
 }
 
 fn unique_token() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{}-{nanos}", std::process::id())
 }
 
 #[test]
 fn bookworm_droplet_has_systemd_and_the_three_users() {
     let d = Droplet::start("bookworm");
-    assert!(d.ip.starts_with("10.213.0."), "unexpected droplet ip {}", d.ip);
+    assert!(
+        d.ip.starts_with("10.213.0."),
+        "unexpected droplet ip {}",
+        d.ip
+    );
     assert_eq!(os_codename(&d), "bookworm");
     assert_systemd_running(&d);
 
@@ -48,7 +61,11 @@ fn bookworm_droplet_has_systemd_and_the_three_users() {
     // pwuser: logs in with the key, but sudo wants a password.
     assert_eq!(d.ssh_ok("pwuser", "id -un").trim(), "pwuser");
     let out = d.ssh("pwuser", "sudo -n true");
-    assert!(!out.status.success(), "sudo -n worked for pwuser:\n{}", describe(&out));
+    assert!(
+        !out.status.success(),
+        "sudo -n worked for pwuser:\n{}",
+        describe(&out)
+    );
     assert!(
         stderr(&out).contains("password is required"),
         "unexpected sudo error for pwuser:\n{}",
@@ -56,12 +73,21 @@ fn bookworm_droplet_has_systemd_and_the_three_users() {
     );
     // ...and accepts the documented password.
     let out = d.ssh_with_stdin("pwuser", "sudo -S -p '' id -u", b"pwuser-test-password\n");
-    assert!(out.status.success(), "sudo -S with the password failed:\n{}", describe(&out));
+    assert!(
+        out.status.success(),
+        "sudo -S with the password failed:\n{}",
+        describe(&out)
+    );
     assert_eq!(stdout(&out).trim(), "0");
 
     // Key auth is real: an account without the key is refused.
     let out = d.ssh("nobody", "true");
-    assert_eq!(out.status.code(), Some(255), "ssh as nobody was not refused:\n{}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "ssh as nobody was not refused:\n{}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -72,9 +98,16 @@ fn each_droplet_has_its_own_host_key_and_machine_id() {
     assert!(ka.starts_with("ssh-ed25519 AAAA"), "odd host key {ka:?}");
     assert_ne!(ka, kb, "two droplets present the same host key");
     // The key sshd presents is the one generated on the droplet at first boot.
-    assert_eq!(a.ssh_ok("root", "cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub").trim(), ka);
+    assert_eq!(
+        a.ssh_ok("root", "cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub")
+            .trim(),
+        ka
+    );
 
-    let (ma, mb) = (a.ssh_ok("root", "cat /etc/machine-id"), b.ssh_ok("root", "cat /etc/machine-id"));
+    let (ma, mb) = (
+        a.ssh_ok("root", "cat /etc/machine-id"),
+        b.ssh_ok("root", "cat /etc/machine-id"),
+    );
     assert_eq!(ma.trim().len(), 32, "bad machine-id {ma:?}");
     assert_ne!(ma, mb, "two droplets share a machine-id");
     assert_ne!(a.ip, b.ip);
@@ -112,11 +145,26 @@ async fn docker_io_installs_and_runs_containers_inside_a_droplet() {
          DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >>/tmp/apt.log 2>&1 \
          || { tail -30 /tmp/apt.log; exit 1; }",
     );
-    assert_eq!(d.ssh_ok("root", "systemctl is-active docker").trim(), "active");
-    assert_eq!(d.ssh_ok("root", "docker images -q | wc -l").trim(), "0", "inner engine not fresh");
+    assert_eq!(
+        d.ssh_ok("root", "systemctl is-active docker").trim(),
+        "active"
+    );
+    assert_eq!(
+        d.ssh_ok("root", "docker images -q | wc -l").trim(),
+        "0",
+        "inner engine not fresh"
+    );
 
-    let out = d.ssh_with_stdin("root", "docker import - pdsup-busybox:test", &busybox_rootfs_tar());
-    assert!(out.status.success(), "docker import failed:\n{}", describe(&out));
+    let out = d.ssh_with_stdin(
+        "root",
+        "docker import - pdsup-busybox:test",
+        &busybox_rootfs_tar(),
+    );
+    assert!(
+        out.status.success(),
+        "docker import failed:\n{}",
+        describe(&out)
+    );
 
     let token = unique_token();
     let echoed = d.ssh_ok(
@@ -136,7 +184,11 @@ async fn docker_io_installs_and_runs_containers_inside_a_droplet() {
         ),
     );
     let url = format!("http://127.0.0.1:{}/index.html", d.http_port);
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let mut last = String::new();
     for _ in 0..40 {
         match client.get(&url).send().await {
@@ -160,7 +212,11 @@ fn trixie_droplet_boots() {
     assert_eq!(d.ssh_ok("root", "id -u").trim(), "0");
     assert_eq!(d.ssh_ok("deploy", "sudo -n id -u").trim(), "0");
     let out = d.ssh("pwuser", "sudo -n true");
-    assert!(stderr(&out).contains("password is required"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("password is required"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[tokio::test]
@@ -178,13 +234,21 @@ async fn pebble_answers_with_the_harness_cert() {
         .await
         .unwrap();
     for key in ["newNonce", "newAccount", "newOrder"] {
-        let url = dir[key].as_str().unwrap_or_else(|| panic!("no {key} in {dir}"));
-        assert!(url.starts_with(&format!("https://{GATEWAY}:14000/")), "{key} = {url}");
+        let url = dir[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} in {dir}"));
+        assert!(
+            url.starts_with(&format!("https://{GATEWAY}:14000/")),
+            "{key} = {url}"
+        );
     }
 
     // Verification is on: trusting only the ACME root (not Pebble's TLS cert) fails.
     let wrong = https_client_trusting(&[&pebble_root()]);
-    assert!(wrong.get(pebble_directory_url()).send().await.is_err(), "TLS was not verified");
+    assert!(
+        wrong.get(pebble_directory_url()).send().await.is_err(),
+        "TLS was not verified"
+    );
 
     // root.pem is the root Pebble issues with right now.
     let live = client
@@ -199,7 +263,11 @@ async fn pebble_answers_with_the_harness_cert() {
         .unwrap();
     let exported = std::fs::read_to_string(pebble_root()).unwrap();
     assert!(live.contains("BEGIN CERTIFICATE"));
-    assert_eq!(live.trim(), exported.trim(), "root.pem is stale: re-run services.sh start");
+    assert_eq!(
+        live.trim(),
+        exported.trim(),
+        "root.pem is stale: re-run services.sh start"
+    );
 }
 
 #[tokio::test]
@@ -212,10 +280,18 @@ async fn mirror_serves_a_file_to_this_machine_and_to_droplets() {
     std::fs::write(&path, format!("mirror-{token}\n")).unwrap();
 
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let resp = client.get(format!("{}/{rel}", mirror_url())).send().await.unwrap();
+    let resp = client
+        .get(format!("{}/{rel}", mirror_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), format!("mirror-{token}\n"));
-    let missing = client.get(format!("{}/harness-proof/nope-{token}", mirror_url())).send().await.unwrap();
+    let missing = client
+        .get(format!("{}/harness-proof/nope-{token}", mirror_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
 
     let d = Droplet::start("bookworm");

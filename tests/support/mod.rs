@@ -60,7 +60,9 @@ fn harness_missing(what: &str, script: &str) -> ! {
 /// droplet images (present and built from the current recipe) or the test key are
 /// missing. Cheap; call it at the start of every harness test.
 pub fn require_harness() {
-    let info = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
+    let info = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
     match info {
         Ok(o) if o.status.success() => {}
         Ok(o) => harness_missing(
@@ -69,7 +71,9 @@ pub fn require_harness() {
         ),
         Err(e) => harness_missing(&format!("cannot run `docker` ({e})"), "engine.sh"),
     }
-    let net = Command::new("docker").args(["network", "inspect", NETWORK]).output();
+    let net = Command::new("docker")
+        .args(["network", "inspect", NETWORK])
+        .output();
     if !net.map(|o| o.status.success()).unwrap_or(false) {
         harness_missing(&format!("docker network {NETWORK} is missing"), "engine.sh");
     }
@@ -86,7 +90,10 @@ pub fn require_harness() {
         }
     }
     if !ssh_key().is_file() {
-        harness_missing(&format!("test key {} is missing", ssh_key().display()), "droplet-image.sh");
+        harness_missing(
+            &format!("test key {} is missing", ssh_key().display()),
+            "droplet-image.sh",
+        );
     }
 }
 
@@ -122,11 +129,21 @@ fn unique_name() -> String {
         .next()
         .unwrap_or("test")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(30)
         .collect();
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("pdsup-test-{}-{}-{n}", test.trim_matches('-'), std::process::id())
+    format!(
+        "pdsup-test-{}-{}-{n}",
+        test.trim_matches('-'),
+        std::process::id()
+    )
 }
 
 impl Droplet {
@@ -140,7 +157,10 @@ impl Droplet {
             .output()
             .expect("cannot run scripts/harness/droplet.sh");
         if !out.status.success() {
-            panic!("droplet.sh start {name} {release} failed:\n{}", describe(&out));
+            panic!(
+                "droplet.sh start {name} {release} failed:\n{}",
+                describe(&out)
+            );
         }
         // The script's progress lines (stderr) go to the test's captured output.
         eprint!("{}", stderr(&out));
@@ -148,7 +168,9 @@ impl Droplet {
         match serde_json::from_str(line.trim()) {
             Ok(droplet) => droplet,
             Err(e) => {
-                let _ = Command::new(harness_script("droplet.sh")).args(["stop", &name]).output();
+                let _ = Command::new(harness_script("droplet.sh"))
+                    .args(["stop", &name])
+                    .output();
                 panic!("droplet.sh printed unexpected output ({e}): {line:?}")
             }
         }
@@ -158,16 +180,24 @@ impl Droplet {
     /// checking, BatchMode. Add the remote command (and stdin) yourself.
     pub fn ssh_command(&self, user: &str) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.arg("-F").arg("/dev/null")
-            .arg("-i").arg(ssh_key())
+        cmd.arg("-F")
+            .arg("/dev/null")
+            .arg("-i")
+            .arg(ssh_key())
             .args(["-p", &self.ssh_port.to_string()])
             .args([
-                "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "IdentitiesOnly=yes",
-                "-o", "LogLevel=ERROR",
-                "-o", "ConnectTimeout=10",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=10",
             ])
             .arg(format!("{user}@127.0.0.1"))
             .stdin(Stdio::null());
@@ -176,7 +206,10 @@ impl Droplet {
 
     /// Runs `cmd` (a shell command line) over SSH as `user`.
     pub fn ssh(&self, user: &str, cmd: &str) -> Output {
-        self.ssh_command(user).arg(cmd).output().expect("cannot run ssh")
+        self.ssh_command(user)
+            .arg(cmd)
+            .output()
+            .expect("cannot run ssh")
     }
 
     /// Like [`Droplet::ssh`], feeding `input` on the command's stdin.
@@ -205,7 +238,11 @@ impl Droplet {
     pub fn ssh_ok(&self, user: &str, cmd: &str) -> String {
         let out = self.ssh(user, cmd);
         if !out.status.success() {
-            panic!("on {} as {user}: `{cmd}` failed:\n{}", self.name, describe(&out));
+            panic!(
+                "on {} as {user}: `{cmd}` failed:\n{}",
+                self.name,
+                describe(&out)
+            );
         }
         stdout(&out)
     }
@@ -222,16 +259,31 @@ impl Droplet {
     /// The ed25519 host key sshd presents (`ssh-ed25519 AAAA...`), via ssh-keyscan.
     pub fn host_key(&self) -> String {
         let out = Command::new("ssh-keyscan")
-            .args(["-t", "ed25519", "-p", &self.ssh_port.to_string(), "127.0.0.1"])
+            .args([
+                "-t",
+                "ed25519",
+                "-p",
+                &self.ssh_port.to_string(),
+                "127.0.0.1",
+            ])
             .output()
             .expect("cannot run ssh-keyscan");
         let text = stdout(&out);
         let line = text
             .lines()
             .find(|l| !l.starts_with('#') && l.contains("ssh-ed25519"))
-            .unwrap_or_else(|| panic!("no ed25519 host key from {}:\n{}", self.name, describe(&out)));
+            .unwrap_or_else(|| {
+                panic!(
+                    "no ed25519 host key from {}:\n{}",
+                    self.name,
+                    describe(&out)
+                )
+            });
         // "[127.0.0.1]:PORT ssh-ed25519 AAAA..." -> "ssh-ed25519 AAAA..."
-        line.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+        line.split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -265,7 +317,10 @@ pub fn require_services() {
         .output()
         .expect("cannot run services.sh");
     if !out.status.success() {
-        harness_missing(&format!("a service is down:\n{}", stdout(&out)), "services.sh start");
+        harness_missing(
+            &format!("a service is down:\n{}", stdout(&out)),
+            "services.sh start",
+        );
     }
 }
 
