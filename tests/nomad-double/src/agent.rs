@@ -494,9 +494,7 @@ impl Agent {
     pub fn update_alloc(self: &Arc<Self>, id: &str, f: impl FnOnce(&mut Alloc)) {
         let reschedule = self.mutate(|st| {
             let idx = st.next_index();
-            let Some(a) = st.allocs.get_mut(id) else {
-                return None;
-            };
+            let a = st.allocs.get_mut(id)?;
             let before = a.ClientStatus.clone();
             f(a);
             let (status, desc) = derive_client_status(a);
@@ -1114,7 +1112,8 @@ async fn serve(paths: Vec<String>, cfg: AgentConfig, node_id: String, state: Sta
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             bg.check_progress_deadlines();
             tick += 1;
-            if tick % 15 == 0 && bg.fingerprint_docker().await && bg.docker_info().healthy {
+            if tick.is_multiple_of(15) && bg.fingerprint_docker().await && bg.docker_info().healthy
+            {
                 let jobs: Vec<String> = bg.read(|st| st.jobs.keys().cloned().collect());
                 bg.reevaluate(&jobs, "node-update");
             }

@@ -611,16 +611,11 @@ async fn job_sub(
     let res: Option<Value> = agent.read(|st| {
         let j = st.job(&id)?;
         Some(match sub.as_str() {
-            "allocations" => {
-                let all = flag(&q, "all");
-                let list: Vec<Value> = st
-                    .job_allocs(&id)
-                    .into_iter()
-                    .filter(|a| all || a.JobVersion + 64 > j.Version || !a.terminal_client())
-                    .map(Alloc::stub)
-                    .collect();
-                json!(list)
-            }
+            "allocations" => json!(st
+                .job_allocs(&id)
+                .into_iter()
+                .map(Alloc::stub)
+                .collect::<Vec<_>>()),
             "deployment" => st
                 .latest_deployment(&id)
                 .map(|d| json!(d))
@@ -800,21 +795,19 @@ async fn logs(State(agent): A, Path(alloc_id): Path<String>, Query(q): Q) -> Res
     if task.is_empty() {
         return err(400, "must provide task name");
     }
-    let parse_bool = |k: &str| -> Result<bool, Response> {
+    let parse_bool = |k: &str| -> Result<bool, String> {
         match q.get(k).map(String::as_str) {
             None | Some("") => Ok(false),
-            Some("true") | Some("1") | Some("t") | Some("T") | Some("TRUE") | Some("True") => Ok(true),
-            Some("false") | Some("0") | Some("f") | Some("F") | Some("FALSE") | Some("False") => Ok(false),
-            Some(v) => Err(err(400, format!("failed to parse {k} field to boolean: strconv.ParseBool: parsing {v:?}: invalid syntax"))),
+            Some("true" | "1" | "t" | "T" | "TRUE" | "True") => Ok(true),
+            Some("false" | "0" | "f" | "F" | "FALSE" | "False") => Ok(false),
+            Some(v) => Err(format!(
+                "failed to parse {k} field to boolean: strconv.ParseBool: parsing {v:?}: invalid syntax"
+            )),
         }
     };
-    let follow = match parse_bool("follow") {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let plain = match parse_bool("plain") {
-        Ok(b) => b,
-        Err(r) => return r,
+    let (follow, plain) = match (parse_bool("follow"), parse_bool("plain")) {
+        (Ok(f), Ok(p)) => (f, p),
+        (Err(e), _) | (_, Err(e)) => return err(400, e),
     };
     let kind = q.get("type").cloned().unwrap_or_default();
     if kind != "stdout" && kind != "stderr" {

@@ -142,7 +142,10 @@ pub fn load(paths: &[String]) -> Result<AgentConfig, String> {
 }
 
 /// Parses one `-config` path: a file, or every `*.hcl`/`*.json` file of a directory (sorted).
-fn load_path(path: &Path) -> Result<Vec<(String, Map<String, Value>)>, String> {
+/// Parsed files: (path, tree).
+type Loaded = Vec<(String, Map<String, Value>)>;
+
+fn load_path(path: &Path) -> Result<Loaded, String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     let mut names = Vec::new();
     if meta.is_dir() {
