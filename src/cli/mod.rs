@@ -103,7 +103,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The one place errors are rendered.
 fn report_error(err: &anyhow::Error, json: bool) {
-    log::error!("{err:#}");
+    // For the journal (`--local`); the stderr logger leaves `progress` records to the UI.
+    log::error!(target: "progress", "{err:#}");
     if json {
         let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
         println!(

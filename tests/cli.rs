@@ -1,0 +1,243 @@
+//! The binary's command line, without any droplet: help, `plan` for a fresh
+//! droplet, `--json`, and bad input refused before anything happens.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn pdsup(args: &[&str], state_dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdsup"))
+        .args(args)
+        .env("PDSUP_STATE_DIR", state_dir)
+        .env_remove("PDSUP_HOSTNAME")
+        .output()
+        .expect("run pdsup")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const SITE: &[&str] = &[
+    "--hostname",
+    "pds.example.com",
+    "--email",
+    "me@example.com",
+    "--handle",
+    "alice",
+];
+
+#[test]
+fn help_teaches_with_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pdsup(&["--help"], dir.path());
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for needle in [
+        "pdsup up root@203.0.113.7",
+        "pdsup plan",
+        "--local",
+        "Examples:",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    let up = text(&pdsup(&["up", "--help"], dir.path()).stdout);
+    for flag in [
+        "--proxy",
+        "--docker-source",
+        "--nomad-zip",
+        "--pds-image-archive",
+        "--accept-new-host-key",
+        "--dry-run",
+    ] {
+        assert!(up.contains(flag), "up --help lacks {flag}");
+    }
+    let version = text(&pdsup(&["--version"], dir.path()).stdout);
+    assert!(version.starts_with("pdsup "), "{version}");
+}
+
+#[test]
+fn plan_without_droplet_shows_every_step_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["plan"];
+    args.extend_from_slice(SITE);
+    let out = pdsup(&args, dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan = text(&out.stdout);
+    for needle in [
+        "== preflight ==",
+        "install Docker Engine from Docker's apt repository",
+        "install Nomad 1.10.5",
+        "host_volume \"pds\"",
+        "write the IO ingress for pds.example.com",
+        "generate the PDS secrets",
+        "submit the pds job (ghcr.io/bluesky-social/pds:0.4)",
+        "PDS_JWT_SECRET",
+        "create the account alice.pds.example.com",
+        "*.pds.example.com",
+    ] {
+        assert!(plan.contains(needle), "plan lacks {needle:?}:\n{plan}");
+    }
+    // Secrets are masked, and a plan saves nothing.
+    assert!(plan.contains("PDS_JWT_SECRET") && plan.contains("********"));
+    assert!(!plan
+        .lines()
+        .any(|l| l.contains("PDS_JWT_SECRET") && !l.contains("********")));
+    assert!(!dir.path().join("sites").exists(), "plan wrote state");
+}
+
+#[test]
+fn plan_json_lists_the_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["plan", "--json", "--proxy", "caddy"];
+    args.extend_from_slice(SITE);
+    let out = pdsup(&args, dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let steps = doc["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "preflight",
+            "docker",
+            "nomad",
+            "nomad_config",
+            "proxy",
+            "secrets",
+            "pds_job",
+            "account",
+            "dns"
+        ]
+    );
+    let proxy = steps[4]["changes"].as_array().unwrap();
+    assert!(
+        proxy
+            .iter()
+            .any(|c| c.as_str().unwrap().contains("install Caddy")),
+        "{proxy:?}"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_happens() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "up",
+                "root@203.0.113.7",
+                "--hostname",
+                "pds_bad.example.com",
+                "--email",
+                "me@example.com",
+                "--handle",
+                "alice",
+            ],
+            "invalid hostname",
+        ),
+        (
+            &[
+                "up",
+                "root@203.0.113.7",
+                "--hostname",
+                "pds.example.com",
+                "--email",
+                "me@example.com",
+                "--handle",
+                "al",
+            ],
+            "invalid handle",
+        ),
+        (
+            &[
+                "up",
+                "root@203.0.113.7",
+                "--hostname",
+                "pds.example.com",
+                "--email",
+                "me@",
+                "--handle",
+                "alice",
+            ],
+            "invalid email",
+        ),
+        (
+            &[
+                "up",
+                "root@203.0.113.7:notaport",
+                "--hostname",
+                "pds.example.com",
+                "--email",
+                "me@example.com",
+                "--handle",
+                "alice",
+            ],
+            "port",
+        ),
+        (
+            &[
+                "up",
+                "root@203.0.113.7",
+                "--hostname",
+                "pds.example.com",
+                "--email",
+                "me@example.com",
+                "--handle",
+                "alice",
+                "-i",
+                "/nonexistent/key",
+            ],
+            "/nonexistent/key",
+        ),
+        (
+            &[
+                "up",
+                "root@203.0.113.7",
+                "--hostname",
+                "pds.example.com",
+                "--email",
+                "me@example.com",
+                "--handle",
+                "alice",
+                "--nomad-zip",
+                "/nonexistent.zip",
+            ],
+            "--nomad-zip",
+        ),
+        (
+            &[
+                "up",
+                "root@203.0.113.7",
+                "--hostname",
+                "pds.example.com",
+                "--email",
+                "me@example.com",
+                "--handle",
+                "alice",
+                "--pds-env",
+                "PDS_JWT_SECRET=x",
+            ],
+            "cannot set PDS_JWT_SECRET",
+        ),
+        (
+            &["up", "root@203.0.113.7", "--hostname", "pds.example.com"],
+            "--email is required",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = pdsup(args, dir.path());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected {needle:?} in:\n{stderr}"
+        );
+        // Refused before any connection: 203.0.113.7 (TEST-NET-3) is never dialled,
+        // and nothing is saved.
+        assert!(
+            !stderr.contains("connect"),
+            "{args:?} tried to connect: {stderr}"
+        );
+        assert!(!dir.path().join("sites").exists(), "{args:?} wrote state");
+    }
+}
