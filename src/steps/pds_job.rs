@@ -42,7 +42,15 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let env = pds_environment(ctx.settings, ctx.secrets()?)?;
     let job = pds_job(image, env);
     let job_unchanged = super::proxy::job_unchanged(ctx, &job).await;
-    let healthy = job_unchanged && pds_health(ctx).await.is_ok();
+    // A converged PDS is not waited for again: its version comes from this check.
+    let healthy = job_unchanged
+        && match pds_health(ctx).await {
+            Ok(version) => {
+                ctx.outcome.pds_version = Some(version);
+                true
+            }
+            Err(_) => false,
+        };
     Ok(Facts {
         image_present,
         job_unchanged,
