@@ -416,10 +416,23 @@ impl State {
     }
 
     pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // Jobs carry their env (secrets included): owner-only, like Nomad's state files.
         let p = Self::path(data_dir);
-        std::fs::create_dir_all(p.parent().expect("parent"))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p.parent().expect("parent"))?;
         let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec(self)?)?;
+        drop(f);
         std::fs::rename(tmp, p)
     }
 }
@@ -438,6 +451,12 @@ mod tests {
             vec![crate::job::job_from(json!({"ID": "pds", "TaskGroups": []}))],
         );
         s.save(dir.path()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(State::path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         let back = State::load(dir.path()).unwrap();
         assert_eq!(back.index, 1);
         assert_eq!(back.job("pds").unwrap().ID, "pds");
