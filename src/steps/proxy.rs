@@ -9,6 +9,7 @@ use super::docker::APT;
 use super::{Action, Contents, Ctx, StepId, StepPlan};
 use crate::assets;
 use crate::host::{Cmd, FileMode};
+use crate::nomad::api::JobHealth;
 use crate::nomad::job::{io_job, Job};
 use crate::settings::{Proxy, Settings, PDS_PORT};
 
@@ -24,6 +25,10 @@ pub struct Facts {
     pub io_ingress: Option<String>,
     /// Nomad says re-submitting the IO job would change nothing.
     pub io_job_unchanged: bool,
+    /// The IO job's current version runs and is healthy. An unchanged job is not
+    /// enough: a run that stopped because IO could not start (its image could not
+    /// be pulled) left the job registered but not running.
+    pub io_healthy: bool,
 }
 
 impl Facts {
@@ -80,6 +85,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
             facts.io_ingress = read_text(ctx, &io_ingress_path(settings)).await?;
             let job = io_job(&settings.io.image);
             facts.io_job_unchanged = job_unchanged(ctx, &job).await;
+            facts.io_healthy = facts.io_job_unchanged && job_healthy(ctx, &job.id).await;
         }
     }
     Ok(facts)
@@ -95,6 +101,28 @@ pub async fn job_unchanged(ctx: &mut Ctx<'_>, job: &Job) -> bool {
         Ok(diff) => diff.is_unchanged(),
         Err(e) => {
             log::debug!("planning job {}: {e:#}", job.id);
+            false
+        }
+    }
+}
+
+/// Whether Nomad reports the job's current version running and healthy. Any
+/// failure to ask means "not healthy" (the plan then waits for it).
+pub async fn job_healthy(ctx: &mut Ctx<'_>, id: &str) -> bool {
+    let Ok(nomad) = ctx.nomad().await else {
+        return false;
+    };
+    let version = match nomad.job(id).await {
+        Ok(Some(spec)) => spec["Version"].as_u64().unwrap_or(0),
+        _ => return false,
+    };
+    match nomad.job_health(id, version).await {
+        Ok(health) => {
+            log::debug!("job {id} version {version}: {health:?}");
+            health == JobHealth::Healthy
+        }
+        Err(e) => {
+            log::debug!("health of job {id}: {e:#}");
             false
         }
     }
@@ -197,6 +225,8 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
             Action::SubmitJob(Box::new(job)),
         )
         .detail(hcl);
+    }
+    if !facts.io_job_unchanged || !facts.io_healthy {
         plan.change(
             "wait for IO to run",
             Action::WaitJobHealthy {
@@ -259,5 +289,24 @@ mod tests {
         assert!(summaries[0]
             .starts_with("write the IO ingress for pds.example.com to /srv/nomad/io/pds.hcl"));
         assert!(summaries[1].contains("agentio/io:latest"));
+    }
+
+    #[test]
+    fn io_registered_but_not_running_is_waited_for_again() {
+        let settings = Settings::example();
+        let landed = Facts {
+            io_ingress: Some(io_ingress(&settings)),
+            io_job_unchanged: true,
+            io_healthy: false,
+            ..Facts::default()
+        };
+        let p = plan(&landed, &settings).unwrap();
+        let summaries: Vec<&str> = p.changes.iter().map(|c| c.summary.as_str()).collect();
+        assert_eq!(summaries, ["wait for IO to run"]);
+        let running = Facts {
+            io_healthy: true,
+            ..landed
+        };
+        assert!(plan(&running, &settings).unwrap().is_unchanged());
     }
 }
