@@ -1000,6 +1000,18 @@ fn local_mode_on_the_droplet_logs_to_the_journal() {
     let did = account_did(&report);
     assert_lists(&list_repos_on_droplet(&d), &did);
 
+    // Run from cloud-init at every boot, say: the second time changes nothing.
+    let again = d.ssh("root", &format!("cd /root && {line}"));
+    assert!(
+        again.status.success(),
+        "second pdsup up --local failed:\n{}",
+        describe(&again)
+    );
+    let report: Value = serde_json::from_str(stdout(&again).trim())
+        .unwrap_or_else(|e| panic!("--local --json output ({e}):\n{}", describe(&again)));
+    assert_eq!(report["changed"], false, "{report}");
+    assert_eq!(account_did(&report), did);
+
     let journal = d.ssh_ok("root", "journalctl -t pdsup --no-pager -o cat");
     for line in [
         "[1/9] preflight",
@@ -1070,6 +1082,32 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
     assert!(
         hcl.contains("host_volume \"io\""),
         "no io host volume in nomad.hcl:\n{hcl}"
+    );
+    assert!(
+        !op.env_file().exists(),
+        "the run went past the proxy step although IO is not running"
+    );
+
+    // Running again must not skip the proxy because the job is already registered:
+    // IO is still not running, and the run says so again, before the PDS.
+    let job_before = nomad_job(&d, "io");
+    let again = op.run(&op.up_args(&root_dest(&d), &["--json"]));
+    again.assert_failed("the second IO run");
+    let report = again.json();
+    assert_eq!(report["ok"], false, "{report}");
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!("the image {IO_IMAGE} could not be pulled")),
+        "the second run does not name the image: {report}"
+    );
+    assert!(
+        !op.env_file().exists(),
+        "the second run went past the proxy step although IO is not running"
+    );
+    assert_eq!(
+        nomad_job(&d, "io")["JobModifyIndex"],
+        job_before["JobModifyIndex"],
+        "the unchanged IO job was submitted again"
     );
 }
 
