@@ -4,8 +4,8 @@
 
 use anyhow::Result;
 
-use super::{Action, Ctx, StepId, StepPlan};
-use crate::host::Cmd;
+use super::{Action, Contents, Ctx, StepId, StepPlan};
+use crate::host::{Cmd, FileMode};
 use crate::settings::{DockerSource, Settings};
 
 /// apt-get that waits for a fresh droplet's unattended-upgrades instead of failing.
@@ -41,18 +41,21 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     })
 }
 
+/// Docker's apt signing key, shipped in `assets/` so that nothing fetched at run
+/// time decides what the droplet trusts (fingerprint checked in the tests).
+pub const DOCKER_APT_KEY: &str = include_str!("../../assets/docker-apt-key.asc");
+pub const DOCKER_APT_KEY_FINGERPRINT: &str = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88";
+const DOCKER_APT_KEY_PATH: &str = "/etc/apt/keyrings/docker.asc";
+
 pub fn install_script(source: DockerSource) -> String {
     match source {
         DockerSource::Distro => format!("set -e\n{APT} update\n{APT} install docker.io\n"),
         DockerSource::Docker => format!(
             r#"set -e
 {APT} update
-{APT} install ca-certificates curl
+{APT} install ca-certificates
 . /etc/os-release
-install -m 0755 -d /etc/apt/keyrings
-curl -fsSL --retry 3 "https://download.docker.com/linux/$ID/gpg" -o /etc/apt/keyrings/docker.asc
-chmod a+r /etc/apt/keyrings/docker.asc
-echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/$ID $VERSION_CODENAME stable" > /etc/apt/sources.list.d/docker.list
+echo "deb [arch=$(dpkg --print-architecture) signed-by={DOCKER_APT_KEY_PATH}] https://download.docker.com/linux/$ID $VERSION_CODENAME stable" > /etc/apt/sources.list.d/docker.list
 {APT} update
 {APT} install docker-ce docker-ce-cli containerd.io
 "#
@@ -73,6 +76,16 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
                 DockerSource::Distro,
             ),
         };
+        if source == DockerSource::Docker {
+            plan.change(
+                format!("install Docker's apt signing key ({DOCKER_APT_KEY_FINGERPRINT}) at {DOCKER_APT_KEY_PATH}"),
+                Action::Write {
+                    path: DOCKER_APT_KEY_PATH.into(),
+                    contents: Contents::Text(DOCKER_APT_KEY.to_string()),
+                    mode: FileMode::root(0o644),
+                },
+            );
+        }
         let script = install_script(source);
         plan.change(summary, Action::Run(Cmd::sh(script.clone())))
             .detail(script);
@@ -94,14 +107,28 @@ mod tests {
     fn fresh_droplet_installs_from_the_chosen_source() {
         let mut settings = Settings::example();
         let plan = plan(&Facts::fresh(), &settings);
-        assert_eq!(plan.changes.len(), 2);
-        assert!(plan.changes[0].summary.contains("Docker's apt repository"));
+        assert_eq!(plan.changes.len(), 3);
+        assert!(plan.changes[0]
+            .summary
+            .contains("9DC858229FC7DD38854AE2D88D81803C0EBFCD88"));
+        assert!(plan.changes[1].summary.contains("Docker's apt repository"));
         settings.docker_source = DockerSource::Distro;
         let plan = super::plan(&Facts::fresh(), &settings);
         match &plan.changes[0].action {
             Action::Run(cmd) => assert!(cmd.script.contains("install docker.io")),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn shipped_docker_key_has_dockers_fingerprint() {
+        use pgp::composed::{Deserializable, SignedPublicKey};
+        use pgp::types::KeyDetails;
+        let (key, _) = SignedPublicKey::from_string(DOCKER_APT_KEY).expect("armored key");
+        assert_eq!(
+            format!("{:X}", key.primary_key.fingerprint()),
+            DOCKER_APT_KEY_FINGERPRINT
+        );
     }
 
     #[test]
