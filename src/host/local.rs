@@ -84,7 +84,11 @@ impl Host for LocalHost {
     async fn upload(&self, local: &Path, path: &str, mode: &FileMode) -> Result<()> {
         let file =
             std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
-        let mut cmd = self.command(&write_script(path, mode));
+        let len = file
+            .metadata()
+            .with_context(|| format!("reading {}", local.display()))?
+            .len();
+        let mut cmd = self.command(&write_script(path, mode, len));
         cmd.stdin(Stdio::from(file));
         let out = cmd.output().await?;
         if !out.status.success() {

@@ -153,14 +153,17 @@ pub trait Host: Send + Sync {
     /// Writes `contents` to `path` atomically with the given mode and owner,
     /// creating parent directories. The bytes go on stdin, never in arguments.
     async fn write_file(&self, path: &str, contents: &[u8], mode: &FileMode) -> Result<()> {
-        self.run(&Cmd::sh(write_script(path, mode)).with_stdin(contents))
+        self.run(&Cmd::sh(write_script(path, mode, contents.len() as u64)).with_stdin(contents))
             .await?;
         Ok(())
     }
 }
 
 /// The shell script that writes stdin to `path` atomically (also used by uploads).
-pub fn write_script(path: &str, mode: &FileMode) -> String {
+/// `len` is the number of bytes stdin carries: when fewer arrive (the connection
+/// dropped mid-upload, and `cat` took the end of the channel for the end of the
+/// file) the partial copy is removed instead of being renamed into place.
+pub fn write_script(path: &str, mode: &FileMode, len: u64) -> String {
     let q = quote(path);
     let dir = quote(
         std::path::Path::new(path)
@@ -170,7 +173,9 @@ pub fn write_script(path: &str, mode: &FileMode) -> String {
     );
     format!(
         "set -e; umask 077; mkdir -p {dir}; tmp=$(mktemp {dir}/.pdsup.XXXXXX); \
-         cat > \"$tmp\"; chown {owner}:{group} \"$tmp\"; chmod {mode:o} \"$tmp\"; mv -f \"$tmp\" {q}",
+         trap 'rm -f \"$tmp\"' EXIT; cat > \"$tmp\"; got=$(wc -c < \"$tmp\"); \
+         if [ \"$got\" -ne {len} ]; then rm -f \"$tmp\"; echo \"incomplete copy: $got of {len} bytes arrived\" >&2; exit 1; fi; \
+         chown {owner}:{group} \"$tmp\"; chmod {mode:o} \"$tmp\"; mv -f \"$tmp\" {q}",
         owner = quote(&mode.owner),
         group = quote(&mode.group),
         mode = mode.mode,
@@ -198,9 +203,46 @@ mod tests {
 
     #[test]
     fn write_script_sets_mode_owner_and_renames() {
-        let s = write_script("/etc/nomad.d/nomad.hcl", &FileMode::root(0o640));
+        let s = write_script("/etc/nomad.d/nomad.hcl", &FileMode::root(0o640), 12);
         assert!(s.contains("mkdir -p /etc/nomad.d"));
         assert!(s.contains("chmod 640"));
         assert!(s.contains("mv -f \"$tmp\" /etc/nomad.d/nomad.hcl"));
+    }
+
+    /// Runs `write_script(path, mode, len)` with `input` on stdin.
+    fn write_with_sh(path: &std::path::Path, len: u64, input: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::fs::metadata(path.parent().unwrap()).unwrap();
+        let mode = FileMode {
+            mode: 0o600,
+            owner: dir.uid().to_string(),
+            group: dir.gid().to_string(),
+        };
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(write_script(path.to_str().unwrap(), &mode, len))
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn write_script_never_renames_a_cut_short_copy_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pds-image.tar");
+        let out = write_with_sh(&path, 10, b"short");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("5 of 10 bytes"));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+
+        let out = write_with_sh(&path, 5, b"exact");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"exact");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

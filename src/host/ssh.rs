@@ -389,13 +389,17 @@ impl Host for SshHost {
         let file = tokio::fs::File::open(local)
             .await
             .with_context(|| format!("opening {}", local.display()))?;
-        let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let size = file
+            .metadata()
+            .await
+            .with_context(|| format!("reading {}", local.display()))?
+            .len();
         log::debug!(
             "{}: upload {} ({size} bytes) to {path}",
             self.target.host,
             local.display()
         );
-        let command = remote_command(&write_script(path, mode), self.use_sudo);
+        let command = remote_command(&write_script(path, mode, size), self.use_sudo);
         let out = self
             .exec_raw(command, file)
             .await
