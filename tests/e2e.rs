@@ -743,26 +743,8 @@ fn a_run_killed_during_the_nomad_install_is_finished_by_the_next_run() {
     let op = Operator::new();
     let args = op.up_args(&root_dest(&d), &caddy_args());
 
-    let running = op.spawn(&args);
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    loop {
-        let log = running.stderr_so_far();
-        if log.contains("→ install Nomad") {
-            break;
-        }
-        assert!(
-            !log.contains("error:"),
-            "the run failed before the Nomad install:\n{log}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no Nomad install after {}s:\n{log}",
-            RUN_TIMEOUT.as_secs()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let log = running.kill();
-    eprintln!("killed pdsup during the Nomad install; its stderr:\n{log}");
+    // Killed while the Nomad release is being fetched and installed.
+    let log = kill_when(&op, &args, "→ install Nomad", Duration::ZERO);
     assert!(!log.contains("nomad.hcl: "), "killed too late:\n{log}");
     assert_eq!(
         d.ssh_ok("root", "systemctl is-active docker || true")
@@ -776,21 +758,54 @@ fn a_run_killed_during_the_nomad_install_is_finished_by_the_next_run() {
         "nomad.hcl written before the kill"
     );
 
+    // The next run skips Docker, finishes Nomad, and is killed in its turn while
+    // it streams the PDS image archive to the droplet.
+    let log = kill_when(
+        &op,
+        &args,
+        "→ upload the PDS image archive",
+        Duration::from_millis(300),
+    );
+    assert!(
+        log.contains("docker: unchanged"),
+        "Docker was done before:\n{log}"
+    );
+    assert!(
+        log.contains("→ install Nomad") || log.contains("→ write /etc/nomad.d/nomad.hcl"),
+        "the second run had no Nomad work left:\n{log}"
+    );
+    // A copy cut short is never left in place, nor renamed to the staging name.
+    std::thread::sleep(Duration::from_secs(3));
+    let archive = fs::metadata(cache_dir().join("pds-image.tar"))
+        .unwrap()
+        .len();
+    let staged = d.ssh_ok(
+        "root",
+        "ls -a /var/tmp | grep '^\\.pdsup\\.' || true; \
+         [ -e /var/tmp/pdsup-pds-image.tar ] && echo staged=$(stat -c %s /var/tmp/pdsup-pds-image.tar) || true",
+    );
+    for line in staged.lines() {
+        assert_eq!(
+            line.trim(),
+            format!("staged={archive}"),
+            "a partial upload is left on the droplet:\n{staged}"
+        );
+    }
+
     let mut resume_args = args.clone();
     resume_args.push("--json".into());
     let resumed = op.run(&resume_args);
-    resumed.assert_ok("the run after the kill");
+    resumed.assert_ok("the run after two kills");
     let report = resumed.json();
     let steps = step_changes(&report);
-    assert!(
-        steps["docker"].is_empty(),
-        "Docker was finished before the kill: {:?}",
-        steps["docker"]
-    );
-    assert!(
-        !steps["nomad"].is_empty() || !steps["nomad_config"].is_empty(),
-        "the resumed run had no Nomad work left: {report}"
-    );
+    for step in ["docker", "nomad", "nomad_config", "proxy", "secrets"] {
+        assert!(
+            steps[step].is_empty(),
+            "{step} was finished before the second kill: {:?}",
+            steps[step]
+        );
+    }
+    assert!(!steps["pds_job"].is_empty(), "{report}");
     let did = account_did(&report);
     assert!(
         report["account"]["password"].is_string(),
@@ -912,6 +927,33 @@ fn sudo_users_and_a_changed_host_key() {
         !pinned_after.contains(&old_key),
         "the old key is still pinned:\n{pinned_after}"
     );
+}
+
+/// Starts `pdsup` with `args`, waits until its progress shows `needle`, waits
+/// `delay` more and SIGKILLs it; returns its stderr.
+fn kill_when(op: &Operator, args: &[String], needle: &str, delay: Duration) -> String {
+    let running = op.spawn(args);
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        let log = running.stderr_so_far();
+        if log.contains(needle) {
+            break;
+        }
+        assert!(
+            !log.contains("error:"),
+            "the run failed before {needle:?}:\n{log}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} after {}s:\n{log}",
+            RUN_TIMEOUT.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(delay);
+    let log = running.kill();
+    eprintln!("killed pdsup after {needle:?}; its stderr:\n{log}");
+    log
 }
 
 /// Waits until sshd presents a host key other than `old` and returns it.
