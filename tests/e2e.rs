@@ -487,7 +487,22 @@ fn assert_lists(repos: &Value, did: &str) {
 /// `NAME` resolved to loopback and only Pebble's current root trusted: a reply
 /// proves Caddy serves a certificate it got through ACME for that name.
 fn https_get(d: &Droplet, name: &str, path: &str) -> Result<String, String> {
-    let out = Command::new("curl")
+    https_request(d, name, path, None)
+}
+
+/// [`https_get`], or a POST of `json` when given.
+fn https_request(
+    d: &Droplet,
+    name: &str,
+    path: &str,
+    json: Option<&Value>,
+) -> Result<String, String> {
+    let mut curl = Command::new("curl");
+    if let Some(body) = json {
+        curl.args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(body.to_string());
+    }
+    let out = curl
         .args([
             "-sS",
             "--fail-with-body",
@@ -729,6 +744,50 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
         "pds.env changed"
     );
     assert_lists(&list_repos_on_droplet(&d), &did);
+
+    // The password shown once logs in, through Caddy.
+    let session = https_request(
+        &d,
+        HOSTNAME,
+        "/xrpc/com.atproto.server.createSession",
+        Some(&serde_json::json!({"identifier": FULL_HANDLE, "password": password})),
+    )
+    .unwrap_or_else(|e| panic!("createSession with the shown password failed:\n{e}"));
+    let session: Value = serde_json::from_str(&session).unwrap();
+    assert_eq!(session["did"], did.as_str(), "{session}");
+    assert!(session["accessJwt"].is_string(), "{session}");
+
+    // --confirm-email later: only that changes, once.
+    let confirm = [args.clone(), strings(&["--confirm-email"])].concat();
+    let run = op.run(&confirm);
+    run.assert_ok("pdsup up --confirm-email");
+    let report = run.json();
+    for (step, changes) in step_changes(&report) {
+        let want: &[&str] = if step == "account" {
+            &["mark alice.pds.test's email as confirmed"]
+        } else {
+            &[]
+        };
+        assert_eq!(changes, want, "--confirm-email changed {step}: {report}");
+    }
+    let confirmed = d.ssh_ok(
+        "root",
+        &format!(
+            "sqlite3 /srv/nomad/pds/account.sqlite \"select emailConfirmedAt from account where did = '{did}'\""
+        ),
+    );
+    assert!(
+        confirmed.trim().starts_with("20"),
+        "emailConfirmedAt is {confirmed:?}"
+    );
+    let run = op.run(&confirm);
+    run.assert_ok("pdsup up --confirm-email, again");
+    assert_eq!(run.json()["changed"], false, "{}", run.stdout);
+    assert_eq!(
+        service_identity(&d, "nomad"),
+        nomad_before,
+        "Nomad was restarted"
+    );
 }
 
 // ---------------------------------------------------------------------------------
