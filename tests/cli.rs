@@ -118,114 +118,57 @@ fn plan_json_lists_the_steps() {
     );
 }
 
+/// `pdsup up` on a valid site with one flag's value replaced (or flags added).
+fn up_args(replace: (&str, &str), extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["up", "root@203.0.113.7"]
+        .iter()
+        .chain(SITE)
+        .map(|s| s.to_string())
+        .collect();
+    let (flag, value) = replace;
+    if flag == "DEST" {
+        args[1] = value.to_string();
+    } else if let Some(i) = args.iter().position(|a| a == flag) {
+        args[i + 1] = value.to_string();
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 #[test]
 fn bad_input_is_refused_before_anything_happens() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: &[(&[&str], &str)] = &[
+    let none = ("", "");
+    let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            &[
-                "up",
-                "root@203.0.113.7",
-                "--hostname",
-                "pds_bad.example.com",
-                "--email",
-                "me@example.com",
-                "--handle",
-                "alice",
-            ],
+            up_args(("--hostname", "pds_bad.example.com"), &[]),
             "invalid hostname",
         ),
+        (up_args(("--handle", "al"), &[]), "invalid handle"),
+        (up_args(("--email", "me@"), &[]), "invalid email"),
+        (up_args(("DEST", "root@203.0.113.7:notaport"), &[]), "port"),
         (
-            &[
-                "up",
-                "root@203.0.113.7",
-                "--hostname",
-                "pds.example.com",
-                "--email",
-                "me@example.com",
-                "--handle",
-                "al",
-            ],
-            "invalid handle",
-        ),
-        (
-            &[
-                "up",
-                "root@203.0.113.7",
-                "--hostname",
-                "pds.example.com",
-                "--email",
-                "me@",
-                "--handle",
-                "alice",
-            ],
-            "invalid email",
-        ),
-        (
-            &[
-                "up",
-                "root@203.0.113.7:notaport",
-                "--hostname",
-                "pds.example.com",
-                "--email",
-                "me@example.com",
-                "--handle",
-                "alice",
-            ],
-            "port",
-        ),
-        (
-            &[
-                "up",
-                "root@203.0.113.7",
-                "--hostname",
-                "pds.example.com",
-                "--email",
-                "me@example.com",
-                "--handle",
-                "alice",
-                "-i",
-                "/nonexistent/key",
-            ],
+            up_args(none, &["-i", "/nonexistent/key"]),
             "/nonexistent/key",
         ),
         (
-            &[
-                "up",
-                "root@203.0.113.7",
-                "--hostname",
-                "pds.example.com",
-                "--email",
-                "me@example.com",
-                "--handle",
-                "alice",
-                "--nomad-zip",
-                "/nonexistent.zip",
-            ],
+            up_args(none, &["--nomad-zip", "/nonexistent.zip"]),
             "--nomad-zip",
         ),
         (
-            &[
-                "up",
-                "root@203.0.113.7",
-                "--hostname",
-                "pds.example.com",
-                "--email",
-                "me@example.com",
-                "--handle",
-                "alice",
-                "--pds-env",
-                "PDS_JWT_SECRET=x",
-            ],
+            up_args(none, &["--pds-env", "PDS_JWT_SECRET=x"]),
             "cannot set PDS_JWT_SECRET",
         ),
         (
-            &["up", "root@203.0.113.7", "--hostname", "pds.example.com"],
+            ["up", "root@203.0.113.7", "--hostname", "pds.example.com"]
+                .map(String::from)
+                .to_vec(),
             "--email is required",
         ),
     ];
-    for (args, needle) in cases {
-        let out = pdsup(args, dir.path());
+    for (args, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = pdsup(&args, dir.path());
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(
