@@ -76,28 +76,12 @@ pub fn fresh_config(volumes: &[HostVolume]) -> String {
 /// Adds each volume that no `client` block declares yet to the first `client`
 /// block (or to a new one at the end of the file), leaving everything else as it was.
 pub fn ensure_host_volumes(existing: &str, volumes: &[HostVolume]) -> Result<Patched, ConfigError> {
-    // hcl-edit keeps comments and spacing but writes "\n" after each structure;
-    // a file with CRLF line endings throughout is edited as LF and converted back.
-    let (bom, rest) = match existing.strip_prefix('\u{feff}') {
-        Some(rest) => ("\u{feff}", rest),
-        None => ("", existing),
-    };
-    let crlf = rest.contains("\r\n") && rest.matches('\n').count() == rest.matches("\r\n").count();
-    let text: Cow<str> = if crlf {
-        Cow::Owned(rest.replace("\r\n", "\n"))
-    } else {
-        Cow::Borrowed(rest)
-    };
-
-    let mut body: Body = hcl::edit::parser::parse_body(&text).map_err(|e| syntax_error(&e))?;
-    if body.to_string() != *text {
-        let why = if rest.contains('\r') {
-            "it mixes line endings"
-        } else {
-            "the HCL editor does not reproduce it exactly"
-        };
-        return Err(ConfigError::Unsupported(why.into()));
-    }
+    let Exact {
+        bom,
+        crlf,
+        text,
+        mut body,
+    } = parse_exact(existing)?;
 
     let mut paths = Vec::new();
     let mut missing = Vec::new();
@@ -138,6 +122,153 @@ pub fn ensure_host_volumes(existing: &str, volumes: &[HostVolume]) -> Result<Pat
         text: format!("{bom}{out}"),
         changed: true,
         paths,
+    })
+}
+
+/// A config parsed for editing, with what is needed to write it back byte for byte.
+struct Exact<'a> {
+    bom: &'static str,
+    crlf: bool,
+    /// The text without BOM, with LF line endings.
+    text: Cow<'a, str>,
+    body: Body,
+}
+
+impl Exact<'_> {
+    /// The edited body as the file's text: BOM and CRLF line endings restored.
+    fn write(&self) -> String {
+        let mut out = self.body.to_string();
+        if self.crlf {
+            out = out.replace('\n', "\r\n");
+        }
+        format!("{}{out}", self.bom)
+    }
+}
+
+fn parse_exact(existing: &str) -> Result<Exact<'_>, ConfigError> {
+    // hcl-edit keeps comments and spacing but writes "\n" after each structure;
+    // a file with CRLF line endings throughout is edited as LF and converted back.
+    let (bom, rest) = match existing.strip_prefix('\u{feff}') {
+        Some(rest) => ("\u{feff}", rest),
+        None => ("", existing),
+    };
+    let crlf = rest.contains("\r\n") && rest.matches('\n').count() == rest.matches("\r\n").count();
+    let text: Cow<str> = if crlf {
+        Cow::Owned(rest.replace("\r\n", "\n"))
+    } else {
+        Cow::Borrowed(rest)
+    };
+    let body: Body = hcl::edit::parser::parse_body(&text).map_err(|e| syntax_error(&e))?;
+    if body.to_string() != *text {
+        let why = if rest.contains('\r') {
+            "it mixes line endings"
+        } else {
+            "the HCL editor does not reproduce it exactly"
+        };
+        return Err(ConfigError::Unsupported(why.into()));
+    }
+    Ok(Exact {
+        bom,
+        crlf,
+        text,
+        body,
+    })
+}
+
+/// Where the Nomad client allocates task ports: `client { network_interface }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskInterface {
+    /// `"lo"`: task ports bind to 127.0.0.1, reachable only on the droplet.
+    Loopback,
+    /// Not set: Nomad picks the interface of the default route, so task ports
+    /// are published on the droplet's public address.
+    Unset,
+    /// Another interface (or an expression), as written.
+    Other(String),
+}
+
+/// The `network_interface` of the file's `client` blocks (the last one wins,
+/// as when Nomad merges). An unreadable file counts as unset.
+pub fn task_interface(config: &str) -> TaskInterface {
+    let Ok(body) = hcl::edit::parser::parse_body(config) else {
+        return TaskInterface::Unset;
+    };
+    let mut found = TaskInterface::Unset;
+    for client in body.get_blocks("client") {
+        if let Some(attr) = client.body.get_attribute("network_interface") {
+            found = match attr.value.as_str() {
+                Some("lo") => TaskInterface::Loopback,
+                Some(other) => TaskInterface::Other(other.to_string()),
+                None => TaskInterface::Other(attr.value.to_string().trim().to_string()),
+            };
+        }
+    }
+    found
+}
+
+/// Sets `network_interface = "lo"` in the first `client` block when no client
+/// block sets a network interface, so that task ports (the PDS's) bind to
+/// loopback as in [`fresh_config`]. Like [`ensure_host_volumes`], it keeps every
+/// other byte; a file without a `client` block, or one that already sets an
+/// interface, is returned unchanged (see [`task_interface`]).
+pub fn ensure_loopback_tasks(existing: &str) -> Result<Patched, ConfigError> {
+    let unchanged = || Patched {
+        text: existing.to_string(),
+        changed: false,
+        paths: Vec::new(),
+    };
+    let mut exact = parse_exact(existing)?;
+    if task_interface(&exact.text) != TaskInterface::Unset {
+        return Ok(unchanged());
+    }
+    // The first client block, where the host volumes go too.
+    let Some(index) = exact
+        .body
+        .iter()
+        .position(|s| s.as_block().is_some_and(|b| b.has_ident("client")))
+    else {
+        return Ok(unchanged());
+    };
+    let outer = exact
+        .body
+        .get(index)
+        .map(|s| last_line_indent(prefix(s)))
+        .unwrap_or_default();
+    let client = exact
+        .body
+        .get_mut(index)
+        .and_then(Structure::as_block_mut)
+        .expect("index points at the client block");
+    let inner = &mut client.body;
+    if inner.prefer_oneline() {
+        expand_oneline(inner, &outer);
+    }
+    // After the client's last attribute (`enabled`, `servers`), before its blocks.
+    let at = inner
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.as_attribute().is_some())
+        .map(|(i, _)| i + 1)
+        .last()
+        .unwrap_or(0);
+    let indent = match at.checked_sub(1).and_then(|i| inner.get(i)) {
+        Some(neighbour) => last_line_indent(prefix(neighbour)),
+        None => format!("{outer}  "),
+    };
+    let blank_line = if at == 0 { "" } else { "\n" };
+    let mut attr = Attribute::new(
+        Decorated::new(Ident::new("network_interface")),
+        Expression::from("lo"),
+    );
+    attr.decor_mut().set_prefix(format!(
+        "{blank_line}{indent}# Task ports on loopback: the PDS is reachable only through the proxy (added by pdsup).\n{indent}"
+    ));
+    attr.decor_mut().set_suffix("");
+    inner.insert(at, attr);
+    Ok(Patched {
+        text: exact.write(),
+        changed: true,
+        paths: Vec::new(),
     })
 }
 
@@ -665,6 +796,72 @@ client {
             ensure_host_volumes("client {\n}\n", &[vol("pds", "/a"), vol("pds", "/b")]).unwrap();
         assert_eq!(patched.text.matches("host_volume").count(), 1);
         assert_eq!(patched.paths, vec![("pds".into(), "/a".into())]);
+    }
+
+    const LOOPBACK_TASKS: &str = "  # Task ports on loopback: the PDS is reachable only through the proxy (added by pdsup).\n  network_interface = \"lo\"\n";
+
+    #[test]
+    fn official_config_gets_loopback_task_ports_once() {
+        assert_eq!(task_interface(OFFICIAL), TaskInterface::Unset);
+        let patched = ensure_loopback_tasks(OFFICIAL).unwrap();
+        assert!(patched.changed);
+        assert_eq!(
+            patched.text,
+            OFFICIAL.replace(
+                "  servers = [\"127.0.0.1\"]\n}",
+                &format!("  servers = [\"127.0.0.1\"]\n\n{LOOPBACK_TASKS}}}")
+            )
+        );
+        assert_eq!(task_interface(&patched.text), TaskInterface::Loopback);
+        assert!(!ensure_loopback_tasks(&patched.text).unwrap().changed);
+        // The host volumes follow it, and the two patches together are idempotent.
+        let both = ensure_host_volumes(&patched.text, &pds_and_io()).unwrap();
+        assert!(both
+            .text
+            .contains(&format!("{LOOPBACK_TASKS}\n  host_volume \"pds\" {{")));
+        assert_idempotent(&both.text, &pds_and_io());
+        assert!(!ensure_loopback_tasks(&both.text).unwrap().changed);
+        hcl::parse(&both.text).expect("valid HCL");
+    }
+
+    #[test]
+    fn loopback_task_ports_go_before_volumes_and_into_one_line_clients() {
+        let patched = ensure_loopback_tasks(DROPLET_SUPERPOWERS).unwrap();
+        assert!(
+            patched.text.contains(&format!(
+                "  servers = [\"127.0.0.1\"]\n\n{LOOPBACK_TASKS}\n  host_volume \"io\" {{"
+            )),
+            "{}",
+            patched.text
+        );
+        let oneline = ensure_loopback_tasks("client { enabled = true }\n").unwrap();
+        assert_eq!(
+            oneline.text,
+            format!("client {{\n  enabled = true\n\n{LOOPBACK_TASKS}}}\n")
+        );
+        let crlf = OFFICIAL.replace('\n', "\r\n");
+        let patched = ensure_loopback_tasks(&crlf).unwrap();
+        assert_eq!(
+            patched.text.matches('\n').count(),
+            patched.text.matches("\r\n").count()
+        );
+        assert_eq!(task_interface(&patched.text), TaskInterface::Loopback);
+    }
+
+    #[test]
+    fn a_chosen_interface_or_a_file_without_client_is_left_alone() {
+        let eth0 = "client {\n  enabled = true\n  network_interface = \"eth0\"\n}\n";
+        assert_eq!(task_interface(eth0), TaskInterface::Other("eth0".into()));
+        assert!(!ensure_loopback_tasks(eth0).unwrap().changed);
+        assert!(
+            !ensure_loopback_tasks("data_dir = \"/x\"\n")
+                .unwrap()
+                .changed
+        );
+        assert_eq!(
+            task_interface(&fresh_config(&pds_and_io())),
+            TaskInterface::Loopback
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::{Action, Contents, Ctx, StepId, StepPlan};
 use crate::host::{quote, Cmd, FileMode};
-use crate::nomad::config::{self, HostVolume};
+use crate::nomad::config::{self, HostVolume, TaskInterface};
 use crate::settings::{Proxy, Settings, IO_VOLUME_PATH, NOMAD_CONFIG_PATH, PDS_VOLUME_PATH};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,6 +66,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
 pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
     let mut plan = StepPlan::new(StepId::NomadConfig);
     let volumes = wanted_volumes(settings);
+    let mut added = Vec::new();
     let (text, changed, paths) = match &facts.config {
         None => {
             let text = config::fresh_config(&volumes);
@@ -73,7 +74,29 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
             (text, true, paths)
         }
         Some(existing) => {
-            let patched = config::ensure_host_volumes(existing, &volumes)?;
+            let mut patched = config::ensure_host_volumes(existing, &volumes)?;
+            if patched.changed {
+                added.push("host volumes");
+            }
+            // The PDS's port is static and pdsup and the proxy reach it on
+            // 127.0.0.1: it must be allocated on loopback, as in a fresh config.
+            match config::task_interface(&patched.text) {
+                TaskInterface::Loopback => {}
+                TaskInterface::Unset => {
+                    let net = config::ensure_loopback_tasks(&patched.text)?;
+                    if net.changed {
+                        added.push("loopback task ports");
+                        plan.notes.push(format!(
+                            "{NOMAD_CONFIG_PATH} sets no client network_interface, so Nomad publishes task ports on the droplet's public address; pdsup sets network_interface = \"lo\" so that the PDS is reachable only through the proxy (ports of other jobs on this node move to loopback too)"
+                        ));
+                        patched.text = net.text;
+                        patched.changed = true;
+                    }
+                }
+                TaskInterface::Other(interface) => plan.blockers.push(format!(
+                    "{NOMAD_CONFIG_PATH} sets network_interface = {interface:?} in client {{}}: Nomad would publish the PDS's port there, past the proxy, where neither the proxy nor pdsup reaches it on 127.0.0.1. Set network_interface = \"lo\" (or remove it: pdsup then sets it), then run pdsup again"
+                )),
+            }
             if !config::http_listens_on_loopback(&patched.text) {
                 plan.notes.push(format!(
                     "{NOMAD_CONFIG_PATH} lets Nomad's HTTP API listen beyond loopback; without ACLs anyone who reaches port 4646 can run jobs. Consider `addresses {{ http = \"127.0.0.1\" }}`"
@@ -96,9 +119,9 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
     }
     if changed {
         let what = if facts.config.is_some() {
-            "add host volumes to"
+            format!("add {} to", added.join(" and "))
         } else {
-            "write"
+            "write".to_string()
         };
         plan.change(
             format!("{what} {NOMAD_CONFIG_PATH}"),
@@ -174,8 +197,50 @@ mod tests {
         };
         let plan = plan(&facts, &settings).unwrap();
         let summaries: Vec<&str> = plan.changes.iter().map(|c| c.summary.as_str()).collect();
-        assert_eq!(summaries[0], "add host volumes to /etc/nomad.d/nomad.hcl");
+        assert_eq!(
+            summaries[0],
+            "add host volumes and loopback task ports to /etc/nomad.d/nomad.hcl"
+        );
         assert_eq!(summaries[1], "restart Nomad");
-        assert!(plan.notes[0].contains("beyond loopback"));
+        assert!(plan.notes.iter().any(|n| n.contains("beyond loopback")));
+        assert!(plan
+            .notes
+            .iter()
+            .any(|n| n.contains("network_interface = \"lo\"")));
+        match &plan.changes[0].action {
+            Action::Write {
+                contents: Contents::Text(text),
+                ..
+            } => {
+                assert_eq!(config::task_interface(text), TaskInterface::Loopback);
+                assert!(text.contains("host_volume \"pds\""));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn existing_config_with_volumes_and_loopback_is_left_alone() {
+        let mut settings = Settings::example();
+        settings.proxy = Proxy::Caddy;
+        let text = "client {\n  enabled = true\n  network_interface = \"lo\"\n\n  host_volume \"pds\" {\n    path = \"/srv/nomad/pds\"\n  }\n}\n";
+        let facts = Facts {
+            config: Some(text.into()),
+            existing_dirs: vec![PDS_VOLUME_PATH.into()],
+            active: true,
+        };
+        assert!(plan(&facts, &settings).unwrap().is_unchanged());
+    }
+
+    #[test]
+    fn task_ports_on_another_interface_block_the_run() {
+        let facts = Facts {
+            config: Some("client {\n  enabled = true\n  network_interface = \"eth0\"\n}\n".into()),
+            existing_dirs: Vec::new(),
+            active: true,
+        };
+        let plan = plan(&facts, &Settings::example()).unwrap();
+        assert_eq!(plan.blockers.len(), 1, "{:?}", plan.blockers);
+        assert!(plan.blockers[0].contains("network_interface = \"eth0\""));
     }
 }
