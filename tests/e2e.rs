@@ -908,6 +908,15 @@ fn sudo_users_and_a_changed_host_key() {
         "secrets were generated for a run that could not start"
     );
 
+    // This droplet already has Nomad's packaged config (as after `apt install
+    // nomad`, or on the seed's Droplet Superpowers droplet): pdsup patches it.
+    let out = d.ssh_with_stdin(
+        "root",
+        "mkdir -p /etc/nomad.d && cat > /etc/nomad.d/nomad.hcl",
+        PACKAGED_NOMAD_HCL.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+
     // deploy has passwordless sudo: the whole setup works through it.
     let deploy_args = op.up_args(
         &format!("deploy@127.0.0.1:{}", d.ssh_port),
@@ -915,8 +924,51 @@ fn sudo_users_and_a_changed_host_key() {
     );
     let run = op.run(&deploy_args);
     run.assert_ok("pdsup up as deploy");
-    let did = account_did(&run.json());
+    let report = run.json();
+    let did = account_did(&report);
     assert_lists(&list_repos_on_droplet(&d), &did);
+
+    // The packaged config is kept, line for line, with what the PDS needs added.
+    let hcl = d.ssh_ok("root", "cat /etc/nomad.d/nomad.hcl");
+    for line in PACKAGED_NOMAD_HCL.lines() {
+        assert!(
+            hcl.contains(line),
+            "the patched nomad.hcl lost {line:?}:\n{hcl}"
+        );
+    }
+    for wanted in ["network_interface = \"lo\"", "host_volume \"pds\" {"] {
+        assert!(
+            hcl.contains(wanted),
+            "no {wanted} in the patched nomad.hcl:\n{hcl}"
+        );
+    }
+    let notes = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "nomad_config")
+        .map(|s| s["notes"].to_string())
+        .unwrap_or_default();
+    assert!(
+        notes.contains("beyond loopback"),
+        "no warning about the exposed API: {notes}"
+    );
+    // The PDS answers on the droplet's loopback only, never on its address.
+    let listeners = d.ssh_ok("root", "ss -Hltn 'sport = :3000'");
+    assert!(
+        !listeners.trim().is_empty() && listeners.lines().all(|l| l.contains("127.0.0.1:3000")),
+        "the PDS port is not on loopback only:\n{listeners}"
+    );
+    let direct = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--noproxy", "*"])
+        .arg(format!("http://{}:3000/xrpc/_health", d.ip))
+        .output()
+        .unwrap();
+    assert!(
+        !direct.status.success(),
+        "the PDS answers on the droplet's address, past the proxy:\n{}",
+        describe(&direct)
+    );
     assert_eq!(
         d.ssh_ok(
             "root",
@@ -1014,6 +1066,25 @@ fn kill_when(op: &Operator, args: &[String], needle: &str, delay: Duration) -> S
     eprintln!("killed pdsup after {needle:?}; its stderr:\n{log}");
     log
 }
+
+/// `/etc/nomad.d/nomad.hcl` as HashiCorp's nomad package installs it.
+const PACKAGED_NOMAD_HCL: &str = r#"# Full configuration options can be found at https://developer.hashicorp.com/nomad/docs/configuration
+
+data_dir  = "/opt/nomad/data"
+bind_addr = "0.0.0.0"
+
+server {
+  # license_path is required for Nomad Enterprise as of Nomad v1.1.1+
+  #license_path = "/etc/nomad.d/license.hclic"
+  enabled          = true
+  bootstrap_expect = 1
+}
+
+client {
+  enabled = true
+  servers = ["127.0.0.1"]
+}
+"#;
 
 /// Waits until sshd presents a host key other than `old` and returns it.
 fn wait_for_new_host_key(d: &Droplet, old: &str) -> String {
