@@ -597,9 +597,10 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     require_e2e();
     let d = Droplet::start("bookworm");
     let op = Operator::new();
+    // -vv: every log record, SSH packets and HTTP included, must still be free of secrets.
     let args = op.up_args(
         &root_dest(&d),
-        &[caddy_args(), strings(&["--json", "-v"])].concat(),
+        &[caddy_args(), strings(&["--json", "-vv"])].concat(),
     );
 
     // First run: everything from nothing.
@@ -651,6 +652,8 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     // Secrets: kept here only, 0600, three of them, never in the output.
     let mode = fs::metadata(op.env_file()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "pds.env mode is {mode:o}");
+    let mode = fs::metadata(op.site_dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the site's state dir mode is {mode:o}");
     let secrets = op.secrets();
     for (key, value) in &secrets {
         let want = if key.contains("ROTATION") { 64 } else { 32 };
@@ -660,7 +663,7 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
         );
     }
     assert_no_secrets(&secrets, &first.stdout, "the first run's JSON");
-    assert_no_secrets(&secrets, &first.stderr, "the first run's -v log");
+    assert_no_secrets(&secrets, &first.stderr, "the first run's -vv log");
     let env_before = fs::read(op.env_file()).unwrap();
 
     // The plan (with the job and its env in full) masks them too.
