@@ -373,7 +373,10 @@ impl Host for SshHost {
                 let host = host.clone();
                 tokio::spawn(async move {
                     if let Err(e) = tunnel(&session, tcp, peer, remote_port).await {
-                        log::warn!("{host}: tunnel to 127.0.0.1:{remote_port}: {e:#}");
+                        // Usually nothing listens there yet (a service starting):
+                        // the HTTP client sees the reset and reports it, so only
+                        // -v shows each refused channel.
+                        log::debug!("{host}: tunnel to 127.0.0.1:{remote_port}: {e:#}");
                     }
                 });
             }
