@@ -49,17 +49,17 @@ pub struct SiteArgs {
     #[arg(long, value_name = "FILE")]
     pub nomad_release_key: Option<PathBuf>,
 
-    /// The PDS image the job runs
-    #[arg(long, default_value = settings::PDS_IMAGE, value_name = "IMAGE")]
-    pub pds_image: String,
+    /// The PDS image the job runs [default: ghcr.io/bluesky-social/pds:0.4; remembered]
+    #[arg(long, value_name = "IMAGE")]
+    pub pds_image: Option<String>,
 
     /// Load the PDS image from this `docker save` tarball instead of pulling it
     #[arg(long, value_name = "FILE")]
     pub pds_image_archive: Option<PathBuf>,
 
-    /// PLC directory the PDS registers DIDs with
-    #[arg(long, default_value = settings::PLC_URL, value_name = "URL")]
-    pub plc_url: String,
+    /// PLC directory the PDS registers DIDs with [default: https://plc.directory; remembered]
+    #[arg(long, value_name = "URL")]
+    pub plc_url: Option<String>,
 
     /// ACME directory for Caddy (e.g. Let's Encrypt staging or a private CA)
     #[arg(long, value_name = "URL")]
@@ -81,13 +81,13 @@ pub struct SiteArgs {
     #[arg(long)]
     pub confirm_email: bool,
 
-    /// Extra PDS environment, repeatable (e.g. PDS_EMAIL_SMTP_URL=smtps://...)
+    /// Extra PDS environment, repeatable (e.g. PDS_EMAIL_SMTP_URL=smtps://...) [remembered: giving any replaces the saved set]
     #[arg(long = "pds-env", value_name = "KEY=VALUE")]
     pub pds_env: Vec<String>,
 
-    /// The PDS's time zone (TZ)
-    #[arg(long, default_value = "UTC")]
-    pub timezone: String,
+    /// The PDS's time zone (TZ) [default: UTC; remembered]
+    #[arg(long)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -166,18 +166,43 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             settings::NOMAD_VERSION
         );
     }
-    if args.pds_image.trim().is_empty() || args.pds_image.contains(char::is_whitespace) {
+    // Values that shape what is deployed are remembered, so a later run (or a
+    // rebuild) without the flag deploys the same thing rather than the default.
+    let remembered = |flag: &Option<String>, saved: Option<&String>, default: &str| {
+        flag.clone()
+            .or_else(|| saved.cloned())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let pds_image = remembered(
+        &args.pds_image,
+        record.and_then(|r| r.pds_image.as_ref()),
+        settings::PDS_IMAGE,
+    );
+    let plc_url = remembered(
+        &args.plc_url,
+        record.and_then(|r| r.plc_url.as_ref()),
+        settings::PLC_URL,
+    );
+    let timezone = remembered(
+        &args.timezone,
+        record.and_then(|r| r.timezone.as_ref()),
+        "UTC",
+    );
+    if pds_image.trim().is_empty() || pds_image.contains(char::is_whitespace) {
         bail!(
-            "--pds-image {:?}: expected an image reference like {}",
-            args.pds_image,
+            "--pds-image {pds_image:?}: expected an image reference like {}",
             settings::PDS_IMAGE
         );
     }
     if !args.io_config_dir.starts_with('/') {
         bail!("--io-config-dir must be an absolute path on the droplet");
     }
-    let pds_env = args
-        .pds_env
+    let pds_env_raw = match (&args.pds_env, record) {
+        (given, _) if !given.is_empty() => given.clone(),
+        (_, Some(r)) => r.pds_env.clone(),
+        _ => Vec::new(),
+    };
+    let pds_env = pds_env_raw
         .iter()
         .map(|raw| crate::pds::env::parse_extra(raw))
         .collect::<Result<Vec<_>>>()?;
@@ -193,9 +218,9 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             zip: args.nomad_zip.clone(),
             release_key: args.nomad_release_key.clone(),
         },
-        pds_image: args.pds_image.clone(),
+        pds_image,
         pds_image_archive: args.pds_image_archive.clone(),
-        plc_url: url(&args.plc_url, "--plc-url")?,
+        plc_url: url(&plc_url, "--plc-url")?,
         acme: Acme {
             ca: args
                 .acme_ca
@@ -210,7 +235,7 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
         },
         confirm_email: args.confirm_email,
         pds_env,
-        timezone: args.timezone.clone(),
+        timezone,
     })
 }
 
@@ -233,5 +258,83 @@ pub fn record(
     record.proxy = Some(format!("{:?}", settings.proxy).to_lowercase());
     record.nomad_version = Some(settings.nomad.version.clone());
     record.pds_image = Some(settings.pds_image.clone());
+    record.plc_url = Some(settings.plc_url.clone());
+    record.timezone = Some(settings.timezone.clone());
+    record.pds_env = settings
+        .pds_env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        site: SiteArgs,
+    }
+
+    fn parse(args: &[&str]) -> SiteArgs {
+        Flags::parse_from(std::iter::once("pdsup").chain(args.iter().copied())).site
+    }
+
+    #[test]
+    fn deployed_values_are_remembered_and_flags_win() {
+        let first = parse(&[
+            "--hostname",
+            "pds.example.com",
+            "--email",
+            "me@example.com",
+            "--handle",
+            "alice",
+            "--plc-url",
+            "http://10.0.0.1:2582",
+            "--pds-env",
+            "PDS_CRAWLERS=",
+            "--timezone",
+            "Europe/Berlin",
+            "--pds-image",
+            "example/pds:1",
+        ]);
+        let saved = record(&settings(&first, None).unwrap(), None, None);
+        let later = settings(&parse(&["--hostname", "pds.example.com"]), Some(&saved)).unwrap();
+        assert_eq!(later.plc_url, "http://10.0.0.1:2582");
+        assert_eq!(
+            later.pds_env,
+            vec![("PDS_CRAWLERS".to_string(), String::new())]
+        );
+        assert_eq!(later.timezone, "Europe/Berlin");
+        assert_eq!(later.pds_image, "example/pds:1");
+        assert_eq!(later.email.as_str(), "me@example.com");
+        assert_eq!(later.handle.initial(), "alice.pds.example.com");
+        let flag = parse(&[
+            "--hostname",
+            "pds.example.com",
+            "--plc-url",
+            "https://plc.directory",
+        ]);
+        assert_eq!(
+            settings(&flag, Some(&saved)).unwrap().plc_url,
+            "https://plc.directory"
+        );
+        let defaults = settings(
+            &parse(&[
+                "--hostname",
+                "pds.example.com",
+                "--email",
+                "a@b.co",
+                "--handle",
+                "bob",
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(defaults.plc_url, settings::PLC_URL);
+        assert_eq!(defaults.pds_image, settings::PDS_IMAGE);
+    }
 }

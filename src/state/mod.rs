@@ -32,6 +32,7 @@ pub struct SiteDir {
 
 /// What `site.toml` remembers between runs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct SiteRecord {
     pub hostname: String,
     /// The last droplet address pdsup reached (`user@host:port` or alias).
@@ -41,6 +42,10 @@ pub struct SiteRecord {
     pub proxy: Option<String>,
     pub nomad_version: Option<String>,
     pub pds_image: Option<String>,
+    pub plc_url: Option<String>,
+    pub timezone: Option<String>,
+    /// `--pds-env` values, `KEY=VALUE`.
+    pub pds_env: Vec<String>,
     /// Set once the first account exists, so re-runs never create it again.
     pub account_did: Option<String>,
 }

@@ -16,6 +16,8 @@ pub struct Facts {
     /// The DID the handle resolves to on this PDS, when the account exists.
     pub did: Option<String>,
     pub email_confirmed: bool,
+    /// The DID this site's first account had on an earlier run (`site.toml`).
+    pub recorded_did: Option<String>,
 }
 
 impl Facts {
@@ -44,12 +46,23 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     Ok(Facts {
         did,
         email_confirmed,
+        recorded_did: ctx.record.account_did.clone(),
     })
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     let mut plan = StepPlan::new(StepId::Account);
     let handle = settings.handle.initial().to_string();
+    if let (None, Some(recorded)) = (&facts.did, &facts.recorded_did) {
+        // A rebuilt droplet without its data: creating the account again would
+        // give the handle a new DID and orphan the old identity.
+        plan.blockers.push(format!(
+            "this site's account {handle} ({recorded}) is not on this droplet: its data in {PDS_VOLUME_PATH} is missing. \
+             Restore {PDS_VOLUME_PATH} from a backup and run again; or, to start over with a new account and a new DID, \
+             delete the account_did line from site.toml"
+        ));
+        return plan;
+    }
     if facts.did.is_none() {
         plan.change(
             format!(
@@ -145,6 +158,7 @@ mod tests {
         let exists = Facts {
             did: Some("did:plc:x".into()),
             email_confirmed: false,
+            recorded_did: Some("did:plc:x".into()),
         };
         assert!(plan(&exists, &settings).is_unchanged());
         settings.confirm_email = true;
@@ -154,5 +168,18 @@ mod tests {
             ..exists
         };
         assert!(plan(&confirmed, &settings).is_unchanged());
+    }
+
+    #[test]
+    fn a_recorded_account_missing_from_the_droplet_blocks_instead_of_recreating() {
+        let lost = Facts {
+            did: None,
+            email_confirmed: false,
+            recorded_did: Some("did:plc:old".into()),
+        };
+        let p = plan(&lost, &Settings::example());
+        assert!(p.is_unchanged());
+        assert!(p.blockers[0].contains("did:plc:old"), "{:?}", p.blockers);
+        assert!(p.blockers[0].contains("Restore /srv/nomad/pds"));
     }
 }
