@@ -36,8 +36,14 @@ fn pds_tarball() -> PathBuf {
 fn pinned_pds_version() -> String {
     let path = repo_dir().join("tests/pds-image/package-lock.json");
     let lock: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let v = lock["packages"]["node_modules/@atproto/pds"]["version"].as_str().unwrap().to_string();
-    assert!(v.starts_with("0.4."), "the pinned @atproto/pds is {v}, not a 0.4.x");
+    let v = lock["packages"]["node_modules/@atproto/pds"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        v.starts_with("0.4."),
+        "the pinned @atproto/pds is {v}, not a 0.4.x"
+    );
     v
 }
 
@@ -57,7 +63,11 @@ fn require_pds_image() {
             harness_script("pds-image.sh").display()
         );
     }
-    assert!(pds_tarball().is_file(), "{} is missing after --check", pds_tarball().display());
+    assert!(
+        pds_tarball().is_file(),
+        "{} is missing after --check",
+        pds_tarball().display()
+    );
 }
 
 /// The environment pdsup's job gives the PDS (src/pds/env.rs), pointed at the local
@@ -72,7 +82,10 @@ fn pds_env(secrets: &PdsSecrets) -> Vec<(String, String)> {
         ("PDS_PORT", "3000"),
         ("PDS_JWT_SECRET", secrets.jwt_secret.expose()),
         ("PDS_ADMIN_PASSWORD", secrets.admin_password.expose()),
-        ("PDS_PLC_ROTATION_KEY_K256_PRIVATE_KEY_HEX", secrets.rotation_key_hex.expose()),
+        (
+            "PDS_PLC_ROTATION_KEY_K256_PRIVATE_KEY_HEX",
+            secrets.rotation_key_hex.expose(),
+        ),
         ("PDS_DATA_DIRECTORY", "/pds"),
         ("PDS_BLOBSTORE_DISK_LOCATION", "/pds/blocks"),
         ("PDS_BLOBSTORE_DISK_TMP_LOCATION", "/pds/temp"),
@@ -89,7 +102,9 @@ fn pds_env(secrets: &PdsSecrets) -> Vec<(String, String)> {
 
 /// `docker run` arguments: `-e K=V` for each variable.
 fn env_args(env: &[(String, String)]) -> Vec<String> {
-    env.iter().flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")]).collect()
+    env.iter()
+        .flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")])
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -117,7 +132,8 @@ enum Curl<'a> {
 impl Curl<'_> {
     /// `curl` with `args`, printing the body then the status code on a last line.
     fn run(&self, args: &[&str]) -> Response {
-        self.try_run(args).unwrap_or_else(|out| panic!("curl {args:?} failed:\n{}", describe(&out)))
+        self.try_run(args)
+            .unwrap_or_else(|out| panic!("curl {args:?} failed:\n{}", describe(&out)))
     }
 
     /// Like `run`, but a failed curl (no connection yet, say) is returned, not a panic.
@@ -125,7 +141,10 @@ impl Curl<'_> {
         let mut argv = vec!["curl", "-sS", "--max-time", "30", "-w", "\n%{http_code}"];
         argv.extend_from_slice(args);
         let out = match self {
-            Curl::Here => Command::new(argv[0]).args(&argv[1..]).output().expect("cannot run curl"),
+            Curl::Here => Command::new(argv[0])
+                .args(&argv[1..])
+                .output()
+                .expect("cannot run curl"),
             Curl::On(d) => d.ssh("root", &shlex::try_join(argv.iter().copied()).unwrap()),
         };
         if !out.status.success() {
@@ -134,7 +153,10 @@ impl Curl<'_> {
         let text = stdout(&out);
         let (body, status) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
         Ok(Response {
-            status: status.trim().parse().unwrap_or_else(|_| panic!("no status in {text:?}")),
+            status: status
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("no status in {text:?}")),
             body: body.to_string(),
         })
     }
@@ -145,7 +167,12 @@ impl Curl<'_> {
 
     fn post_json(&self, url: &str, body: &Value, basic_auth: Option<&str>) -> Response {
         let body = body.to_string();
-        let mut args = vec!["-H", "content-type: application/json", "--data-binary", &body];
+        let mut args = vec![
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body,
+        ];
         if let Some(auth) = basic_auth {
             args.extend(["-u", auth]);
         }
@@ -169,15 +196,26 @@ fn exercise(curl: &Curl, base: &str, secrets: &PdsSecrets, version: &str) -> Acc
             Ok(r) => format!("{} {}", r.status, r.body),
             Err(out) => stderr(&out),
         };
-        assert!(Instant::now() < deadline, "PDS at {base} not healthy in 90 s; last answer: {last}");
+        assert!(
+            Instant::now() < deadline,
+            "PDS at {base} not healthy in 90 s; last answer: {last}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(health.json()["version"], version, "health: {}", health.body);
 
     // Invite codes are admin-only (HTTP Basic, user admin).
     let xrpc = |m: &str| format!("{base}/xrpc/{m}");
-    let anon = curl.post_json(&xrpc("com.atproto.server.createInviteCode"), &serde_json::json!({"useCount": 1}), None);
-    assert_eq!(anon.status, 401, "createInviteCode without admin auth: {}", anon.body);
+    let anon = curl.post_json(
+        &xrpc("com.atproto.server.createInviteCode"),
+        &serde_json::json!({"useCount": 1}),
+        None,
+    );
+    assert_eq!(
+        anon.status, 401,
+        "createInviteCode without admin auth: {}",
+        anon.body
+    );
     let admin = format!("admin:{}", secrets.admin_password.expose());
     let r = curl.post_json(
         &xrpc("com.atproto.server.createInviteCode"),
@@ -208,7 +246,12 @@ fn exercise(curl: &Curl, base: &str, secrets: &PdsSecrets, version: &str) -> Acc
     let r = curl.get(&format!("{}/{did}", plc_url()));
     assert_eq!(r.status, 200, "PLC does not know {did}: {}", r.body);
     let doc = r.json();
-    assert_eq!(doc["alsoKnownAs"][0], format!("at://{handle}"), "PLC document: {}", r.body);
+    assert_eq!(
+        doc["alsoKnownAs"][0],
+        format!("at://{handle}"),
+        "PLC document: {}",
+        r.body
+    );
     assert_eq!(
         doc["service"][0]["serviceEndpoint"],
         format!("https://{HOSTNAME}"),
@@ -221,7 +264,9 @@ fn exercise(curl: &Curl, base: &str, secrets: &PdsSecrets, version: &str) -> Acc
     let repos = r.json();
     let listed = repos["repos"].as_array().expect("repos array");
     assert!(
-        listed.iter().any(|repo| repo["did"] == did.as_str() && repo["active"] == true),
+        listed
+            .iter()
+            .any(|repo| repo["did"] == did.as_str() && repo["active"] == true),
         "listRepos does not list {did}: {}",
         r.body
     );
@@ -229,21 +274,49 @@ fn exercise(curl: &Curl, base: &str, secrets: &PdsSecrets, version: &str) -> Acc
     // Caddy's on-demand TLS `ask`: the hostname and hosted handles only.
     let tls = |domain: &str| curl.get(&format!("{base}/tls-check?domain={domain}"));
     assert_eq!(tls(HOSTNAME).status, 200, "tls-check for the hostname");
-    assert_eq!(tls(&handle).status, 200, "tls-check for an account's handle");
-    assert_eq!(tls(&format!("bob.{HOSTNAME}")).status, 404, "tls-check for an unknown handle");
+    assert_eq!(
+        tls(&handle).status,
+        200,
+        "tls-check for an account's handle"
+    );
+    assert_eq!(
+        tls(&format!("bob.{HOSTNAME}")).status,
+        404,
+        "tls-check for an unknown handle"
+    );
     let evil = tls("evil.example");
-    assert!(evil.status >= 400 && evil.status < 500, "tls-check evil.example: {} {}", evil.status, evil.body);
-    assert_eq!(curl.get(&format!("{base}/tls-check")).status, 400, "tls-check without domain");
+    assert!(
+        evil.status >= 400 && evil.status < 500,
+        "tls-check evil.example: {} {}",
+        evil.status,
+        evil.body
+    );
+    assert_eq!(
+        curl.get(&format!("{base}/tls-check")).status,
+        400,
+        "tls-check without domain"
+    );
 
     Account { did }
 }
 
 /// Asserts the container `name` ended with exit code 0 after a clean `destroy()`.
 fn assert_clean_stop(inspect_exit: &Output, logs: &Output) {
-    assert!(inspect_exit.status.success(), "docker inspect failed:\n{}", describe(inspect_exit));
-    assert_eq!(stdout(inspect_exit).trim(), "0", "the PDS did not exit 0 on docker stop");
+    assert!(
+        inspect_exit.status.success(),
+        "docker inspect failed:\n{}",
+        describe(inspect_exit)
+    );
+    assert_eq!(
+        stdout(inspect_exit).trim(),
+        "0",
+        "the PDS did not exit 0 on docker stop"
+    );
     let all = format!("{}{}", stdout(logs), stderr(logs));
-    assert!(all.contains("pds stopped (SIGTERM)"), "no clean shutdown in the logs:\n{all}");
+    assert!(
+        all.contains("pds stopped (SIGTERM)"),
+        "no clean shutdown in the logs:\n{all}"
+    );
 }
 
 /// Removes the outer-engine container `0` (with its anonymous volumes) when dropped.
@@ -260,24 +333,40 @@ impl Drop for Container {
 }
 
 fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().expect("cannot run docker")
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("cannot run docker")
 }
 
 fn docker_ok(args: &[&str]) -> String {
     let out = docker(args);
-    assert!(out.status.success(), "docker {args:?} failed:\n{}", describe(&out));
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed:\n{}",
+        describe(&out)
+    );
     stdout(&out)
 }
 
 fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("pdsup-test-{prefix}-{}-{nanos}", std::process::id())
 }
 
 /// The data directory holds the account database and the new account's repo.
 fn assert_data_dir(listing: &str, did: &str) {
-    assert!(listing.contains("account.sqlite"), "no account.sqlite in the data dir:\n{listing}");
-    assert!(listing.contains(did), "no actor store for {did} in the data dir:\n{listing}");
+    assert!(
+        listing.contains("account.sqlite"),
+        "no account.sqlite in the data dir:\n{listing}"
+    );
+    assert!(
+        listing.contains(did),
+        "no actor store for {did} in the data dir:\n{listing}"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -290,18 +379,45 @@ fn assert_data_dir(listing: &str, did: &str) {
 fn pds_image_has_the_official_settings_and_both_tags() {
     require_pds_image();
     let version = pinned_pds_version();
-    let cfg: Value = serde_json::from_str(&docker_ok(&["image", "inspect", IMAGE, "-f", "{{json .Config}}"])).unwrap();
+    let cfg: Value = serde_json::from_str(&docker_ok(&[
+        "image",
+        "inspect",
+        IMAGE,
+        "-f",
+        "{{json .Config}}",
+    ]))
+    .unwrap();
     assert_eq!(cfg["Entrypoint"], serde_json::json!(["dumb-init", "--"]));
-    assert_eq!(cfg["Cmd"], serde_json::json!(["node", "--enable-source-maps", "index.js"]));
+    assert_eq!(
+        cfg["Cmd"],
+        serde_json::json!(["node", "--enable-source-maps", "index.js"])
+    );
     assert_eq!(cfg["WorkingDir"], "/app");
-    let env: Vec<&str> = cfg["Env"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let env: Vec<&str> = cfg["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     for want in ["PDS_PORT=3000", "NODE_ENV=production", "UV_USE_IO_URING=0"] {
         assert!(env.contains(&want), "image env lacks {want}: {env:?}");
     }
-    assert!(cfg["ExposedPorts"].get("3000/tcp").is_some(), "3000/tcp not exposed: {cfg}");
-    assert_eq!(cfg["Labels"]["org.opencontainers.image.version"], version.as_str());
+    assert!(
+        cfg["ExposedPorts"].get("3000/tcp").is_some(),
+        "3000/tcp not exposed: {cfg}"
+    );
+    assert_eq!(
+        cfg["Labels"]["org.opencontainers.image.version"],
+        version.as_str()
+    );
     let id = docker_ok(&["image", "inspect", IMAGE, "-f", "{{.Id}}"]);
-    let id2 = docker_ok(&["image", "inspect", &format!("pdsup-test/pds:{version}"), "-f", "{{.Id}}"]);
+    let id2 = docker_ok(&[
+        "image",
+        "inspect",
+        &format!("pdsup-test/pds:{version}"),
+        "-f",
+        "{{.Id}}",
+    ]);
     assert_eq!(id, id2, "the two tags name different images");
 
     let manifest = Command::new("tar")
@@ -310,11 +426,23 @@ fn pds_image_has_the_official_settings_and_both_tags() {
         .arg("manifest.json")
         .output()
         .expect("cannot run tar");
-    assert!(manifest.status.success(), "no manifest.json in the tarball:\n{}", describe(&manifest));
+    assert!(
+        manifest.status.success(),
+        "no manifest.json in the tarball:\n{}",
+        describe(&manifest)
+    );
     let manifest: Value = serde_json::from_slice(&manifest.stdout).unwrap();
-    let tags: Vec<&str> = manifest[0]["RepoTags"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let tags: Vec<&str> = manifest[0]["RepoTags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert!(tags.contains(&IMAGE), "tarball tags: {tags:?}");
-    assert!(tags.contains(&format!("pdsup-test/pds:{version}").as_str()), "tarball tags: {tags:?}");
+    assert!(
+        tags.contains(&format!("pdsup-test/pds:{version}").as_str()),
+        "tarball tags: {tags:?}"
+    );
 }
 
 /// (a) In the outer engine on the droplet network, against the PLC on the gateway.
@@ -325,10 +453,19 @@ fn pds_image_serves_accounts_in_the_outer_engine() {
     let secrets = PdsSecrets::generate();
     let data = tempfile::tempdir().unwrap();
     let name = unique("pds");
-    let mut args: Vec<String> = ["run", "-d", "--name", &name, "--label", "pdsup.test=pds", "--network", NETWORK]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        "pdsup.test=pds",
+        "--network",
+        NETWORK,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(["-v".into(), format!("{}:/pds", data.path().display())]);
     args.extend(env_args(&pds_env(&secrets)));
     args.push(IMAGE.into());
@@ -336,13 +473,26 @@ fn pds_image_serves_accounts_in_the_outer_engine() {
     let t0 = Instant::now();
     docker_ok(&args);
     let _guard = Container(name.clone());
-    let ip = docker_ok(&["inspect", &name, "-f", &format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}")])
-        .trim()
-        .to_string();
+    let ip = docker_ok(&[
+        "inspect",
+        &name,
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}"),
+    ])
+    .trim()
+    .to_string();
     assert!(ip.starts_with("10.213.0."), "container address {ip:?}");
 
-    let account = exercise(&Curl::Here, &format!("http://{ip}:3000"), &secrets, &version);
-    eprintln!("timing: outer-engine PDS start + checks {:.1} s", t0.elapsed().as_secs_f64());
+    let account = exercise(
+        &Curl::Here,
+        &format!("http://{ip}:3000"),
+        &secrets,
+        &version,
+    );
+    eprintln!(
+        "timing: outer-engine PDS start + checks {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 
     let listing = Command::new("find").arg(data.path()).output().unwrap();
     assert_data_dir(&stdout(&listing), &account.did);
@@ -351,7 +501,10 @@ fn pds_image_serves_accounts_in_the_outer_engine() {
     let t = Instant::now();
     docker_ok(&["stop", "-t", "20", &name]);
     eprintln!("timing: docker stop {:.1} s", t.elapsed().as_secs_f64());
-    assert_clean_stop(&docker(&["inspect", &name, "-f", "{{.State.ExitCode}}"]), &docker(&["logs", &name]));
+    assert_clean_stop(
+        &docker(&["inspect", &name, "-f", "{{.State.ExitCode}}"]),
+        &docker(&["logs", &name]),
+    );
 }
 
 /// (b) Inside a droplet: docker.io from the distribution, the tarball piped over SSH
@@ -369,32 +522,72 @@ fn pds_image_loads_and_serves_accounts_inside_a_droplet() {
          && (systemctl is-active --quiet docker || systemctl start docker)",
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !d.ssh("root", "docker info >/dev/null 2>&1").status.success() {
-        assert!(Instant::now() < deadline, "the droplet's dockerd did not come up");
+    while !d
+        .ssh("root", "docker info >/dev/null 2>&1")
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the droplet's dockerd did not come up"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
-    eprintln!("timing: apt-get install docker.io in the droplet {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "timing: apt-get install docker.io in the droplet {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let tarball = pds_tarball();
     let size_mb = std::fs::metadata(&tarball).unwrap().len() as f64 / 1e6;
     let t = Instant::now();
     let out = load_over_ssh(&d, &tarball);
-    assert!(out.status.success(), "docker load in the droplet failed:\n{}", describe(&out));
-    eprintln!("timing: docker load of {size_mb:.0} MB over SSH into the droplet {:.1} s", t.elapsed().as_secs_f64());
-    assert!(stdout(&out).contains(IMAGE), "docker load did not load {IMAGE}:\n{}", describe(&out));
+    assert!(
+        out.status.success(),
+        "docker load in the droplet failed:\n{}",
+        describe(&out)
+    );
+    eprintln!(
+        "timing: docker load of {size_mb:.0} MB over SSH into the droplet {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        stdout(&out).contains(IMAGE),
+        "docker load did not load {IMAGE}:\n{}",
+        describe(&out)
+    );
 
     let secrets = PdsSecrets::generate();
-    let mut argv: Vec<String> = ["docker", "run", "-d", "--name", "pds", "-p", "127.0.0.1:3000:3000", "-v", "/srv/pds-test:/pds"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut argv: Vec<String> = [
+        "docker",
+        "run",
+        "-d",
+        "--name",
+        "pds",
+        "-p",
+        "127.0.0.1:3000:3000",
+        "-v",
+        "/srv/pds-test:/pds",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     argv.extend(env_args(&pds_env(&secrets)));
     argv.push(IMAGE.into());
     let t = Instant::now();
-    d.ssh_ok("root", &format!("mkdir -p /srv/pds-test && {}", shlex::try_join(argv.iter().map(String::as_str)).unwrap()));
+    d.ssh_ok(
+        "root",
+        &format!(
+            "mkdir -p /srv/pds-test && {}",
+            shlex::try_join(argv.iter().map(String::as_str)).unwrap()
+        ),
+    );
 
     let account = exercise(&Curl::On(&d), "http://127.0.0.1:3000", &secrets, &version);
-    eprintln!("timing: in-droplet PDS start + checks {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "timing: in-droplet PDS start + checks {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     assert_data_dir(&d.ssh_ok("root", "find /srv/pds-test"), &account.did);
 
     d.ssh_ok("root", "docker stop -t 20 pds");
@@ -406,6 +599,11 @@ fn pds_image_loads_and_serves_accounts_inside_a_droplet() {
 
 /// `ssh droplet docker load < tarball`, streamed from the file.
 fn load_over_ssh(d: &Droplet, tarball: &Path) -> Output {
-    let file = std::fs::File::open(tarball).unwrap_or_else(|e| panic!("open {}: {e}", tarball.display()));
-    d.ssh_command("root").arg("docker load").stdin(file).output().expect("cannot run ssh")
+    let file =
+        std::fs::File::open(tarball).unwrap_or_else(|e| panic!("open {}: {e}", tarball.display()));
+    d.ssh_command("root")
+        .arg("docker load")
+        .stdin(file)
+        .output()
+        .expect("cannot run ssh")
 }
