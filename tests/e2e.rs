@@ -1233,7 +1233,33 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
     require_e2e();
     let d = Droplet::start("bookworm");
     let op = Operator::new();
-    let run = op.run(&op.up_args(&root_dest(&d), NONE));
+
+    // Nomad from a local release zip (offline installs): SHA256SUMS and its .sig
+    // sit beside it. A zip that is not the signed one is refused, never installed.
+    let release = mirror_dir().join("nomad/1.10.5");
+    let zip = release.join("nomad_1.10.5_linux_amd64.zip");
+    let tampered = tempfile::tempdir().expect("tempdir");
+    for name in ["nomad_1.10.5_SHA256SUMS", "nomad_1.10.5_SHA256SUMS.sig"] {
+        fs::copy(release.join(name), tampered.path().join(name)).expect("copy release file");
+    }
+    let mut bytes = fs::read(&zip).expect("read the release zip");
+    bytes.push(0);
+    let bad_zip = tampered.path().join("nomad_1.10.5_linux_amd64.zip");
+    fs::write(&bad_zip, bytes).expect("write the tampered zip");
+    let bad = op.run(&op.up_args(&root_dest(&d), &["--nomad-zip", bad_zip.to_str().unwrap()]));
+    bad.assert_failed("pdsup up with a tampered --nomad-zip")
+        .assert_stderr_has(
+            "the checksum refusal",
+            &["does not match the signed SHA256SUMS"],
+        );
+    assert!(
+        !d.ssh("root", "test -e /usr/local/bin/nomad")
+            .status
+            .success(),
+        "a tampered Nomad zip was installed"
+    );
+
+    let run = op.run(&op.up_args(&root_dest(&d), &["--nomad-zip", zip.to_str().unwrap()]));
     run.assert_failed("pdsup up with IO (its image cannot be pulled here)")
         .assert_stderr_has(
             "the IO failure",
@@ -1253,6 +1279,11 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
     assert_eq!(task["Driver"], "docker", "{job}");
     assert_eq!(task["Config"]["image"], IO_IMAGE, "{job}");
     assert_eq!(task["Config"]["network_mode"], "host", "{job}");
+    let version = d.ssh_ok("root", "/usr/local/bin/nomad version");
+    assert!(
+        version.starts_with("Nomad v1.10.5"),
+        "--nomad-zip did not install the release: {version}"
+    );
     let hcl = d.ssh_ok("root", "cat /etc/nomad.d/nomad.hcl");
     assert!(
         hcl.contains("host_volume \"io\""),
