@@ -86,6 +86,32 @@ fn plan_without_droplet_shows_every_step_and_no_secret() {
 }
 
 #[test]
+fn up_dry_run_without_droplet_is_the_fresh_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["up", "--dry-run"];
+    args.extend_from_slice(SITE);
+    let out = pdsup(&args, dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut plan_args = vec!["plan"];
+    plan_args.extend_from_slice(SITE);
+    let fresh = text(&pdsup(&plan_args, dir.path()).stdout);
+    let strip = |t: &str| {
+        t.lines()
+            .filter(|l| !l.contains("********"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(&text(&out.stdout)), strip(&fresh));
+    assert!(fresh.contains("install Nomad 1.10.5"));
+    assert!(!dir.path().join("sites").exists(), "a dry run wrote state");
+    // Without --dry-run, DEST (or --local) is required.
+    let mut real = vec!["up"];
+    real.extend_from_slice(SITE);
+    let out = pdsup(&real, dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
 fn plan_json_lists_the_steps() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["plan", "--json", "--proxy", "caddy"];

@@ -25,14 +25,14 @@ pub struct Global {
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// The droplet: [user@]host[:port] or a ~/.ssh/config alias (a non-root user needs passwordless sudo)
-    #[arg(value_name = "DEST", required_unless_present = "local")]
+    #[arg(value_name = "DEST", required_unless_present_any = ["local", "dry_run"])]
     pub dest: Option<String>,
 
     /// Run on this machine instead of over SSH (e.g. from cloud-init on the droplet)
     #[arg(long, conflicts_with = "dest")]
     pub local: bool,
 
-    /// Show the plan against the droplet and change nothing
+    /// Show the plan and change nothing: against DEST, or for a fresh droplet without DEST (no network)
     #[arg(long)]
     pub dry_run: bool,
 
@@ -57,6 +57,17 @@ pub struct PlanArgs {
 }
 
 pub async fn up(args: UpArgs, global: &Global) -> Result<()> {
+    if args.dry_run && args.dest.is_none() && !args.local {
+        return plan(
+            PlanArgs {
+                dest: None,
+                site: args.site,
+                ssh: args.ssh,
+            },
+            global,
+        )
+        .await;
+    }
     run(
         args.dest,
         args.local,
