@@ -24,19 +24,6 @@ for arg in "$@"; do
 done
 IMAGE="$IMAGE_REPO:$RELEASE"
 
-# The mirror this machine's apt uses (deb822 .sources or one-line .list files).
-# $1 = debian | debian-security. Override: PDSUP_DEBIAN_MIRROR / PDSUP_DEBIAN_SECURITY_MIRROR.
-host_mirror() {
-  local kind=$1 found
-  found=$(
-    {
-      grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | cut -d: -f2- | tr ' ' '\n'
-      grep -hE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-        | sed 's/\[[^]]*\]//' | awk '{print $2}'
-    } | grep -E "^https?://.*/$kind/?\$" | head -n1 | sed 's:/*$::'
-  ) || true
-  echo "${found:-http://deb.debian.org/$kind}"
-}
 MIRROR="${PDSUP_DEBIAN_MIRROR:-$(host_mirror debian)}"
 SECURITY_MIRROR="${PDSUP_DEBIAN_SECURITY_MIRROR:-$(host_mirror debian-security)}"
 

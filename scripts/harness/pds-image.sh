@@ -44,19 +44,7 @@ BLOG="$LOG_DIR/pds-image.log"
 RELEASE=bookworm
 MIRROR="${PDSUP_DEBIAN_MIRROR:-}"
 
-# The Debian mirror this machine's apt uses (same lookup as droplet-image.sh).
-host_mirror() {
-  local found
-  found=$(
-    {
-      grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | cut -d: -f2- | tr ' ' '\n'
-      grep -hE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-        | sed 's/\[[^]]*\]//' | awk '{print $2}'
-    } | grep -E '^https?://.*/debian/?$' | head -n1 | sed 's:/*$::'
-  ) || true
-  echo "${found:-http://deb.debian.org/debian}"
-}
-[ -n "$MIRROR" ] || MIRROR=$(host_mirror)
+[ -n "$MIRROR" ] || MIRROR=$(host_mirror debian)   # common.sh
 
 pds_version() {
   # The version npm ci will install: the lockfile's entry for @atproto/pds.
