@@ -340,6 +340,21 @@ async fn canned_node_wait_when_nomad_is_down() {
     assert!(text.contains("GET /v1/agent/health"), "{text}");
 }
 
+/// A canned Nomad where job `pds` is at `version` with `allocs`, plus `extra` routes.
+async fn canned_pds_job(
+    version: u64,
+    allocs: serde_json::Value,
+    mut extra: Vec<(&str, u16, String)>,
+) -> Canned {
+    extra.push((
+        "GET /v1/job/pds",
+        200,
+        json!({"ID": "pds", "Version": version}).to_string(),
+    ));
+    extra.push(("GET /v1/job/pds/allocations", 200, allocs.to_string()));
+    Canned::start(extra).await
+}
+
 #[tokio::test]
 async fn canned_driver_failure_quotes_the_event_and_stderr() {
     let allocs = json!([{
@@ -385,15 +400,7 @@ async fn canned_healthy_alloc_of_the_current_version() {
          "TaskStates": {"pds": {"State": "running", "Events": [{"Type": "Started", "DisplayMessage": "Task started by client"}]}},
          "DeploymentStatus": {"Healthy": true}}
     ]);
-    let server = Canned::start(vec![
-        (
-            "GET /v1/job/pds",
-            200,
-            json!({"ID": "pds", "Version": 1}).to_string(),
-        ),
-        ("GET /v1/job/pds/allocations", 200, allocs.to_string()),
-    ])
-    .await;
+    let server = canned_pds_job(1, allocs, vec![]).await;
     server
         .api()
         .wait_job_healthy("pds", Duration::from_secs(5), &mut |_| {})
@@ -406,15 +413,11 @@ async fn canned_unplaceable_job_says_why() {
     let evals = json!([{"ID": "e1", "Status": "complete", "CreateIndex": 4,
         "FailedTGAllocs": {"pds": {"NodesEvaluated": 1, "NodesFiltered": 1,
             "ConstraintFiltered": {"missing compatible host volumes": 1}}}}]);
-    let server = Canned::start(vec![
-        (
-            "GET /v1/job/pds",
-            200,
-            json!({"ID": "pds", "Version": 0}).to_string(),
-        ),
-        ("GET /v1/job/pds/allocations", 200, "[]".into()),
-        ("GET /v1/job/pds/evaluations", 200, evals.to_string()),
-    ])
+    let server = canned_pds_job(
+        0,
+        json!([]),
+        vec![("GET /v1/job/pds/evaluations", 200, evals.to_string())],
+    )
     .await;
     let mut seen = Vec::new();
     let err = server
@@ -946,15 +949,7 @@ async fn canned_recovered_driver_failure_is_not_fatal() {
         ]}},
         "DeploymentStatus": {"Healthy": true}
     }]);
-    let server = Canned::start(vec![
-        (
-            "GET /v1/job/pds",
-            200,
-            json!({"ID": "pds", "Version": 0}).to_string(),
-        ),
-        ("GET /v1/job/pds/allocations", 200, allocs.to_string()),
-    ])
-    .await;
+    let server = canned_pds_job(0, allocs, vec![]).await;
     server
         .api()
         .wait_job_healthy("pds", Duration::from_secs(5), &mut |_| {})

@@ -59,7 +59,6 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         public_ip,
         did: ctx.outcome.account.as_ref().map(|a| a.did.clone()),
     };
-    ctx.outcome.public_ip = facts.public_ip.clone();
     ctx.outcome.dns_records = records(&facts, ctx.settings);
     Ok(facts)
 }

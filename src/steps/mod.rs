@@ -222,7 +222,6 @@ pub struct AccountOutcome {
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     pub account: Option<AccountOutcome>,
-    pub public_ip: Option<String>,
     pub dns_records: Vec<dns::Record>,
     pub pds_version: Option<String>,
 }
