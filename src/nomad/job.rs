@@ -212,13 +212,22 @@ impl fmt::Display for EnvValue {
     }
 }
 
-/// The seed's update defaults made explicit, so that the HCL shows how health is
-/// decided: service checks pass for 10 s; a first start may pull a large image,
-/// hence Nomad's default 5 min deadline.
+const PDS_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+const MIN_HEALTHY_TIME: Duration = Duration::from_secs(5);
+
+/// How health is decided, made explicit so the HCL shows it. Nomad runs a
+/// check first at half its interval, then every interval
+/// (`client/allocrunner/checks_hook.go`), and marks the allocation healthy once
+/// every check has passed for `min_healthy_time`. With Nomad's defaults (10 s
+/// check, 10 s) a PDS that answers 2-3 s after start was declared healthy after
+/// ~25 s; with a 2 s check and 5 s here it is ~8 s, and a deployment still needs
+/// the PDS to keep answering for 5 s before it counts as healthy (what an upgrade's
+/// auto-revert relies on). A first start may pull a large image, hence Nomad's
+/// default 5 min deadline.
 fn default_update() -> Update {
     Update {
         health_check: "checks".into(),
-        min_healthy_time: Duration::from_secs(10),
+        min_healthy_time: MIN_HEALTHY_TIME,
         healthy_deadline: Duration::from_secs(5 * 60),
         progress_deadline: Duration::from_secs(10 * 60),
         auto_revert: false,
@@ -256,7 +265,7 @@ pub fn pds_job(image: &str, env: Vec<(String, EnvValue)>) -> Job {
                 checks: vec![Check {
                     kind: CheckKind::Http,
                     path: Some("/xrpc/_health".into()),
-                    interval: Duration::from_secs(10),
+                    interval: PDS_CHECK_INTERVAL,
                     timeout: Duration::from_secs(2),
                 }],
             }],
@@ -812,7 +821,7 @@ mod tests {
                 "Checks": [{
                     "Type": "http",
                     "Path": "/xrpc/_health",
-                    "Interval": 10_000_000_000u64,
+                    "Interval": 2_000_000_000u64,
                     "Timeout": 2_000_000_000u64,
                 }],
             }])
@@ -825,7 +834,7 @@ mod tests {
             group["Update"],
             json!({
                 "HealthCheck": "checks",
-                "MinHealthyTime": 10_000_000_000u64,
+                "MinHealthyTime": 5_000_000_000u64,
                 "HealthyDeadline": 300_000_000_000u64,
                 "ProgressDeadline": 600_000_000_000u64,
                 "AutoRevert": false,
@@ -979,7 +988,7 @@ mod tests {
         assert_eq!(group["service"]["provider"], json!("nomad"));
         assert_eq!(group["service"]["port"], json!("http"));
         assert_eq!(group["service"]["check"]["path"], json!("/xrpc/_health"));
-        assert_eq!(group["service"]["check"]["interval"], json!("10s"));
+        assert_eq!(group["service"]["check"]["interval"], json!("2s"));
         assert_eq!(group["volume"]["pds"]["type"], json!("host"));
         assert_eq!(group["update"]["healthy_deadline"], json!("5m"));
         let task = &group["task"]["pds"];

@@ -117,15 +117,19 @@ pub async fn run_checks(agent: Arc<Agent>, alloc_id: String, kill: watch::Receiv
                     0,
                     String::new(),
                 );
+                // As Nomad's checks_hook observer: the first check at half the
+                // interval, then one every interval.
+                let interval = Duration::from_nanos(c.Interval.max(SEC) as u64);
+                let mut wait = interval / 2;
                 loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = crate::runner::signalled(&mut kill) => return,
+                    }
+                    wait = interval;
                     if tasks_running(&agent, &alloc.ID) == Some(true) {
                         let (status, code, output) = probe(&c, &ip, port).await;
                         record(&agent, &alloc, &id, &task, &s, &c, status, code, output);
-                    }
-                    let interval = Duration::from_nanos(c.Interval.max(SEC) as u64);
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = crate::runner::signalled(&mut kill) => return,
                     }
                 }
             });
