@@ -5,11 +5,12 @@
 //! both sides: the PDS answering through the proxy, the account listed by
 //! `com.atproto.sync.listRepos`, the local secrets, and what a second or resumed
 //! run does and does not touch. Everything comes from the harness: the Debian
-//! mirror (`--docker-source distro`), the Nomad test double installed through the
+//! mirror (`--docker-source distro`) or the copy of Docker's apt repository
+//! (`--docker-source docker`, docker-apt-mirror.sh), the Nomad test double installed through the
 //! real download-and-verify path from the mirror (signed with the test key), the
 //! PDS image archive, the PLC directory and Pebble.
 //!
-//! Prepare with `scripts/harness/up.sh`, `pds-image.sh` and `nomad-release.sh`;
+//! Prepare with `scripts/harness/up.sh` (which runs docker-apt-mirror.sh), `pds-image.sh` and `nomad-release.sh`;
 //! these tests fail, never skip, when the harness is missing. Run with
 //! `cargo test --test e2e -- --test-threads=2`.
 

@@ -1,6 +1,11 @@
 //! Docker: installed and running. `--docker-source docker` (default, the seed's
-//! way) uses Docker's apt repository; `distro` the distribution's `docker.io`.
-//! An engine that is already there is kept, whichever package it came from.
+//! way) uses Docker's apt repository, or a mirror laid out like it
+//! (`--docker-apt-url`, the OS id appended as in Docker's layout), trusting
+//! Docker's key shipped in pdsup or `--docker-apt-key`; `distro` the
+//! distribution's `docker.io`. The repository is fetched once with the trusted
+//! key alone before anything in /etc/apt changes, so a repository that does not
+//! verify is refused with apt's configuration as it was. An engine that is
+//! already there is kept, whichever package it came from.
 
 use std::path::Path;
 
