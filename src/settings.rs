@@ -13,6 +13,8 @@ pub const NOMAD_RELEASES: &str = "https://releases.hashicorp.com";
 pub const PDS_IMAGE: &str = "ghcr.io/bluesky-social/pds:0.4";
 pub const IO_IMAGE: &str = "agentio/io:latest";
 pub const PLC_URL: &str = "https://plc.directory";
+/// Docker's apt repositories; the droplet's OS id is appended (`/debian`, `/ubuntu`).
+pub const DOCKER_APT_URL: &str = "https://download.docker.com/linux";
 /// Where the PDS listens on the droplet's loopback (the proxy and pdsup reach it there).
 pub const PDS_PORT: u16 = 3000;
 pub const NOMAD_HTTP_PORT: u16 = 4646;
@@ -50,6 +52,25 @@ pub struct NomadSource {
     pub release_key: Option<PathBuf>,
 }
 
+/// Where `--docker-source docker` installs from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerApt {
+    /// Base URL laid out like https://download.docker.com/linux:
+    /// `<url>/<os id>/dists/<codename>/stable`.
+    pub url: String,
+    /// A key to trust instead of Docker's (for a private mirror signed by its owner).
+    pub key: Option<AptKey>,
+}
+
+/// An armored OpenPGP public key read and checked on this machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AptKey {
+    pub path: PathBuf,
+    pub armored: String,
+    /// The primary key's fingerprint, 40 upper-case hex digits.
+    pub fingerprint: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Acme {
     /// ACME directory URL for Caddy (default: Caddy's own, Let's Encrypt and ZeroSSL).
@@ -72,6 +93,7 @@ pub struct Settings {
     pub email: Email,
     pub proxy: Proxy,
     pub docker_source: DockerSource,
+    pub docker_apt: DockerApt,
     pub nomad: NomadSource,
     pub pds_image: String,
     pub pds_image_archive: Option<PathBuf>,
@@ -94,6 +116,10 @@ impl Settings {
             email: "me@example.com".parse().expect("valid"),
             proxy: Proxy::Io,
             docker_source: DockerSource::Docker,
+            docker_apt: DockerApt {
+                url: DOCKER_APT_URL.into(),
+                key: None,
+            },
             nomad: NomadSource {
                 version: NOMAD_VERSION.into(),
                 release_url: NOMAD_RELEASES.into(),

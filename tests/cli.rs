@@ -66,6 +66,9 @@ fn plan_without_droplet_shows_every_step_and_no_secret() {
     for needle in [
         "== preflight ==",
         "install Docker Engine from Docker's apt repository",
+        // A fresh droplet is planned as Ubuntu 24.04 on amd64.
+        "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu noble stable",
+        "trust Docker's apt signing key 9DC858229FC7DD38854AE2D88D81803C0EBFCD88",
         "install Nomad 1.10.5",
         "host_volume \"pds\"",
         "write the IO ingress for pds.example.com",
@@ -165,6 +168,17 @@ fn up_args(replace: (&str, &str), extra: &[&str]) -> Vec<String> {
 fn bad_input_is_refused_before_anything_happens() {
     let dir = tempfile::tempdir().unwrap();
     let none = ("", "");
+    let files = tempfile::tempdir().unwrap();
+    let not_a_key = files.path().join("docker.asc");
+    std::fs::write(
+        &not_a_key,
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nbroken\n",
+    )
+    .unwrap();
+    let secret_key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/docker-apt/mirror-key.secret.asc"
+    );
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             up_args(("--hostname", "pds_bad.example.com"), &[]),
@@ -180,6 +194,36 @@ fn bad_input_is_refused_before_anything_happens() {
         (
             up_args(none, &["--nomad-zip", "/nonexistent.zip"]),
             "--nomad-zip",
+        ),
+        (
+            up_args(none, &["--docker-apt-url", "ftp://mirror.example/linux"]),
+            "--docker-apt-url \"ftp://mirror.example/linux\": expected an http(s):// URL",
+        ),
+        (
+            up_args(
+                none,
+                &[
+                    "--docker-apt-url",
+                    "https://download.docker.com/linux/debian",
+                ],
+            ),
+            "ends with /debian: give the base without the OS",
+        ),
+        (
+            up_args(none, &["--docker-apt-url", "https://mirror.example/x'y"]),
+            "has no place in an apt repository URL",
+        ),
+        (
+            up_args(none, &["--docker-apt-key", "/nonexistent/docker.asc"]),
+            "--docker-apt-key /nonexistent/docker.asc: cannot read it",
+        ),
+        (
+            up_args(none, &["--docker-apt-key", not_a_key.to_str().unwrap()]),
+            "not an ASCII-armored OpenPGP public key",
+        ),
+        (
+            up_args(none, &["--docker-apt-key", secret_key]),
+            "holds a secret key",
         ),
         (
             up_args(none, &["--pds-env", "PDS_JWT_SECRET=x"]),

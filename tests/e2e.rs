@@ -5,11 +5,12 @@
 //! both sides: the PDS answering through the proxy, the account listed by
 //! `com.atproto.sync.listRepos`, the local secrets, and what a second or resumed
 //! run does and does not touch. Everything comes from the harness: the Debian
-//! mirror (`--docker-source distro`), the Nomad test double installed through the
+//! mirror (`--docker-source distro`) or the copy of Docker's apt repository
+//! (`--docker-source docker`, docker-apt-mirror.sh), the Nomad test double installed through the
 //! real download-and-verify path from the mirror (signed with the test key), the
 //! PDS image archive, the PLC directory and Pebble.
 //!
-//! Prepare with `scripts/harness/up.sh`, `pds-image.sh` and `nomad-release.sh`;
+//! Prepare with `scripts/harness/up.sh` (which runs docker-apt-mirror.sh), `pds-image.sh` and `nomad-release.sh`;
 //! these tests fail, never skip, when the harness is missing. Run with
 //! `cargo test --test e2e -- --test-threads=2`.
 
@@ -320,6 +321,45 @@ fn harness_sources(cache: &Path) -> Vec<String> {
     .collect()
 }
 
+/// The default Docker path, `--docker-source docker`, from the harness's copy of
+/// Docker's repository (scripts/harness/docker-apt-mirror.sh): `tree` is
+/// `docker-apt` (signed by the test mirror key) or `docker-apt-other-key` (signed by
+/// another key), and pdsup is told to trust the test mirror key either way.
+fn from_docker_repo(mut args: Vec<String>, tree: &str) -> Vec<String> {
+    let source = args
+        .iter()
+        .position(|a| a == "--docker-source")
+        .expect("the harness's sources name a Docker source");
+    args[source + 1] = "docker".into();
+    args.extend([
+        "--docker-apt-url".to_string(),
+        format!("{}/{tree}/linux", mirror_url()),
+        "--docker-apt-key".to_string(),
+        docker_apt_key().display().to_string(),
+    ]);
+    args
+}
+
+fn docker_apt_key() -> PathBuf {
+    repo_dir().join("tests/fixtures/docker-apt/mirror-key.asc")
+}
+
+/// The fingerprint of [`docker_apt_key`].
+const DOCKER_APT_KEY_FPR: &str = "5968A284C69DB5AABD29FA9DD0488F1CD634191D";
+
+/// apt's sources and keys on the droplet, in enough detail to see any change
+/// (directory listings with times, and the files' hashes).
+fn apt_sources(d: &Droplet) -> String {
+    d.ssh_ok(
+        "root",
+        "for dir in /etc/apt/sources.list.d /etc/apt/keyrings /etc/apt/trusted.gpg.d; do \
+           ls -la --time-style=full-iso \"$dir\" 2>&1; \
+           find \"$dir\" -type f -exec sha256sum {} + 2>&1; \
+         done; sha256sum /etc/apt/sources.list 2>&1; \
+         [ -e /var/tmp/pdsup-docker-apt ] && echo 'staging left behind'; true",
+    )
+}
+
 /// Caddy with real ACME against Pebble. `acme_ca_root` is the CA Caddy must trust
 /// to talk to Pebble's directory: Pebble's own listen certificate.
 fn caddy_args() -> Vec<String> {
@@ -356,6 +396,18 @@ fn require_e2e() {
     let c = cache_dir();
     for (path, script) in [
         (c.join("pds-image.tar"), "pds-image.sh"),
+        (
+            c.join("mirror/docker-apt/linux/debian/dists/bookworm/InRelease"),
+            "docker-apt-mirror.sh",
+        ),
+        (
+            c.join("mirror/docker-apt/linux/debian/dists/trixie/InRelease"),
+            "docker-apt-mirror.sh",
+        ),
+        (
+            c.join("mirror/docker-apt-other-key/linux/debian/dists/trixie/InRelease"),
+            "docker-apt-mirror.sh",
+        ),
         (c.join("mirror/test-release-key.asc"), "nomad-release.sh"),
         (
             c.join("mirror/nomad/1.10.5/nomad_1.10.5_linux_amd64.zip"),
@@ -598,9 +650,13 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     let d = Droplet::start("bookworm");
     let op = Operator::new();
     // -vv: every log record, SSH packets and HTTP included, must still be free of secrets.
-    let args = op.up_args(
-        &root_dest(&d),
-        &[caddy_args(), strings(&["--json", "-vv"])].concat(),
+    // Docker the default way: from (a copy of) Docker's apt repository.
+    let args = from_docker_repo(
+        op.up_args(
+            &root_dest(&d),
+            &[caddy_args(), strings(&["--json", "-vv"])].concat(),
+        ),
+        "docker-apt",
     );
 
     // First run: everything from nothing.
@@ -628,6 +684,40 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
             "a fresh droplet needs {step} work: {report}"
         );
     }
+
+    // Docker Engine came from the repository, checked against the trusted key, and
+    // apt keeps that repository and key for the droplet's updates.
+    let repo = format!("{}/docker-apt/linux/debian", mirror_url());
+    assert!(
+        steps["docker"].contains(&format!("check that {repo} bookworm is signed by that key")),
+        "{:?}",
+        steps["docker"]
+    );
+    assert_eq!(
+        d.ssh_ok("root", "cat /etc/apt/sources.list.d/docker.list"),
+        format!("deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] {repo} bookworm stable\n")
+    );
+    assert_eq!(
+        d.ssh_ok("root", "cat /etc/apt/keyrings/docker.asc"),
+        fs::read_to_string(docker_apt_key()).unwrap()
+    );
+    let packages = d.ssh_ok(
+        "root",
+        "dpkg-query -W -f='${Package} ${Status}\\n' docker-ce docker-ce-cli containerd.io docker.io 2>&1; \
+         apt-cache policy docker-ce | grep -c docker-apt/linux/debian; \
+         [ -e /var/tmp/pdsup-docker-apt ] && echo 'staging left behind'; true",
+    );
+    for pkg in ["docker-ce", "docker-ce-cli", "containerd.io"] {
+        assert!(
+            packages.contains(&format!("{pkg} install ok installed")),
+            "{pkg} is not installed:\n{packages}"
+        );
+    }
+    assert!(
+        !packages.contains("docker.io install ok installed") && !packages.contains("staging"),
+        "{packages}"
+    );
+    let apt_before = apt_sources(&d);
 
     // The PDS, through Caddy with a certificate Pebble issued, for the hostname...
     let health = https_get_eventually(&d, HOSTNAME, "/xrpc/_health");
@@ -747,6 +837,11 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
         "pds.env changed"
     );
     assert_lists(&list_repos_on_droplet(&d), &did);
+    assert_eq!(
+        apt_sources(&d),
+        apt_before,
+        "the second run touched apt's sources"
+    );
 
     // The password shown once logs in, through Caddy.
     let session = https_request(
@@ -803,7 +898,35 @@ fn a_run_killed_during_the_nomad_install_is_finished_by_the_next_run() {
     let d = Droplet::start("trixie");
     allow_docker_without_ipv6(&d);
     let op = Operator::new();
-    let args = op.up_args(&root_dest(&d), &caddy_args());
+
+    // A repository signed by a key other than the trusted one is refused, and apt's
+    // sources and keys stay as they were.
+    let apt_before = apt_sources(&d);
+    let refused = op.run(&from_docker_repo(
+        op.up_args(&root_dest(&d), &caddy_args()),
+        "docker-apt-other-key",
+    ));
+    refused.assert_failed("a repository signed by another key");
+    refused.assert_stderr_has(
+        "the refusal",
+        &[
+            &format!(
+                "refused {}/docker-apt-other-key/linux/debian trixie: it is not signed by the key {DOCKER_APT_KEY_FPR}",
+                mirror_url()
+            ),
+            "Nothing was changed",
+            "--docker-apt-key",
+        ],
+    );
+    assert_eq!(
+        apt_sources(&d),
+        apt_before,
+        "a refused repository changed apt's sources"
+    );
+    assert_untouched(&d, "a refused repository");
+
+    // Docker's default path, on trixie, from the repository signed by the trusted key.
+    let args = from_docker_repo(op.up_args(&root_dest(&d), &caddy_args()), "docker-apt");
 
     // Killed while the Nomad release is being fetched and installed.
     let log = kill_when(&op, &args, "→ install Nomad", Duration::ZERO);

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::inputs::{Handle, Hostname};
-use crate::settings::{self, Acme, DockerSource, Io, NomadSource, Proxy, Settings};
+use crate::settings::{self, Acme, DockerApt, DockerSource, Io, NomadSource, Proxy, Settings};
 use crate::state::SiteRecord;
 
 #[derive(Debug, Clone, Args)]
@@ -32,6 +32,14 @@ pub struct SiteArgs {
     /// Where Docker comes from when it is not installed yet
     #[arg(long, value_enum, default_value = "docker")]
     pub docker_source: DockerSource,
+
+    /// Base URL of Docker's apt repository or a mirror laid out like it; pdsup appends /debian or /ubuntu [default: https://download.docker.com/linux; remembered]
+    #[arg(long, value_name = "URL")]
+    pub docker_apt_url: Option<String>,
+
+    /// Trust this armored OpenPGP key for that repository instead of Docker's [remembered with the URL]
+    #[arg(long, value_name = "FILE")]
+    pub docker_apt_key: Option<PathBuf>,
 
     /// Nomad release to install
     #[arg(long, default_value = settings::NOMAD_VERSION, value_name = "VERSION")]
@@ -124,6 +132,58 @@ fn url(value: &str, flag: &str) -> Result<String> {
     Ok(value.trim_end_matches('/').to_string())
 }
 
+/// Docker's apt repository and the key to trust for it. The key is remembered
+/// with the URL it was given for: a new `--docker-apt-url` alone means Docker's key.
+fn docker_apt(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<DockerApt> {
+    let saved_url = record.and_then(|r| r.docker_apt_url.clone());
+    let saved_key = record.and_then(|r| r.docker_apt_key.as_ref().map(PathBuf::from));
+    let (raw_url, key_path, remembered_key) = match (&args.docker_apt_url, &args.docker_apt_key) {
+        (Some(url), key) => (url.clone(), key.clone(), false),
+        (None, Some(key)) => (saved_url.unwrap_or_default(), Some(key.clone()), false),
+        (None, None) => (saved_url.unwrap_or_default(), saved_key, true),
+    };
+    let raw_url = if raw_url.is_empty() {
+        settings::DOCKER_APT_URL.to_string()
+    } else {
+        raw_url
+    };
+    let url = url(&raw_url, "--docker-apt-url")?;
+    // The URL goes into apt's sources line and a shell command on the droplet.
+    if let Some(c) = url
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._~:/%@+=,".contains(*c)))
+    {
+        bail!(
+            "--docker-apt-url {url:?}: the character {c:?} has no place in an apt repository URL"
+        );
+    }
+    if let Some(os) = ["/debian", "/ubuntu"]
+        .into_iter()
+        .find(|os| url.ends_with(os))
+    {
+        bail!(
+            "--docker-apt-url {url:?} ends with {os}: give the base without the OS, like {}; pdsup appends /debian or /ubuntu for the droplet's OS",
+            settings::DOCKER_APT_URL
+        );
+    }
+    let key = match key_path {
+        None => None,
+        Some(path) => Some(
+            crate::steps::docker::read_apt_key(&path).map_err(|e| {
+                if remembered_key {
+                    anyhow::anyhow!(
+                        "{e:#} (remembered with --docker-apt-url {url}): give --docker-apt-key FILE again, or --docker-apt-url {} for Docker's own repository and key",
+                        settings::DOCKER_APT_URL
+                    )
+                } else {
+                    e
+                }
+            })?,
+        ),
+    };
+    Ok(DockerApt { url, key })
+}
+
 /// Validates flags and merges them with the site's saved record.
 pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings> {
     let hostname = hostname(args)?;
@@ -197,6 +257,7 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
     if !args.io_config_dir.starts_with('/') {
         bail!("--io-config-dir must be an absolute path on the droplet");
     }
+    let docker_apt = docker_apt(args, record)?;
     let pds_env_raw = match (&args.pds_env, record) {
         (given, _) if !given.is_empty() => given.clone(),
         (_, Some(r)) => r.pds_env.clone(),
@@ -212,6 +273,7 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
         hostname,
         proxy,
         docker_source: args.docker_source,
+        docker_apt,
         nomad: NomadSource {
             version: args.nomad_version.clone(),
             release_url: url(&args.nomad_release_url, "--nomad-release-url")?,
@@ -259,6 +321,12 @@ pub fn record(
     record.nomad_version = Some(settings.nomad.version.clone());
     record.pds_image = Some(settings.pds_image.clone());
     record.plc_url = Some(settings.plc_url.clone());
+    record.docker_apt_url = Some(settings.docker_apt.url.clone());
+    record.docker_apt_key = settings
+        .docker_apt
+        .key
+        .as_ref()
+        .map(|k| k.path.display().to_string());
     record.timezone = Some(settings.timezone.clone());
     record.pds_env = settings
         .pds_env
@@ -336,5 +404,68 @@ mod tests {
         .unwrap();
         assert_eq!(defaults.plc_url, settings::PLC_URL);
         assert_eq!(defaults.pds_image, settings::PDS_IMAGE);
+    }
+
+    #[test]
+    fn docker_apt_mirror_and_its_key_are_remembered_together() {
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/docker-apt/mirror-key.asc"
+        );
+        let site = ["--hostname", "pds.example.com"];
+        let first = parse(
+            &[
+                &site[..],
+                &[
+                    "--email",
+                    "me@example.com",
+                    "--handle",
+                    "alice",
+                    "--docker-apt-url",
+                    "http://10.0.0.1:8080/docker/linux/",
+                    "--docker-apt-key",
+                    key,
+                ],
+            ]
+            .concat(),
+        );
+        let s = settings(&first, None).unwrap();
+        assert_eq!(s.docker_apt.url, "http://10.0.0.1:8080/docker/linux");
+        let fpr = "5968A284C69DB5AABD29FA9DD0488F1CD634191D";
+        assert_eq!(s.docker_apt.key.as_ref().unwrap().fingerprint, fpr);
+        let saved = record(&s, None, None);
+        assert_eq!(saved.docker_apt_key.as_deref(), Some(key));
+
+        // A later run without the flags: the same mirror, the same key.
+        let later = settings(&parse(&site), Some(&saved)).unwrap();
+        assert_eq!(later.docker_apt, s.docker_apt);
+        // A new URL alone means Docker's key, not the mirror's.
+        let back = settings(
+            &parse(&[&site[..], &["--docker-apt-url", settings::DOCKER_APT_URL]].concat()),
+            Some(&saved),
+        )
+        .unwrap();
+        assert_eq!(back.docker_apt.url, settings::DOCKER_APT_URL);
+        assert_eq!(back.docker_apt.key, None);
+        // A remembered key that is gone says so, and how to go on.
+        let mut moved = saved.clone();
+        moved.docker_apt_key = Some("/nonexistent/mirror-key.asc".into());
+        let err = format!("{:#}", settings(&parse(&site), Some(&moved)).unwrap_err());
+        assert!(
+            err.contains("/nonexistent/mirror-key.asc: cannot read it"),
+            "{err}"
+        );
+        assert!(
+            err.contains("remembered with --docker-apt-url http://10.0.0.1:8080/docker/linux"),
+            "{err}"
+        );
+        // Nothing given, nothing saved: Docker's repository and key.
+        let defaults = settings(
+            &parse(&[&site[..], &["--email", "a@b.co", "--handle", "bob"]].concat()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(defaults.docker_apt.url, settings::DOCKER_APT_URL);
+        assert_eq!(defaults.docker_apt.key, None);
     }
 }

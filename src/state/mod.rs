@@ -43,6 +43,9 @@ pub struct SiteRecord {
     pub nomad_version: Option<String>,
     pub pds_image: Option<String>,
     pub plc_url: Option<String>,
+    /// `--docker-apt-url`, and the `--docker-apt-key` that goes with it (absolute path).
+    pub docker_apt_url: Option<String>,
+    pub docker_apt_key: Option<String>,
     pub timezone: Option<String>,
     /// `--pds-env` values, `KEY=VALUE`.
     pub pds_env: Vec<String>,

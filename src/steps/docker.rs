@@ -1,12 +1,21 @@
 //! Docker: installed and running. `--docker-source docker` (default, the seed's
-//! way) uses Docker's apt repository; `distro` the distribution's `docker.io`.
-//! An engine that is already there is kept, whichever package it came from.
+//! way) uses Docker's apt repository, or a mirror laid out like it
+//! (`--docker-apt-url`, the OS id appended as in Docker's layout), trusting
+//! Docker's key shipped in pdsup or `--docker-apt-key`; `distro` the
+//! distribution's `docker.io`. The repository is fetched once with the trusted
+//! key alone before anything in /etc/apt changes, so a repository that does not
+//! verify is refused with apt's configuration as it was. An engine that is
+//! already there is kept, whichever package it came from.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use pgp::composed::{Deserializable, SignedPublicKey};
+use pgp::types::KeyDetails;
 
 use super::{Action, Contents, Ctx, StepId, StepPlan};
 use crate::host::{Cmd, FileMode};
-use crate::settings::{DockerSource, Settings};
+use crate::settings::{AptKey, DockerApt, DockerSource, Settings, DOCKER_APT_URL};
 
 /// apt-get that waits for a fresh droplet's unattended-upgrades instead of failing.
 pub const APT: &str =
@@ -17,11 +26,16 @@ pub struct Facts {
     pub installed: bool,
     pub active: bool,
     pub enabled: bool,
+    /// Which of Docker's repository suites applies.
+    pub os: OsRelease,
 }
 
 impl Facts {
     pub fn fresh() -> Self {
-        Facts::default()
+        Facts {
+            os: OsRelease::fresh(),
+            ..Facts::default()
+        }
     }
 }
 
@@ -38,6 +52,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         installed: out.lines().any(|l| l == "installed"),
         active: out.lines().any(|l| l == "active"),
         enabled: out.lines().any(|l| l == "enabled"),
+        os: gather_os(ctx).await?,
     })
 }
 
@@ -46,49 +61,268 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
 pub const DOCKER_APT_KEY: &str = include_str!("../../assets/docker-apt-key.asc");
 pub const DOCKER_APT_KEY_FINGERPRINT: &str = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88";
 const DOCKER_APT_KEY_PATH: &str = "/etc/apt/keyrings/docker.asc";
+const DOCKER_APT_LIST_PATH: &str = "/etc/apt/sources.list.d/docker.list";
+/// Where the key and a one-source list wait while the repository is checked, so
+/// that apt's own configuration changes only once the repository verified. Not
+/// under /tmp: apt reads keys as `_apt`, and the directory is made world-readable.
+const STAGING: &str = "/var/tmp/pdsup-docker-apt";
 
-pub fn install_script(source: DockerSource) -> String {
-    match source {
-        DockerSource::Distro => format!("set -e\n{APT} update\n{APT} install docker.io\n"),
-        DockerSource::Docker => format!(
-            r#"set -e
-{APT} update
-{APT} install ca-certificates
-. /etc/os-release
-echo "deb [arch=$(dpkg --print-architecture) signed-by={DOCKER_APT_KEY_PATH}] https://download.docker.com/linux/$ID $VERSION_CODENAME stable" > /etc/apt/sources.list.d/docker.list
-{APT} update
-{APT} install docker-ce docker-ce-cli containerd.io
-"#
+/// The releases pdsup supports and the suite Docker publishes each under
+/// (`<url>/<id>/dists/<codename>`). A table, not the droplet's `$VERSION_CODENAME`
+/// spliced into a URL: a release missing here is refused before apt is touched,
+/// and every line pdsup can write is unit-tested.
+const DOCKER_SUITES: &[(&str, &str, &str)] = &[
+    ("ubuntu", "22.04", "jammy"),
+    ("ubuntu", "24.04", "noble"),
+    ("debian", "12", "bookworm"),
+    ("debian", "13", "trixie"),
+];
+
+/// The droplet's release, from /etc/os-release and dpkg.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OsRelease {
+    /// `ID`: debian, ubuntu.
+    pub id: String,
+    /// `VERSION_ID`: 12, 24.04.
+    pub version_id: String,
+    /// `VERSION_CODENAME`, when the file has one.
+    pub codename: String,
+    /// `dpkg --print-architecture`: amd64, arm64.
+    pub arch: String,
+}
+
+const OS_PROBE: &str = r#". /etc/os-release 2>/dev/null
+echo "id=$ID"
+echo "version_id=$VERSION_ID"
+echo "codename=$VERSION_CODENAME"
+echo "arch=$(dpkg --print-architecture 2>/dev/null)""#;
+
+impl OsRelease {
+    /// What `pdsup plan` assumes without a droplet (preflight's fresh droplet).
+    pub fn fresh() -> Self {
+        OsRelease {
+            id: "ubuntu".into(),
+            version_id: "24.04".into(),
+            codename: "noble".into(),
+            arch: "amd64".into(),
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let mut os = OsRelease::default();
+        for (key, value) in text.lines().filter_map(|l| l.split_once('=')) {
+            let value = value.trim().to_string();
+            match key {
+                "id" => os.id = value,
+                "version_id" => os.version_id = value,
+                "codename" => os.codename = value,
+                "arch" => os.arch = value,
+                _ => {}
+            }
+        }
+        os
+    }
+}
+
+pub async fn gather_os(ctx: &mut Ctx<'_>) -> Result<OsRelease> {
+    Ok(OsRelease::parse(&ctx.probe(OS_PROBE).await?.stdout_str()))
+}
+
+/// Docker's repository (or a mirror of it) as one droplet uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AptRepo {
+    /// `<base>/<os id>`, e.g. https://download.docker.com/linux/debian.
+    pub url: String,
+    pub suite: &'static str,
+    pub arch: String,
+}
+
+impl AptRepo {
+    /// The repository for this droplet, or why there is none.
+    pub fn for_droplet(base_url: &str, os: &OsRelease) -> Result<AptRepo, String> {
+        let Some(&(id, _, suite)) = DOCKER_SUITES
+            .iter()
+            .find(|(id, version, _)| *id == os.id && *version == os.version_id)
+        else {
+            return Err(format!(
+                "pdsup knows Docker's repository suites for Ubuntu 22.04/24.04 and Debian 12/13, not {} {}: use --docker-source distro",
+                os.id, os.version_id
+            ));
+        };
+        if !os.codename.is_empty() && os.codename != suite {
+            return Err(format!(
+                "the droplet's /etc/os-release names {} {} `{}`, not `{suite}`: its release files look altered; fix /etc/os-release or use --docker-source distro",
+                os.id, os.version_id, os.codename
+            ));
+        }
+        if !matches!(os.arch.as_str(), "amd64" | "arm64") {
+            return Err(format!(
+                "Docker's repository serves amd64 and arm64 for pdsup, but dpkg reports `{}`",
+                os.arch
+            ));
+        }
+        Ok(AptRepo {
+            url: format!("{}/{id}", base_url.trim_end_matches('/')),
+            suite,
+            arch: os.arch.clone(),
+        })
+    }
+
+    /// The one-line apt source, as Docker's install guide writes it.
+    pub fn sources_line(&self, key_path: &str) -> String {
+        format!(
+            "deb [arch={} signed-by={key_path}] {} {} stable",
+            self.arch, self.url, self.suite
+        )
+    }
+}
+
+/// Reads `--docker-apt-key FILE` here, before connecting: an ASCII-armored OpenPGP
+/// public key whose self-signatures hold (apt writes it as an `.asc` keyring).
+pub fn read_apt_key(path: &Path) -> Result<AptKey> {
+    let shown = path.display();
+    let bytes =
+        std::fs::read(path).with_context(|| format!("--docker-apt-key {shown}: cannot read it"))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        anyhow!("--docker-apt-key {shown}: not ASCII-armored (a binary keyring?); give the armored public key, `gpg --armor --export KEYID`")
+    })?;
+    if text.contains("PRIVATE KEY BLOCK") {
+        bail!("--docker-apt-key {shown} holds a secret key: give only the public key (`gpg --armor --export KEYID`)");
+    }
+    let (key, _) = SignedPublicKey::from_string(&text).map_err(|e| {
+        anyhow!("--docker-apt-key {shown}: not an ASCII-armored OpenPGP public key ({e}); export one with `gpg --armor --export KEYID`")
+    })?;
+    key.verify_bindings().map_err(|e| {
+        anyhow!("--docker-apt-key {shown}: the key's self-signatures do not verify ({e}); export the key again from its owner")
+    })?;
+    Ok(AptKey {
+        path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+        armored: text,
+        fingerprint: format!("{:X}", key.primary_key.fingerprint()),
+    })
+}
+
+/// The key the droplet will trust for the repository: its armored text, its name
+/// (fingerprint only: it goes into scripts), and where it came from.
+fn trusted_key(apt: &DockerApt) -> (String, String, String) {
+    match &apt.key {
+        Some(key) => (
+            key.armored.clone(),
+            format!("the key {}", key.fingerprint),
+            format!(" from {}", key.path.display()),
+        ),
+        None => (
+            DOCKER_APT_KEY.to_string(),
+            format!("Docker's apt signing key {DOCKER_APT_KEY_FINGERPRINT}"),
+            String::new(),
         ),
     }
+}
+
+fn plan_repo_install(plan: &mut StepPlan, repo: &AptRepo, apt: &DockerApt) {
+    let (armored, key_name, origin) = trusted_key(apt);
+    plan.change(
+        format!(
+            "trust {key_name}{origin} for {} (staged in {STAGING})",
+            repo.url
+        ),
+        Action::Write {
+            path: format!("{STAGING}/docker.asc"),
+            contents: Contents::Text(armored),
+            mode: FileMode::root(0o644),
+        },
+    );
+    let check = check_script(repo, &key_name);
+    plan.change(
+        format!(
+            "check that {} {} is signed by that key",
+            repo.url, repo.suite
+        ),
+        Action::Run(Cmd::sh(check.clone())),
+    )
+    .detail(check);
+    let install = repo_install_script(repo);
+    plan.change(
+        format!(
+            "install Docker Engine from Docker's apt repository: {}",
+            repo.sources_line(DOCKER_APT_KEY_PATH)
+        ),
+        Action::Run(Cmd::sh(install.clone())),
+    )
+    .detail(install);
+}
+
+/// Fetches the repository's signed index with the staged key only; on failure the
+/// staging directory goes and nothing of apt's configuration has changed.
+pub fn check_script(repo: &AptRepo, key_name: &str) -> String {
+    let line = repo.sources_line(&format!("{STAGING}/docker.asc"));
+    let (url, suite) = (&repo.url, repo.suite);
+    format!(
+        r#"# check {url} {suite} against {key_name}
+set -e
+{APT} update
+{APT} install ca-certificates
+chmod 0755 {STAGING}
+echo '{line}' > {STAGING}/docker.list
+mkdir -p {STAGING}/none
+if ! apt-get -q -o Dir::Etc::SourceList={STAGING}/docker.list -o Dir::Etc::SourceParts={STAGING}/none -o APT::Get::List-Cleanup=0 update > {STAGING}/check.log 2>&1; then
+  grep -E '^(E|W|Err):' {STAGING}/check.log >&2 || tail -n 5 {STAGING}/check.log >&2
+  if grep -qiE 'NO_PUBKEY|not signed|BADSIG|EXPKEYSIG|signature' {STAGING}/check.log; then
+    echo "pdsup: refused {url} {suite}: it is not signed by {key_name}. Nothing was changed. For a mirror of your own, give its key with --docker-apt-key FILE; otherwise the mirror (--docker-apt-url) may be tampered with." >&2
+  else
+    echo "pdsup: apt could not fetch {url} {suite}. Nothing was changed. Check --docker-apt-url: a mirror laid out like {DOCKER_APT_URL}, without the /debian or /ubuntu pdsup appends." >&2
+  fi
+  rm -rf {STAGING}
+  exit 1
+fi
+"#
+    )
+}
+
+/// Installs the checked key and source for apt, then Docker Engine.
+pub fn repo_install_script(repo: &AptRepo) -> String {
+    let line = repo.sources_line(DOCKER_APT_KEY_PATH);
+    format!(
+        r#"# install Docker Engine from {url} {suite}
+set -e
+install -d -m 0755 /etc/apt/keyrings
+install -m 0644 {STAGING}/docker.asc {DOCKER_APT_KEY_PATH}
+echo '{line}' > {DOCKER_APT_LIST_PATH}
+rm -rf {STAGING}
+{APT} update
+{APT} install docker-ce docker-ce-cli containerd.io
+"#,
+        url = repo.url,
+        suite = repo.suite,
+    )
+}
+
+pub fn distro_install_script() -> String {
+    format!("set -e\n{APT} update\n{APT} install docker.io\n")
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     let mut plan = StepPlan::new(StepId::Docker);
     if !facts.installed {
-        let (summary, source) = match settings.docker_source {
-            DockerSource::Docker => (
-                "install Docker Engine from Docker's apt repository",
-                DockerSource::Docker,
-            ),
-            DockerSource::Distro => (
-                "install docker.io from the distribution",
-                DockerSource::Distro,
-            ),
-        };
-        if source == DockerSource::Docker {
-            plan.change(
-                format!("install Docker's apt signing key ({DOCKER_APT_KEY_FINGERPRINT}) at {DOCKER_APT_KEY_PATH}"),
-                Action::Write {
-                    path: DOCKER_APT_KEY_PATH.into(),
-                    contents: Contents::Text(DOCKER_APT_KEY.to_string()),
-                    mode: FileMode::root(0o644),
-                },
-            );
+        match settings.docker_source {
+            DockerSource::Docker => {
+                match AptRepo::for_droplet(&settings.docker_apt.url, &facts.os) {
+                    Ok(repo) => plan_repo_install(&mut plan, &repo, &settings.docker_apt),
+                    Err(why) => {
+                        plan.blockers.push(why);
+                        return plan;
+                    }
+                }
+            }
+            DockerSource::Distro => {
+                let script = distro_install_script();
+                plan.change(
+                    "install docker.io from the distribution",
+                    Action::Run(Cmd::sh(script.clone())),
+                )
+                .detail(script);
+            }
         }
-        let script = install_script(source);
-        plan.change(summary, Action::Run(Cmd::sh(script.clone())))
-            .detail(script);
     }
     if !facts.installed || !facts.active || !facts.enabled {
         plan.change(
@@ -102,22 +336,220 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::steps::Change;
+
+    fn os(id: &str, version_id: &str, codename: &str, arch: &str) -> OsRelease {
+        OsRelease {
+            id: id.into(),
+            version_id: version_id.into(),
+            codename: codename.into(),
+            arch: arch.into(),
+        }
+    }
+
+    fn line(os: &OsRelease) -> String {
+        AptRepo::for_droplet(DOCKER_APT_URL, os)
+            .expect("supported")
+            .sources_line(DOCKER_APT_KEY_PATH)
+    }
+
+    // One test per supported release: the exact line written to docker.list.
+    #[test]
+    fn sources_line_ubuntu_22_04_jammy() {
+        assert_eq!(
+            line(&os("ubuntu", "22.04", "jammy", "amd64")),
+            "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu jammy stable"
+        );
+        assert_eq!(
+            line(&os("ubuntu", "22.04", "jammy", "arm64")),
+            "deb [arch=arm64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu jammy stable"
+        );
+    }
+
+    #[test]
+    fn sources_line_ubuntu_24_04_noble() {
+        assert_eq!(
+            line(&os("ubuntu", "24.04", "noble", "amd64")),
+            "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu noble stable"
+        );
+        assert_eq!(
+            line(&os("ubuntu", "24.04", "noble", "arm64")),
+            "deb [arch=arm64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu noble stable"
+        );
+    }
+
+    #[test]
+    fn sources_line_debian_12_bookworm() {
+        assert_eq!(
+            line(&os("debian", "12", "bookworm", "amd64")),
+            "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian bookworm stable"
+        );
+        assert_eq!(
+            line(&os("debian", "12", "bookworm", "arm64")),
+            "deb [arch=arm64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian bookworm stable"
+        );
+    }
+
+    #[test]
+    fn sources_line_debian_13_trixie() {
+        assert_eq!(
+            line(&os("debian", "13", "trixie", "amd64")),
+            "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian trixie stable"
+        );
+        assert_eq!(
+            line(&os("debian", "13", "trixie", "arm64")),
+            "deb [arch=arm64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian trixie stable"
+        );
+    }
+
+    #[test]
+    fn os_release_facts_are_parsed_and_an_os_release_without_codename_is_fine() {
+        let parsed = OsRelease::parse("id=debian\nversion_id=13\ncodename=\narch=arm64\n");
+        assert_eq!(parsed, os("debian", "13", "", "arm64"));
+        assert!(line(&parsed).ends_with("/linux/debian trixie stable"));
+    }
+
+    #[test]
+    fn releases_docker_does_not_serve_here_are_blocked_before_apt() {
+        for (os, needle) in [
+            (os("debian", "11", "bullseye", "amd64"), "not debian 11"),
+            (os("ubuntu", "25.04", "plucky", "amd64"), "not ubuntu 25.04"),
+            (
+                os("debian", "12", "trixie", "amd64"),
+                "`trixie`, not `bookworm`",
+            ),
+            (os("debian", "12", "bookworm", "armhf"), "`armhf`"),
+        ] {
+            let err = AptRepo::for_droplet(DOCKER_APT_URL, &os).unwrap_err();
+            assert!(err.contains(needle), "{os:?}: {err}");
+            let facts = Facts {
+                os: os.clone(),
+                ..Facts::fresh()
+            };
+            let plan = plan(&facts, &Settings::example());
+            assert_eq!(plan.blockers, vec![err], "{os:?}");
+            assert!(plan.changes.is_empty(), "{os:?}: {:?}", plan.changes);
+        }
+    }
 
     #[test]
     fn fresh_droplet_installs_from_the_chosen_source() {
         let mut settings = Settings::example();
         let plan = plan(&Facts::fresh(), &settings);
-        assert_eq!(plan.changes.len(), 3);
-        assert!(plan.changes[0]
-            .summary
-            .contains("9DC858229FC7DD38854AE2D88D81803C0EBFCD88"));
-        assert!(plan.changes[1].summary.contains("Docker's apt repository"));
-        settings.docker_source = DockerSource::Distro;
-        let plan = super::plan(&Facts::fresh(), &settings);
+        let summaries: Vec<&str> = plan.changes.iter().map(|c| c.summary.as_str()).collect();
+        assert_eq!(plan.changes.len(), 4, "{summaries:?}");
+        assert_eq!(
+            summaries[0],
+            "trust Docker's apt signing key 9DC858229FC7DD38854AE2D88D81803C0EBFCD88 for https://download.docker.com/linux/ubuntu (staged in /var/tmp/pdsup-docker-apt)"
+        );
         match &plan.changes[0].action {
-            Action::Run(cmd) => assert!(cmd.script.contains("install docker.io")),
+            Action::Write {
+                path,
+                contents: Contents::Text(text),
+                ..
+            } => {
+                assert_eq!(path, "/var/tmp/pdsup-docker-apt/docker.asc");
+                assert_eq!(text, DOCKER_APT_KEY);
+            }
             other => panic!("unexpected {other:?}"),
         }
+        assert_eq!(
+            summaries[1],
+            "check that https://download.docker.com/linux/ubuntu noble is signed by that key"
+        );
+        let check = script(&plan.changes[1]);
+        assert!(check.contains("echo 'deb [arch=amd64 signed-by=/var/tmp/pdsup-docker-apt/docker.asc] https://download.docker.com/linux/ubuntu noble stable' > /var/tmp/pdsup-docker-apt/docker.list"), "{check}");
+        assert!(
+            check.contains("-o Dir::Etc::SourceList=/var/tmp/pdsup-docker-apt/docker.list"),
+            "{check}"
+        );
+        // The check never writes to apt's own configuration.
+        assert!(!check.contains("/etc/apt"), "{check}");
+        assert!(summaries[2].contains("Docker's apt repository"));
+        let install = script(&plan.changes[2]);
+        assert!(install.contains("echo 'deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu noble stable' > /etc/apt/sources.list.d/docker.list"), "{install}");
+        assert!(install.contains("install docker-ce docker-ce-cli containerd.io"));
+        settings.docker_source = DockerSource::Distro;
+        let plan = super::plan(&Facts::fresh(), &settings);
+        assert!(script(&plan.changes[0]).contains("install docker.io"));
+    }
+
+    fn script(change: &Change) -> &str {
+        match &change.action {
+            Action::Run(cmd) => &cmd.script,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/docker-apt")
+            .join(name)
+    }
+
+    #[test]
+    fn a_mirror_and_its_own_key_are_used_and_named_in_the_plan() {
+        let key = read_apt_key(&fixture("mirror-key.asc")).unwrap();
+        assert_eq!(key.fingerprint, "5968A284C69DB5AABD29FA9DD0488F1CD634191D");
+        let mut settings = Settings::example();
+        settings.docker_apt = DockerApt {
+            url: "http://10.213.0.1:8080/docker-apt/linux".into(),
+            key: Some(key.clone()),
+        };
+        let facts = Facts {
+            os: os("debian", "12", "bookworm", "amd64"),
+            ..Facts::fresh()
+        };
+        let plan = plan(&facts, &settings);
+        assert!(
+            plan.changes[0]
+                .summary
+                .starts_with("trust the key 5968A284C69DB5AABD29FA9DD0488F1CD634191D from /"),
+            "{}",
+            plan.changes[0].summary
+        );
+        match &plan.changes[0].action {
+            Action::Write {
+                contents: Contents::Text(text),
+                ..
+            } => assert_eq!(text, &key.armored),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(script(&plan.changes[1])
+            .contains("refused http://10.213.0.1:8080/docker-apt/linux/debian bookworm: it is not signed by the key 5968A284C69DB5AABD29FA9DD0488F1CD634191D"));
+        assert!(script(&plan.changes[2]).contains(
+            "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] http://10.213.0.1:8080/docker-apt/linux/debian bookworm stable"
+        ));
+    }
+
+    #[test]
+    fn apt_keys_that_are_not_armored_public_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = fixture("mirror-key.secret.asc");
+        let err = read_apt_key(&secret).unwrap_err().to_string();
+        assert!(err.contains("secret key"), "{err}");
+        let binary = dir.path().join("key.gpg");
+        std::fs::write(&binary, [0x99u8, 0x01, 0xff, 0xfe, 0x00]).unwrap();
+        let err = read_apt_key(&binary).unwrap_err().to_string();
+        assert!(err.contains("not ASCII-armored"), "{err}");
+        let text = dir.path().join("key.asc");
+        std::fs::write(&text, "not a key\n").unwrap();
+        let err = read_apt_key(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("not an ASCII-armored OpenPGP public key"),
+            "{err}"
+        );
+        let err = read_apt_key(&dir.path().join("missing.asc"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read it"), "{err}");
+        // Docker's own key passes the same checks.
+        let docker = dir.path().join("docker.asc");
+        std::fs::write(&docker, DOCKER_APT_KEY).unwrap();
+        assert_eq!(
+            read_apt_key(&docker).unwrap().fingerprint,
+            DOCKER_APT_KEY_FINGERPRINT
+        );
     }
 
     #[test]
@@ -137,6 +569,7 @@ mod tests {
             installed: true,
             active: true,
             enabled: true,
+            ..Facts::fresh()
         };
         assert!(plan(&running, &Settings::example()).is_unchanged());
         let stopped = Facts {
