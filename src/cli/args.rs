@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
-use crate::inputs::{Handle, Hostname};
+use crate::inputs::{check_one_line, Handle, Hostname, HttpUrl, ImageRef, Timezone};
 use crate::settings::{self, Acme, DockerSource, Io, NomadSource, Proxy, Settings};
 use crate::state::SiteRecord;
 
@@ -115,13 +115,13 @@ fn readable(path: &Path, flag: &str) -> Result<()> {
     Ok(())
 }
 
-fn url(value: &str, flag: &str) -> Result<String> {
-    if !(value.starts_with("https://") || value.starts_with("http://"))
-        || value.contains(char::is_whitespace)
-    {
-        bail!("{flag} {value:?}: expected an http(s):// URL");
-    }
-    Ok(value.trim_end_matches('/').to_string())
+/// Parses a value with its type's parser; the error names where it came from
+/// (the flag, or the site.toml field it was remembered in).
+fn parse_as<T>(value: &str, origin: &str) -> Result<T>
+where
+    T: std::str::FromStr<Err = crate::inputs::InputError>,
+{
+    value.parse().map_err(|e| anyhow!("{origin}: {e}"))
 }
 
 /// Validates flags and merges them with the site's saved record.
@@ -168,44 +168,63 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
     }
     // Values that shape what is deployed are remembered, so a later run (or a
     // rebuild) without the flag deploys the same thing rather than the default.
-    let remembered = |flag: &Option<String>, saved: Option<&String>, default: &str| {
-        flag.clone()
-            .or_else(|| saved.cloned())
-            .unwrap_or_else(|| default.to_string())
+    // Each comes back with where it came from, for the error if it is invalid.
+    let remembered = |flag: &Option<String>,
+                      flag_name: &str,
+                      saved: Option<&String>,
+                      field: &str,
+                      default: &str| {
+        match (flag, saved) {
+            (Some(v), _) => (v.clone(), flag_name.to_string()),
+            (None, Some(v)) => (v.clone(), format!("{field} in site.toml")),
+            (None, None) => (default.to_string(), flag_name.to_string()),
+        }
     };
-    let pds_image = remembered(
+    let (pds_image, origin) = remembered(
         &args.pds_image,
+        "--pds-image",
         record.and_then(|r| r.pds_image.as_ref()),
+        "pds_image",
         settings::PDS_IMAGE,
     );
-    let plc_url = remembered(
+    let pds_image = parse_as::<ImageRef>(&pds_image, &origin)?.to_string();
+    let (plc_url, origin) = remembered(
         &args.plc_url,
+        "--plc-url",
         record.and_then(|r| r.plc_url.as_ref()),
+        "plc_url",
         settings::PLC_URL,
     );
-    let timezone = remembered(
+    let plc_url = parse_as::<HttpUrl>(&plc_url, &origin)?.to_string();
+    let (timezone, origin) = remembered(
         &args.timezone,
+        "--timezone",
         record.and_then(|r| r.timezone.as_ref()),
+        "timezone",
         "UTC",
     );
-    if pds_image.trim().is_empty() || pds_image.contains(char::is_whitespace) {
-        bail!(
-            "--pds-image {pds_image:?}: expected an image reference like {}",
-            settings::PDS_IMAGE
-        );
+    let timezone = parse_as::<Timezone>(&timezone, &origin)?.to_string();
+    let io_image = parse_as::<ImageRef>(&args.io_image, "--io-image")?.to_string();
+    check_one_line("--io-config-dir", &args.io_config_dir)?;
+    if !args.io_config_dir.starts_with('/')
+        || args.io_config_dir.split('/').any(|part| part == "..")
+    {
+        bail!("--io-config-dir must be an absolute path on the droplet, without '..'");
     }
-    if !args.io_config_dir.starts_with('/') {
-        bail!("--io-config-dir must be an absolute path on the droplet");
-    }
-    let pds_env_raw = match (&args.pds_env, record) {
-        (given, _) if !given.is_empty() => given.clone(),
-        (_, Some(r)) => r.pds_env.clone(),
-        _ => Vec::new(),
+    let (pds_env_raw, origin) = match (&args.pds_env, record) {
+        (given, _) if !given.is_empty() => (given.clone(), "--pds-env"),
+        (_, Some(r)) => (r.pds_env.clone(), "site.toml pds_env"),
+        _ => (Vec::new(), "--pds-env"),
     };
     let pds_env = pds_env_raw
         .iter()
-        .map(|raw| crate::pds::env::parse_extra(raw))
+        .map(|raw| crate::pds::env::parse_extra_from(raw, origin))
         .collect::<Result<Vec<_>>>()?;
+    let mut keys: Vec<&str> = pds_env.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    if let Some(pair) = keys.windows(2).find(|w| w[0] == w[1]) {
+        bail!("{origin} sets {} twice; give each name once", pair[0]);
+    }
     Ok(Settings {
         handle: Handle::parse(&handle_raw, &hostname)?,
         email: email_raw.parse()?,
@@ -214,23 +233,24 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
         docker_source: args.docker_source,
         nomad: NomadSource {
             version: args.nomad_version.clone(),
-            release_url: url(&args.nomad_release_url, "--nomad-release-url")?,
+            release_url: parse_as::<HttpUrl>(&args.nomad_release_url, "--nomad-release-url")?
+                .to_string(),
             zip: args.nomad_zip.clone(),
             release_key: args.nomad_release_key.clone(),
         },
         pds_image,
         pds_image_archive: args.pds_image_archive.clone(),
-        plc_url: url(&plc_url, "--plc-url")?,
+        plc_url,
         acme: Acme {
             ca: args
                 .acme_ca
                 .as_deref()
-                .map(|u| url(u, "--acme-ca"))
+                .map(|u| parse_as::<HttpUrl>(u, "--acme-ca").map(|u| u.to_string()))
                 .transpose()?,
             ca_root: args.acme_ca_root.clone(),
         },
         io: Io {
-            image: args.io_image.clone(),
+            image: io_image,
             config_dir: args.io_config_dir.clone(),
         },
         confirm_email: args.confirm_email,
