@@ -287,10 +287,13 @@ fn good_env() -> String {
     format!("PDS_HOSTNAME=pds.example.com\nPDS_JWT_SECRET={JWT}\nPDS_ADMIN_PASSWORD={ADMIN}\nPDS_PLC_ROTATION_KEY_K256_PRIVATE_KEY_HEX={ROTATION}\n")
 }
 
+/// What is broken, the site's files (name, contents), and what the error must say.
+type BrokenState<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+
 #[test]
 fn broken_local_state_is_refused_before_connecting() {
     let env = good_env();
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<&str>)> = vec![
+    let cases: Vec<BrokenState> = vec![
         (
             "the old splice: a second PDS_JWT_SECRET after an open quote",
             vec![(

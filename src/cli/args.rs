@@ -155,10 +155,11 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             readable(p, flag)?;
         }
     }
-    if !args
-        .nomad_version
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
+    if args.nomad_version.is_empty()
+        || !args
+            .nomad_version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
     {
         bail!(
             "--nomad-version {:?}: expected a version like {}",
@@ -356,5 +357,38 @@ mod tests {
         .unwrap();
         assert_eq!(defaults.plc_url, settings::PLC_URL);
         assert_eq!(defaults.pds_image, settings::PDS_IMAGE);
+    }
+
+    #[test]
+    fn invalid_values_name_their_flag_or_saved_field() {
+        let site = [
+            "--hostname",
+            "pds.example.com",
+            "--email",
+            "a@b.co",
+            "--handle",
+            "bob",
+        ];
+        let err = |extra: &[&str], record: Option<&SiteRecord>| {
+            let args: Vec<&str> = site.iter().chain(extra).copied().collect();
+            settings(&parse(&args), record).unwrap_err().to_string()
+        };
+        let saved = SiteRecord {
+            timezone: Some("Europe/Berlin\nPDS_X=1".into()),
+            pds_env: vec!["PDS_FOO=a\nPDS_JWT_SECRET=evil".into()],
+            ..Default::default()
+        };
+        assert!(err(&[], Some(&saved)).starts_with("timezone in site.toml:"));
+        let fixed_tz = SiteRecord {
+            timezone: None,
+            ..saved.clone()
+        };
+        let e = err(&[], Some(&fixed_tz));
+        assert!(e.contains("site.toml pds_env PDS_FOO"), "{e}");
+        // A flag replaces the saved set.
+        assert!(err(&["--pds-env", "PDS_FOO=a\tb"], Some(&fixed_tz)).contains("--pds-env PDS_FOO"));
+        assert!(err(&["--nomad-version", ""], None).contains("--nomad-version"));
+        assert!(err(&["--io-config-dir", "/srv/../etc"], None).contains("--io-config-dir"));
+        assert!(err(&["--nomad-release-url", "file:///x"], None).contains("--nomad-release-url"));
     }
 }
