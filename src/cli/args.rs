@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
-use crate::inputs::{check_one_line, Handle, Hostname, HttpUrl, ImageRef, Timezone};
+use crate::inputs::{Handle, Hostname, HttpUrl, ImageRef, Timezone};
 use crate::settings::{self, Acme, DockerSource, Io, NomadSource, Proxy, Settings};
 use crate::state::SiteRecord;
 
@@ -206,11 +206,19 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
     );
     let timezone = parse_as::<Timezone>(&timezone, &origin)?.to_string();
     let io_image = parse_as::<ImageRef>(&args.io_image, "--io-image")?.to_string();
-    check_one_line("--io-config-dir", &args.io_config_dir)?;
-    if !args.io_config_dir.starts_with('/')
-        || args.io_config_dir.split('/').any(|part| part == "..")
+    // It lands in shell commands and the IO job: a plain absolute path only.
+    let dir = &args.io_config_dir;
+    if !dir.starts_with('/')
+        || dir.split('/').any(|part| part == "..")
+        || !dir
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c))
     {
-        bail!("--io-config-dir must be an absolute path on the droplet, without '..'");
+        bail!(
+            "--io-config-dir {dir:?}: expected an absolute path on the droplet of letters, \
+             digits, '/', '_', '.' and '-', without '..', e.g. {}",
+            settings::IO_VOLUME_PATH
+        );
     }
     let (pds_env_raw, origin) = match (&args.pds_env, record) {
         (given, _) if !given.is_empty() => (given.clone(), "--pds-env"),
@@ -388,7 +396,9 @@ mod tests {
         // A flag replaces the saved set.
         assert!(err(&["--pds-env", "PDS_FOO=a\tb"], Some(&fixed_tz)).contains("--pds-env PDS_FOO"));
         assert!(err(&["--nomad-version", ""], None).contains("--nomad-version"));
-        assert!(err(&["--io-config-dir", "/srv/../etc"], None).contains("--io-config-dir"));
+        for dir in ["/srv/../etc", "srv/io", "/srv/io dir", "/srv/io\n"] {
+            assert!(err(&["--io-config-dir", dir], None).contains("--io-config-dir"));
+        }
         assert!(err(&["--nomad-release-url", "file:///x"], None).contains("--nomad-release-url"));
     }
 }
