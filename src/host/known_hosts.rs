@@ -68,7 +68,9 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// Decides whether `offered` is the key of `host:port`, pinning it on first use.
+/// Decides whether `offered` is the site's key, reached at `host:port`: pins it
+/// on the site's first contact, notes a new address of the same key, and
+/// refuses any other key unless `accept_new` (with `read_only`, writes nothing).
 pub fn verify(
     host: &str,
     port: u16,
@@ -94,8 +96,12 @@ pub fn verify(
             learn(host, port, offered, &policy.pin_file).map_err(|e| pin_error(e.to_string()))?;
         }
         log::info!(
-            "{name}: host key {offered_fp} is the site's pinned key; noted this address in {}",
-            policy.pin_file.display()
+            "{name}: host key {offered_fp} is the site's pinned key{}",
+            if policy.read_only {
+                " (a new address; dry run: not noted)".to_string()
+            } else {
+                format!("; noted this address in {}", policy.pin_file.display())
+            }
         );
         return Ok(Trust::NewAddress);
     }

@@ -132,8 +132,8 @@ pub enum SshError {
     },
 
     #[error(
-        "cannot use the host key pin file {}: {reason}; fix or delete it (after deleting it, the \
-         next connection trusts the droplet's key on first use again)",
+        "cannot use the host key pin file {}: {reason}; correct that line, or restore the file \
+         from your backup (it is an OpenSSH known_hosts file holding the site's host key)",
         path.display()
     )]
     PinFile { path: PathBuf, reason: String },
