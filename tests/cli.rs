@@ -197,7 +197,7 @@ fn bad_input_is_refused_before_anything_happens() {
         ),
         (
             up_args(none, &["--docker-apt-url", "ftp://mirror.example/linux"]),
-            "--docker-apt-url \"ftp://mirror.example/linux\": expected an http(s):// URL",
+            "--docker-apt-url: invalid URL \"ftp://mirror.example/linux\": only http:// and https:// are supported",
         ),
         (
             up_args(
@@ -229,6 +229,44 @@ fn bad_input_is_refused_before_anything_happens() {
             up_args(none, &["--pds-env", "PDS_JWT_SECRET=x"]),
             "cannot set PDS_JWT_SECRET",
         ),
+        // A value that would add a line to pds.env.
+        (
+            up_args(none, &["--pds-env", "PDS_FOO=a\nPDS_JWT_SECRET=evil"]),
+            "--pds-env PDS_FOO",
+        ),
+        (
+            up_args(none, &["--pds-env", "PDS_FOO=a\rb"]),
+            "--pds-env PDS_FOO",
+        ),
+        (
+            up_args(none, &["--pds-env", "PDS_A=1", "--pds-env", "PDS_A=2"]),
+            "PDS_A twice",
+        ),
+        (
+            up_args(none, &["--timezone", "UTC\nPDS_JWT_SECRET=evil"]),
+            "--timezone",
+        ),
+        (
+            up_args(none, &["--timezone", "Europe/ Berlin"]),
+            "--timezone",
+        ),
+        (
+            up_args(none, &["--plc-url", "ftp://plc.example.com"]),
+            "--plc-url",
+        ),
+        (
+            up_args(none, &["--acme-ca", "https://ca.example.com/dir }"]),
+            "--acme-ca",
+        ),
+        (
+            up_args(none, &["--pds-image", "example/pds:1\"; reboot"]),
+            "--pds-image",
+        ),
+        (up_args(none, &["--io-image", "Example/IO"]), "--io-image"),
+        (
+            up_args(("--email", "\"me\nx\"@example.com"), &[]),
+            "invalid email",
+        ),
         (
             ["up", "root@203.0.113.7", "--hostname", "pds.example.com"]
                 .map(String::from)
@@ -253,4 +291,198 @@ fn bad_input_is_refused_before_anything_happens() {
         );
         assert!(!dir.path().join("sites").exists(), "{args:?} wrote state");
     }
+}
+
+const JWT: &str = "0123456789abcdef0123456789abcdef";
+const ADMIN: &str = "fedcba9876543210fedcba9876543210";
+const ROTATION: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+/// A site dir holding `files`, as (name, contents).
+fn site_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("sites/pds.example.com");
+    std::fs::create_dir_all(&site).unwrap();
+    for (name, contents) in files {
+        std::fs::write(site.join(name), contents).unwrap();
+    }
+    dir
+}
+
+/// Every file under `dir`, with its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((path, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn good_env() -> String {
+    format!("PDS_HOSTNAME=pds.example.com\nPDS_JWT_SECRET={JWT}\nPDS_ADMIN_PASSWORD={ADMIN}\nPDS_PLC_ROTATION_KEY_K256_PRIVATE_KEY_HEX={ROTATION}\n")
+}
+
+/// What is broken, the site's files (name, contents), and what the error must say.
+type BrokenState<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+
+#[test]
+fn broken_local_state_is_refused_before_connecting() {
+    let env = good_env();
+    let cases: Vec<BrokenState> = vec![
+        (
+            "the old splice: a second PDS_JWT_SECRET after an open quote",
+            vec![(
+                "pds.env",
+                format!("{env}PDS_FOO=\"a\nPDS_JWT_SECRET=evil\"\n"),
+            )],
+            vec![
+                "pds.env line 5",
+                "never closed",
+                "restore it from your backup",
+            ],
+        ),
+        (
+            "a secret defined twice",
+            vec![("pds.env", format!("{env}PDS_JWT_SECRET=evil\n"))],
+            vec![
+                "pds.env line 5",
+                "PDS_JWT_SECRET is defined a second time",
+                "backup",
+            ],
+        ),
+        (
+            "a line bash would read differently",
+            vec![("pds.env", format!("{env}PDS_X=$(reboot)\n"))],
+            vec!["pds.env line 5", "PDS_X", "backup"],
+        ),
+        (
+            "a missing secret",
+            vec![(
+                "pds.env",
+                env.replace(&format!("PDS_ADMIN_PASSWORD={ADMIN}\n"), ""),
+            )],
+            vec![
+                "pds.env is incomplete",
+                "PDS_ADMIN_PASSWORD is missing",
+                "backup",
+            ],
+        ),
+        (
+            "site.toml that is not TOML",
+            vec![(
+                "site.toml",
+                "hostname = \"pds.example.com\"\nemail = me@example.com\n".into(),
+            )],
+            vec!["site.toml line 2", "cannot be read", "backup"],
+        ),
+        (
+            "a time zone that would add a line to pds.env",
+            vec![(
+                "site.toml",
+                "hostname = \"pds.example.com\"\ntimezone = \"UTC\\nPDS_JWT_SECRET=evil\"\n".into(),
+            )],
+            vec!["site.toml line 2", "timezone", "backup"],
+        ),
+        (
+            "a saved --pds-env with a newline",
+            vec![(
+                "site.toml",
+                "hostname = \"pds.example.com\"\npds_env = [\"PDS_FOO=a\\nPDS_JWT_SECRET=evil\"]\n"
+                    .into(),
+            )],
+            vec!["site.toml line 2", "pds_env", "line break"],
+        ),
+        (
+            "a saved image that is no image reference",
+            vec![(
+                "site.toml",
+                "hostname = \"pds.example.com\"\n\npds_image = \"x; reboot\"\n".into(),
+            )],
+            vec!["site.toml line 3", "pds_image", "image reference"],
+        ),
+        (
+            "an account but no pds.env",
+            vec![(
+                "site.toml",
+                "hostname = \"pds.example.com\"\naccount_did = \"did:plc:abc\"\n".into(),
+            )],
+            vec![
+                "pds.env is missing",
+                "did:plc:abc",
+                "Restore it from your backup",
+            ],
+        ),
+    ];
+    for (what, files, needles) in &cases {
+        let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
+        let dir = site_with(&files);
+        let before = snapshot(dir.path());
+        for command in [up_args(("", ""), &[]), {
+            let mut plan: Vec<String> = vec!["plan".into()];
+            plan.extend(SITE.iter().map(|s| s.to_string()));
+            plan
+        }] {
+            let args: Vec<&str> = command.iter().map(String::as_str).collect();
+            let out = pdsup(&args, dir.path());
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+            for needle in needles {
+                assert!(
+                    stderr.contains(needle),
+                    "{what}: expected {needle:?} in:\n{stderr}"
+                );
+            }
+            assert!(
+                !stderr.contains("connect"),
+                "{what}: tried to connect: {stderr}"
+            );
+            assert!(!stderr.contains("delete"), "{what}: {stderr}");
+            let in_env_file = files.iter().any(|(name, _)| *name == "pds.env");
+            let secrets: &[&str] = if in_env_file {
+                &[JWT, ADMIN, ROTATION, "evil"]
+            } else {
+                &[JWT, ADMIN, ROTATION]
+            };
+            for secret in secrets {
+                assert!(
+                    !stderr.contains(secret),
+                    "{what}: a secret in the error: {stderr}"
+                );
+            }
+            assert_eq!(snapshot(dir.path()), before, "{what}: the state changed");
+        }
+    }
+}
+
+#[test]
+fn a_good_site_with_tricky_values_plans_and_keeps_its_files() {
+    // The control: the same kind of state, readable, is accepted (plan only).
+    let env = format!(
+        "{}PDS_EMAIL_FROM_ADDRESS=\"Admin \\\"x\\\" <a@b.co> \\$HOME `\"\n",
+        good_env()
+    )
+    .replace('`', "\\`");
+    let dir = site_with(&[
+        ("pds.env", &env),
+        (
+            "site.toml",
+            "hostname = \"pds.example.com\"\ntimezone = \"America/Argentina/Buenos_Aires\"\n",
+        ),
+    ]);
+    let before = snapshot(dir.path());
+    let mut args = vec!["plan"];
+    args.extend_from_slice(SITE);
+    let out = pdsup(&args, dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("America/Argentina/Buenos_Aires"));
+    assert_eq!(snapshot(dir.path()), before);
 }

@@ -1520,6 +1520,17 @@ fn bad_input_is_refused_before_anything_changes() {
     let d = Droplet::start("bookworm");
     let dest = root_dest(&d);
 
+    // A dry run saves nothing locally either: no host key pin, no site.toml,
+    // not even the site's directory.
+    let run = op.run(&op.up_args(&dest, &["--dry-run"]));
+    run.assert_ok("a dry run against a fresh droplet");
+    assert!(
+        op.state_files().is_empty() && !op.site_dir().exists(),
+        "a dry run wrote state: {:?}",
+        op.state_files()
+    );
+    assert_untouched(&d, "a dry run");
+
     // Wrong passphrase for an encrypted copy of the test key.
     let encrypted = op.home.path().join("id_encrypted");
     fs::copy(ssh_key(), &encrypted).unwrap();
@@ -1539,11 +1550,22 @@ fn bad_input_is_refused_before_anything_changes() {
         &["wrong passphrase", "PDSUP_SSH_PASSPHRASE"],
     );
     assert!(!run.stderr.contains("right passphrase"));
+    let state_before: Vec<(PathBuf, Vec<u8>)> = op
+        .state_files()
+        .into_iter()
+        .map(|p| (p.clone(), fs::read(&p).unwrap()))
+        .collect();
     let run = op.run_with(
         &[&args[..], &["--dry-run".to_string()]].concat(),
         &[("PDSUP_SSH_PASSPHRASE", "right passphrase")],
     );
     run.assert_ok("the right passphrase (dry run)");
+    let state_after: Vec<(PathBuf, Vec<u8>)> = op
+        .state_files()
+        .into_iter()
+        .map(|p| (p.clone(), fs::read(&p).unwrap()))
+        .collect();
+    assert_eq!(state_after, state_before, "a dry run changed the state dir");
     assert_untouched(&d, "wrong passphrase, then a dry run");
 
     // An OS pdsup does not support.

@@ -224,6 +224,7 @@ impl Fixture {
             passphrase: None,
             known_hosts: self.pin_file(),
             accept_new_host_key: false,
+            pin_read_only: false,
             ssh_config: Some(self.path("empty_ssh_config")),
             connect_timeout: Duration::from_secs(10),
         }
@@ -455,6 +456,116 @@ async fn changed_host_key_stops_unless_accepted_then_is_repinned() {
     // From now on the new key is the pinned one, without the flag.
     let again = fx.connect().await;
     assert_eq!(again.host_key_fingerprint(), fp_b);
+}
+
+/// Restarts sshd with `host_key` on a new port: the same site at a new address.
+fn move_to_new_address(fx: &mut Fixture, host_key: &str) {
+    fx.port = 0;
+    fx.start(host_key);
+}
+
+/// OpenSSH's own client trusts the pin file as its known_hosts (strict checking).
+fn openssh_accepts_pin_file(fx: &Fixture) {
+    let out = Command::new("ssh")
+        .args([
+            "-F",
+            "none",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", fx.pin_file().display()))
+        .arg("-i")
+        .arg(&fx.client_key)
+        .args(["-p", &fx.port.to_string(), "root@127.0.0.1", "true"])
+        .output()
+        .expect("ssh");
+    assert!(
+        out.status.success(),
+        "ssh with the pin file as known_hosts:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_key_is_pinned_per_site_whatever_the_address() {
+    let mut fx = Fixture::new();
+    let fp_a = openssh_fingerprint(&pub_file(&fx.path("host_a")));
+    let fp_b = openssh_fingerprint(&pub_file(&fx.path("host_b")));
+
+    // A dry run's first contact checks the key but pins nothing.
+    let mut dry = fx.opts();
+    dry.pin_read_only = true;
+    let host = fx.connect_opts(&dry, &fx.env()).await.unwrap();
+    assert_eq!(host.host_key_fingerprint(), fp_a);
+    drop(host);
+    assert!(!fx.pin_file().exists(), "a dry run pinned the host key");
+    assert!(
+        !fx.pin_file().parent().unwrap().exists(),
+        "a dry run created the site dir"
+    );
+
+    drop(fx.connect().await);
+    let first_port = fx.port;
+
+    // The site's key at a new address: trusted, and the address is noted.
+    move_to_new_address(&mut fx, "host_a");
+    assert_ne!(fx.port, first_port);
+    drop(fx.connect().await);
+    let pins = std::fs::read_to_string(fx.pin_file()).unwrap();
+    let blob_a = std::fs::read_to_string(pub_file(&fx.path("host_a")))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        entries(&pins),
+        vec![
+            format!("[127.0.0.1]:{first_port} ssh-ed25519 {blob_a}"),
+            format!("[127.0.0.1]:{} ssh-ed25519 {blob_a}", fx.port),
+        ]
+    );
+    openssh_accepts_pin_file(&fx);
+
+    // Another key at yet another address is not a first contact: it stops the
+    // run with both fingerprints, and a dry run with the flag pins nothing.
+    move_to_new_address(&mut fx, "host_b");
+    let err = fx.connect_opts(&fx.opts(), &fx.env()).await.err().unwrap();
+    match ssh_error(&err) {
+        SshError::HostKeyChanged {
+            known_fingerprint,
+            offered_fingerprint,
+            ..
+        } => {
+            assert_eq!(known_fingerprint, &fp_a);
+            assert_eq!(offered_fingerprint, &fp_b);
+        }
+        other => panic!("expected HostKeyChanged, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains(&fp_a) && message.contains(&fp_b),
+        "{message}"
+    );
+    let mut dry_accept = fx.opts();
+    dry_accept.pin_read_only = true;
+    dry_accept.accept_new_host_key = true;
+    drop(fx.connect_opts(&dry_accept, &fx.env()).await.unwrap());
+    assert_eq!(std::fs::read_to_string(fx.pin_file()).unwrap(), pins);
+
+    // Accepted deliberately: the new key is the site's key, at every address.
+    let mut accept = fx.opts();
+    accept.accept_new_host_key = true;
+    drop(fx.connect_opts(&accept, &fx.env()).await.unwrap());
+    let pins = std::fs::read_to_string(fx.pin_file()).unwrap();
+    assert_eq!(entries(&pins).len(), 1, "{pins}");
+    assert!(!pins.contains(&blob_a), "{pins}");
+    openssh_accepts_pin_file(&fx);
+    move_to_new_address(&mut fx, "host_a");
+    assert!(fx.connect_opts(&fx.opts(), &fx.env()).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
-use crate::inputs::{Handle, Hostname};
+use crate::inputs::{Handle, Hostname, HttpUrl, ImageRef, Timezone};
 use crate::settings::{self, Acme, DockerApt, DockerSource, Io, NomadSource, Proxy, Settings};
 use crate::state::SiteRecord;
 
@@ -123,13 +123,13 @@ fn readable(path: &Path, flag: &str) -> Result<()> {
     Ok(())
 }
 
-fn url(value: &str, flag: &str) -> Result<String> {
-    if !(value.starts_with("https://") || value.starts_with("http://"))
-        || value.contains(char::is_whitespace)
-    {
-        bail!("{flag} {value:?}: expected an http(s):// URL");
-    }
-    Ok(value.trim_end_matches('/').to_string())
+/// Parses a value with its type's parser; the error names where it came from
+/// (the flag, or the site.toml field it was remembered in).
+fn parse_as<T>(value: &str, origin: &str) -> Result<T>
+where
+    T: std::str::FromStr<Err = crate::inputs::InputError>,
+{
+    value.parse().map_err(|e| anyhow!("{origin}: {e}"))
 }
 
 /// Docker's apt repository and the key to trust for it. The key is remembered
@@ -147,7 +147,7 @@ fn docker_apt(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<DockerApt>
     } else {
         raw_url
     };
-    let url = url(&raw_url, "--docker-apt-url")?;
+    let url = parse_as::<HttpUrl>(&raw_url, "--docker-apt-url")?.to_string();
     // The URL goes into apt's sources line and a shell command on the droplet.
     if let Some(c) = url
         .chars()
@@ -215,10 +215,11 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             readable(p, flag)?;
         }
     }
-    if !args
-        .nomad_version
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
+    if args.nomad_version.is_empty()
+        || !args
+            .nomad_version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
     {
         bail!(
             "--nomad-version {:?}: expected a version like {}",
@@ -228,45 +229,72 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
     }
     // Values that shape what is deployed are remembered, so a later run (or a
     // rebuild) without the flag deploys the same thing rather than the default.
-    let remembered = |flag: &Option<String>, saved: Option<&String>, default: &str| {
-        flag.clone()
-            .or_else(|| saved.cloned())
-            .unwrap_or_else(|| default.to_string())
+    // Each comes back with where it came from, for the error if it is invalid.
+    let remembered = |flag: &Option<String>,
+                      flag_name: &str,
+                      saved: Option<&String>,
+                      field: &str,
+                      default: &str| {
+        match (flag, saved) {
+            (Some(v), _) => (v.clone(), flag_name.to_string()),
+            (None, Some(v)) => (v.clone(), format!("{field} in site.toml")),
+            (None, None) => (default.to_string(), flag_name.to_string()),
+        }
     };
-    let pds_image = remembered(
+    let (pds_image, origin) = remembered(
         &args.pds_image,
+        "--pds-image",
         record.and_then(|r| r.pds_image.as_ref()),
+        "pds_image",
         settings::PDS_IMAGE,
     );
-    let plc_url = remembered(
+    let pds_image = parse_as::<ImageRef>(&pds_image, &origin)?.to_string();
+    let (plc_url, origin) = remembered(
         &args.plc_url,
+        "--plc-url",
         record.and_then(|r| r.plc_url.as_ref()),
+        "plc_url",
         settings::PLC_URL,
     );
-    let timezone = remembered(
+    let plc_url = parse_as::<HttpUrl>(&plc_url, &origin)?.to_string();
+    let (timezone, origin) = remembered(
         &args.timezone,
+        "--timezone",
         record.and_then(|r| r.timezone.as_ref()),
+        "timezone",
         "UTC",
     );
-    if pds_image.trim().is_empty() || pds_image.contains(char::is_whitespace) {
+    let timezone = parse_as::<Timezone>(&timezone, &origin)?.to_string();
+    let io_image = parse_as::<ImageRef>(&args.io_image, "--io-image")?.to_string();
+    // It lands in shell commands and the IO job: a plain absolute path only.
+    let dir = &args.io_config_dir;
+    if !dir.starts_with('/')
+        || dir.split('/').any(|part| part == "..")
+        || !dir
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c))
+    {
         bail!(
-            "--pds-image {pds_image:?}: expected an image reference like {}",
-            settings::PDS_IMAGE
+            "--io-config-dir {dir:?}: expected an absolute path on the droplet of letters, \
+             digits, '/', '_', '.' and '-', without '..', e.g. {}",
+            settings::IO_VOLUME_PATH
         );
     }
-    if !args.io_config_dir.starts_with('/') {
-        bail!("--io-config-dir must be an absolute path on the droplet");
-    }
     let docker_apt = docker_apt(args, record)?;
-    let pds_env_raw = match (&args.pds_env, record) {
-        (given, _) if !given.is_empty() => given.clone(),
-        (_, Some(r)) => r.pds_env.clone(),
-        _ => Vec::new(),
+    let (pds_env_raw, origin) = match (&args.pds_env, record) {
+        (given, _) if !given.is_empty() => (given.clone(), "--pds-env"),
+        (_, Some(r)) => (r.pds_env.clone(), "site.toml pds_env"),
+        _ => (Vec::new(), "--pds-env"),
     };
     let pds_env = pds_env_raw
         .iter()
-        .map(|raw| crate::pds::env::parse_extra(raw))
+        .map(|raw| crate::pds::env::parse_extra_from(raw, origin))
         .collect::<Result<Vec<_>>>()?;
+    let mut keys: Vec<&str> = pds_env.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    if let Some(pair) = keys.windows(2).find(|w| w[0] == w[1]) {
+        bail!("{origin} sets {} twice; give each name once", pair[0]);
+    }
     Ok(Settings {
         handle: Handle::parse(&handle_raw, &hostname)?,
         email: email_raw.parse()?,
@@ -276,23 +304,24 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
         docker_apt,
         nomad: NomadSource {
             version: args.nomad_version.clone(),
-            release_url: url(&args.nomad_release_url, "--nomad-release-url")?,
+            release_url: parse_as::<HttpUrl>(&args.nomad_release_url, "--nomad-release-url")?
+                .to_string(),
             zip: args.nomad_zip.clone(),
             release_key: args.nomad_release_key.clone(),
         },
         pds_image,
         pds_image_archive: args.pds_image_archive.clone(),
-        plc_url: url(&plc_url, "--plc-url")?,
+        plc_url,
         acme: Acme {
             ca: args
                 .acme_ca
                 .as_deref()
-                .map(|u| url(u, "--acme-ca"))
+                .map(|u| parse_as::<HttpUrl>(u, "--acme-ca").map(|u| u.to_string()))
                 .transpose()?,
             ca_root: args.acme_ca_root.clone(),
         },
         io: Io {
-            image: args.io_image.clone(),
+            image: io_image,
             config_dir: args.io_config_dir.clone(),
         },
         confirm_email: args.confirm_email,
@@ -467,5 +496,40 @@ mod tests {
         .unwrap();
         assert_eq!(defaults.docker_apt.url, settings::DOCKER_APT_URL);
         assert_eq!(defaults.docker_apt.key, None);
+    }
+
+    #[test]
+    fn invalid_values_name_their_flag_or_saved_field() {
+        let site = [
+            "--hostname",
+            "pds.example.com",
+            "--email",
+            "a@b.co",
+            "--handle",
+            "bob",
+        ];
+        let err = |extra: &[&str], record: Option<&SiteRecord>| {
+            let args: Vec<&str> = site.iter().chain(extra).copied().collect();
+            settings(&parse(&args), record).unwrap_err().to_string()
+        };
+        let saved = SiteRecord {
+            timezone: Some("Europe/Berlin\nPDS_X=1".into()),
+            pds_env: vec!["PDS_FOO=a\nPDS_JWT_SECRET=evil".into()],
+            ..Default::default()
+        };
+        assert!(err(&[], Some(&saved)).starts_with("timezone in site.toml:"));
+        let fixed_tz = SiteRecord {
+            timezone: None,
+            ..saved.clone()
+        };
+        let e = err(&[], Some(&fixed_tz));
+        assert!(e.contains("site.toml pds_env PDS_FOO"), "{e}");
+        // A flag replaces the saved set.
+        assert!(err(&["--pds-env", "PDS_FOO=a\tb"], Some(&fixed_tz)).contains("--pds-env PDS_FOO"));
+        assert!(err(&["--nomad-version", ""], None).contains("--nomad-version"));
+        for dir in ["/srv/../etc", "srv/io", "/srv/io dir", "/srv/io\n"] {
+            assert!(err(&["--io-config-dir", dir], None).contains("--io-config-dir"));
+        }
+        assert!(err(&["--nomad-release-url", "file:///x"], None).contains("--nomad-release-url"));
     }
 }

@@ -85,6 +85,7 @@ pub async fn plan(args: PlanArgs, global: &Global) -> Result<()> {
     }
     let (site, previous) = open_site(&args.site, global)?;
     let settings = args::settings(&args.site, previous.as_ref())?;
+    check_secrets(&site, previous.as_ref())?;
     let secrets = site.load_secrets()?.unwrap_or_else(PdsSecrets::generate);
     let mut report = RunReport::default();
     let mut text =
@@ -133,9 +134,12 @@ async fn run(
     ssh_args: &SshArgs,
     global: &Global,
 ) -> Result<()> {
-    // Everything the user typed is checked before any connection.
+    // Everything the user typed, and the site's saved state, is checked before
+    // any connection: a broken site.toml or pds.env stops the run here, not
+    // after the installs.
     let (site, previous) = open_site(site_args, global)?;
     let settings = args::settings(site_args, previous.as_ref())?;
+    check_secrets(&site, previous.as_ref())?;
     let destination: Option<Destination> = match (&dest, local) {
         (Some(d), false) => Some(d.parse()?),
         (None, true) => None,
@@ -154,6 +158,7 @@ async fn run(
                 passphrase: None,
                 known_hosts: site.known_hosts(),
                 accept_new_host_key: ssh_args.accept_new_host_key,
+                pin_read_only: dry_run,
                 ssh_config: ssh_args.ssh_config.clone(),
                 connect_timeout: Duration::from_secs(20),
             };
@@ -178,6 +183,23 @@ async fn run(
         }
     };
     print_summary(&ui, &settings, &ctx.outcome, &report, &site, dry_run)
+}
+
+/// `pds.env` must be readable exactly, and must exist once the site has an
+/// account: new secrets would mean a new PLC rotation key for an existing DID.
+fn check_secrets(site: &SiteDir, record: Option<&crate::state::SiteRecord>) -> Result<()> {
+    if site.load_secrets()?.is_none() {
+        if let Some(did) = record.and_then(|r| r.account_did.as_deref()) {
+            bail!(
+                "{} is missing, but {} records the account {did}: its secrets and PLC rotation \
+                 key are in that file. Restore it from your backup; pdsup will not generate new \
+                 secrets for a site that already has an identity",
+                site.env_file().display(),
+                site.site_file().display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_summary(

@@ -1,9 +1,13 @@
 //! Host key pinning: trust on first use, then the key is pinned per site.
 //!
 //! The pin file (`known_hosts` in the site's state dir, OpenSSH format, mode
-//! 0600) is the authority. Its rules are stricter than OpenSSH's: once a host is
-//! pinned, *any* other key is a change, whatever its algorithm, because pdsup
-//! wrote the entry itself with the algorithm it negotiates. The user's own
+//! 0600) is the authority, and it belongs to the site, not to an address: a
+//! site has one host key whatever address it is reached at. So the same key at
+//! a new address is accepted (the address is added to the file), and a
+//! different key at *any* address, known or new, stops the run until
+//! `--accept-new-host-key`. The rules are stricter than OpenSSH's: any other
+//! key is a change, whatever its algorithm, because pdsup wrote the entries
+//! itself with the algorithm it negotiates. The user's own
 //! `~/.ssh/known_hosts` is consulted only while nothing is pinned, and there
 //! only a key of the same algorithm counts as a conflict (OpenSSH may have
 //! recorded, say, the ECDSA key while we negotiate Ed25519).
@@ -32,13 +36,18 @@ pub struct PinPolicy {
     pub user_known_hosts: Option<PathBuf>,
     /// `--accept-new-host-key`: replace a pinned key that changed.
     pub accept_new: bool,
+    /// `--dry-run`: decide as usual, but write nothing to the pin file.
+    pub read_only: bool,
 }
 
 /// Why a key was accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Trust {
-    /// The pin file already holds this key.
+    /// The pin file already holds this key for this address.
     Pinned,
+    /// The site's pinned key, reached at an address not seen before; the
+    /// address is now noted beside it.
+    NewAddress,
     /// First connection: the key is now pinned.
     Learned,
     /// `--accept-new-host-key` replaced these pinned keys (fingerprints).
@@ -59,7 +68,9 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// Decides whether `offered` is the key of `host:port`, pinning it on first use.
+/// Decides whether `offered` is the site's key, reached at `host:port`: pins it
+/// on the site's first contact, notes a new address of the same key, and
+/// refuses any other key unless `accept_new` (with `read_only`, writes nothing).
 pub fn verify(
     host: &str,
     port: u16,
@@ -73,14 +84,29 @@ pub fn verify(
         reason,
     };
 
-    let pinned =
-        known_host_keys_path(host, port, &policy.pin_file).map_err(|e| pin_error(e.to_string()))?;
-    if pinned.iter().any(|(_, k)| same_key(k, offered)) {
-        log::debug!("{name}: host key {offered_fp} matches the pinned key");
-        return Ok(Trust::Pinned);
+    let site_keys = read_pins(&policy.pin_file).map_err(pin_error)?;
+    if site_keys.iter().any(|k| same_key(k, offered)) {
+        let here = known_host_keys_path(host, port, &policy.pin_file)
+            .map_err(|e| pin_error(e.to_string()))?;
+        if here.iter().any(|(_, k)| same_key(k, offered)) {
+            log::debug!("{name}: host key {offered_fp} matches the site's pinned key");
+            return Ok(Trust::Pinned);
+        }
+        if !policy.read_only {
+            learn(host, port, offered, &policy.pin_file).map_err(|e| pin_error(e.to_string()))?;
+        }
+        log::info!(
+            "{name}: host key {offered_fp} is the site's pinned key{}",
+            if policy.read_only {
+                " (a new address; dry run: not noted)".to_string()
+            } else {
+                format!("; noted this address in {}", policy.pin_file.display())
+            }
+        );
+        return Ok(Trust::NewAddress);
     }
-    if !pinned.is_empty() {
-        let previous = fingerprints(pinned.iter().map(|(_, k)| k));
+    if !site_keys.is_empty() {
+        let previous = fingerprints(site_keys.iter());
         if !policy.accept_new {
             return Err(SshError::HostKeyChanged {
                 host: name,
@@ -89,12 +115,17 @@ pub fn verify(
                 pin_file: policy.pin_file.clone(),
             });
         }
-        replace(host, port, offered, &policy.pin_file).map_err(|e| pin_error(e.to_string()))?;
+        if !policy.read_only {
+            replace(host, port, offered, &policy.pin_file).map_err(|e| pin_error(e.to_string()))?;
+        }
         log::warn!(
-            "{name}: host key changed from {} to {offered_fp}; accepted (--accept-new-host-key) \
-             and pinned in {}",
+            "{name}: host key changed from {} to {offered_fp}; accepted (--accept-new-host-key){}",
             previous.join(", "),
-            policy.pin_file.display()
+            if policy.read_only {
+                " for this dry run; not pinned".to_string()
+            } else {
+                format!(" and pinned in {}", policy.pin_file.display())
+            }
         );
         return Ok(Trust::Replaced { previous });
     }
@@ -135,12 +166,48 @@ pub fn verify(
         }
     }
 
+    if policy.read_only {
+        log::info!("{name}: trusting host key {offered_fp} on first use (dry run: not pinned)");
+        return Ok(Trust::Learned);
+    }
     learn(host, port, offered, &policy.pin_file).map_err(|e| pin_error(e.to_string()))?;
     log::info!(
         "{name}: trusting host key {offered_fp} on first use; pinned in {}",
         policy.pin_file.display()
     );
     Ok(Trust::Learned)
+}
+
+/// Every key in the pin file, whatever address it is listed for (hashed names
+/// included: the key, not the name, is what the site pins). A missing file
+/// pins nothing; a line that is not `[marker] names keytype base64 [comment]`
+/// is an error naming the line.
+fn read_pins(pin_file: &Path) -> Result<Vec<PublicKey>, String> {
+    let text = match std::fs::read_to_string(pin_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        if line.starts_with('@') {
+            // @cert-authority / @revoked: never written by pdsup, pins no host key.
+            continue;
+        }
+        let (_names, kind, data) = (fields.next(), fields.next(), fields.next());
+        let key = match (kind, data) {
+            (Some(kind), Some(data)) => PublicKey::from_openssh(&format!("{kind} {data}"))
+                .map_err(|e| format!("line {}: not a host key ({e})", i + 1))?,
+            _ => return Err(format!("line {}: expected `host keytype key`", i + 1)),
+        };
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 fn same_key(a: &PublicKey, b: &PublicKey) -> bool {
@@ -165,18 +232,14 @@ fn learn(host: &str, port: u16, key: &PublicKey, pin_file: &Path) -> std::io::Re
     std::fs::set_permissions(pin_file, std::fs::Permissions::from_mode(0o600))
 }
 
-/// Drops every line for `host:port` (written by [`learn`], so never hashed) and
-/// pins `key` instead. The file is rewritten beside and renamed: a crash leaves
-/// the old pins, never a half-written file.
+/// Drops every pinned key (the site has one key, whatever its addresses) and
+/// pins `key` for `host:port`. Comments are kept. The file is rewritten beside
+/// and renamed: a crash leaves the old pins, never a half-written file.
 fn replace(host: &str, port: u16, key: &PublicKey, pin_file: &Path) -> std::io::Result<()> {
-    let name = entry_name(host, port);
     let old = std::fs::read_to_string(pin_file)?;
     let kept: String = old
         .lines()
-        .filter(|line| {
-            let names = line.split_whitespace().next().unwrap_or("");
-            line.starts_with('#') || !names.split(',').any(|n| n == name)
-        })
+        .filter(|line| line.trim_start().starts_with('#'))
         .map(|line| format!("{line}\n"))
         .collect();
     let tmp = pin_file.with_extension("pdsup-tmp");
@@ -230,6 +293,7 @@ mod tests {
             pin_file: dir.join("state/site/known_hosts"),
             user_known_hosts: Some(dir.join("user_known_hosts")),
             accept_new: false,
+            read_only: false,
         }
     }
 
@@ -265,8 +329,89 @@ mod tests {
             .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         assert_eq!(verify("h", 2222, &key(KEY_A), &p).unwrap(), Trust::Pinned);
-        // The same host on another port is another entry.
-        assert_eq!(verify("h", 22, &key(KEY_B), &p).unwrap(), Trust::Learned);
+    }
+
+    #[test]
+    fn the_pin_is_per_site_not_per_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(dir.path());
+        verify("h", 2222, &key(KEY_A), &p).unwrap();
+        // The site's key at a new address (or port): accepted, the address noted.
+        assert_eq!(
+            verify("h2", 22, &key(KEY_A), &p).unwrap(),
+            Trust::NewAddress
+        );
+        assert_eq!(verify("h", 22, &key(KEY_A), &p).unwrap(), Trust::NewAddress);
+        assert_eq!(verify("h2", 22, &key(KEY_A), &p).unwrap(), Trust::Pinned);
+        let text = std::fs::read_to_string(&p.pin_file).unwrap();
+        assert_eq!(
+            text,
+            format!("{HEADER}[h]:2222 {KEY_A}\nh2 {KEY_A}\nh {KEY_A}\n")
+        );
+        // Another key at a new address is a changed site key, not a first contact.
+        for (host, port) in [("h3", 22), ("h", 2222)] {
+            match verify(host, port, &key(KEY_B), &p).unwrap_err() {
+                SshError::HostKeyChanged {
+                    known_fingerprint,
+                    offered_fingerprint,
+                    ..
+                } => {
+                    assert_eq!(known_fingerprint, fingerprint(&key(KEY_A)));
+                    assert_eq!(offered_fingerprint, fingerprint(&key(KEY_B)));
+                }
+                e => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(std::fs::read_to_string(&p.pin_file).unwrap(), text);
+    }
+
+    #[test]
+    fn the_pin_file_stays_valid_for_openssh() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(dir.path());
+        verify("h", 2222, &key(KEY_A), &p).unwrap();
+        verify("10.0.0.9", 22, &key(KEY_A), &p).unwrap();
+        // ssh-keygen -F finds each address in the file, with the site's key.
+        for name in ["[h]:2222", "10.0.0.9"] {
+            let out = std::process::Command::new("ssh-keygen")
+                .arg("-F")
+                .arg(name)
+                .arg("-f")
+                .arg(&p.pin_file)
+                .output()
+                .expect("ssh-keygen");
+            let found = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{name}: {found}");
+            assert!(found.contains(KEY_A), "{name}: {found}");
+        }
+    }
+
+    #[test]
+    fn read_only_decides_the_same_but_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = policy(dir.path());
+        p.read_only = true;
+        assert_eq!(verify("h", 22, &key(KEY_A), &p).unwrap(), Trust::Learned);
+        assert!(!p.pin_file.exists(), "a read-only first contact pinned");
+        assert!(
+            !p.pin_file.parent().unwrap().exists(),
+            "the site dir was created"
+        );
+        p.read_only = false;
+        verify("h", 22, &key(KEY_A), &p).unwrap();
+        let before = std::fs::read(&p.pin_file).unwrap();
+        p.read_only = true;
+        assert_eq!(
+            verify("h2", 22, &key(KEY_A), &p).unwrap(),
+            Trust::NewAddress
+        );
+        assert!(verify("h", 22, &key(KEY_B), &p).is_err());
+        p.accept_new = true;
+        assert!(matches!(
+            verify("h", 22, &key(KEY_B), &p).unwrap(),
+            Trust::Replaced { .. }
+        ));
+        assert_eq!(std::fs::read(&p.pin_file).unwrap(), before);
     }
 
     #[test]
@@ -293,11 +438,11 @@ mod tests {
     }
 
     #[test]
-    fn accept_new_replaces_only_that_host() {
+    fn accept_new_replaces_the_sites_key_at_every_address() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = policy(dir.path());
         verify("h", 22, &key(KEY_A), &p).unwrap();
-        verify("other", 22, &key(KEY_A), &p).unwrap();
+        verify("old-address", 22, &key(KEY_A), &p).unwrap();
         p.accept_new = true;
         assert_eq!(
             verify("h", 22, &key(KEY_B), &p).unwrap(),
@@ -307,9 +452,10 @@ mod tests {
         );
         p.accept_new = false;
         assert_eq!(verify("h", 22, &key(KEY_B), &p).unwrap(), Trust::Pinned);
-        assert_eq!(verify("other", 22, &key(KEY_A), &p).unwrap(), Trust::Pinned);
+        // The old key is no longer the site's, at any address.
+        assert!(verify("old-address", 22, &key(KEY_A), &p).is_err());
         let text = std::fs::read_to_string(&p.pin_file).unwrap();
-        assert_eq!(text, format!("{HEADER}other {KEY_A}\nh {KEY_B}\n"));
+        assert_eq!(text, format!("{HEADER}h {KEY_B}\n"));
         let mode = std::fs::metadata(&p.pin_file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
@@ -334,6 +480,7 @@ mod tests {
         let user_file = p.user_known_hosts.clone().unwrap();
         std::fs::write(&user_file, format!("h {KEY_EC}\nh,10.0.0.1 {KEY_A}\n")).unwrap();
         assert_eq!(verify("h", 22, &key(KEY_A), &p).unwrap(), Trust::Learned);
+        std::fs::remove_file(&p.pin_file).unwrap();
         std::fs::write(&user_file, format!("h2 {KEY_EC}\n")).unwrap();
         assert_eq!(verify("h2", 22, &key(KEY_A), &p).unwrap(), Trust::Learned);
     }

@@ -52,6 +52,8 @@ pub struct SshOptions {
     pub known_hosts: PathBuf,
     /// `--accept-new-host-key`: re-pin a host key that changed.
     pub accept_new_host_key: bool,
+    /// `--dry-run`: check the host key against the pins, but never write them.
+    pub pin_read_only: bool,
     /// `--ssh-config FILE`; `None` reads `~/.ssh/config` if it exists.
     pub ssh_config: Option<PathBuf>,
     /// For the TCP connection and the SSH handshake, each.
@@ -111,10 +113,11 @@ pub enum SshError {
     Handshake { addr: String, reason: String },
 
     #[error(
-        "the SSH host key of {host} has changed\n  \
+        "the SSH host key of {host} is not the key pinned for this site (it changed)\n  \
          pinned:  {known_fingerprint} (in {})\n  \
          offered: {offered_fingerprint}\n\
-         This is expected if the droplet was rebuilt or reinstalled, but it can also mean that \
+         This is expected if the droplet was rebuilt or reinstalled, or if this address now \
+         belongs to another machine, but it can also mean that \
          someone is intercepting the connection (a man-in-the-middle attack). Compare the offered \
          fingerprint with the droplet's own (in the provider's web console: \
          `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`); if they match, run again with \
@@ -129,8 +132,8 @@ pub enum SshError {
     },
 
     #[error(
-        "cannot use the host key pin file {}: {reason}; fix or delete it (after deleting it, the \
-         next connection trusts the droplet's key on first use again)",
+        "cannot use the host key pin file {}: {reason}; correct that line, or restore the file \
+         from your backup (it is an OpenSSH known_hosts file holding the site's host key)",
         path.display()
     )]
     PinFile { path: PathBuf, reason: String },
@@ -220,6 +223,7 @@ impl SshHost {
                     .as_ref()
                     .map(|h| h.join(".ssh").join("known_hosts")),
                 accept_new: opts.accept_new_host_key,
+                read_only: opts.pin_read_only,
             },
             verdict: verdict.clone(),
         };

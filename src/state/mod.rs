@@ -18,7 +18,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::inputs::Hostname;
@@ -28,6 +28,7 @@ pub use secrets::PdsSecrets;
 #[derive(Clone, Debug)]
 pub struct SiteDir {
     root: PathBuf,
+    hostname: Hostname,
 }
 
 /// What `site.toml` remembers between runs.
@@ -64,6 +65,7 @@ impl SiteDir {
     pub fn new(state_dir: &Path, hostname: &Hostname) -> Self {
         SiteDir {
             root: state_dir.join("sites").join(hostname.as_str()),
+            hostname: hostname.clone(),
         }
     }
 
@@ -83,15 +85,47 @@ impl SiteDir {
         self.root.join("known_hosts")
     }
 
+    /// Reads `site.toml`. Every saved value is checked here, before any
+    /// connection: a hand-edited or damaged file is input too.
     pub fn load_record(&self) -> Result<Option<SiteRecord>> {
         let path = self.site_file();
-        match fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text)
-                .map(Some)
-                .with_context(|| format!("reading {}: fix or remove the file", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot read {}; check its permissions, or restore it from your backup",
+                        path.display()
+                    )
+                })
+            }
+        };
+        let record: SiteRecord = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| format!(" line {}", line_of_offset(&text, span.start)))
+                .unwrap_or_default();
+            anyhow!(
+                "{}{line} cannot be read: {}. This is the site's saved state: restore it from your \
+                 backup, or correct that line by hand",
+                path.display(),
+                e.message()
+            )
+        })?;
+        if let Err(bad) = record.check(&self.hostname) {
+            bail!(
+                "{}{}: {} = {}. Correct that line by hand or restore the file from your backup \
+                 (a flag does not override a broken saved value)",
+                path.display(),
+                line_of_field(&text, bad.field)
+                    .map(|n| format!(" line {n}"))
+                    .unwrap_or_default(),
+                bad.field,
+                bad.why
+            );
         }
+        Ok(Some(record))
     }
 
     pub fn save_record(&self, record: &SiteRecord) -> Result<()> {
@@ -100,17 +134,26 @@ impl SiteDir {
     }
 
     /// Reads the secrets from `pds.env`; `None` when the site has none yet.
+    ///
+    /// A file that cannot be read exactly (a line bash would read differently, a
+    /// key defined twice, a missing secret) is broken state: the error names the
+    /// file and the line, and no secret value.
     pub fn load_secrets(&self) -> Result<Option<PdsSecrets>> {
         let path = self.env_file();
+        let restore = "This file holds the site's secrets and PLC rotation key: restore it from \
+                       your backup (pdsup never regenerates or rewrites an existing site's secrets)";
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}. {restore}", path.display()))
+            }
         };
-        let env = crate::pds::env::parse_env_file(&text);
+        let env = crate::pds::env::parse_env_file(&text)
+            .map_err(|e| anyhow!("{} {e}. {restore}", path.display()))?;
         PdsSecrets::from_env(&env)
             .map(Some)
-            .with_context(|| format!("{} is incomplete", path.display()))
+            .map_err(|e| anyhow!("{} is incomplete: {e}", path.display()))
     }
 
     /// Writes `pds.env` (0600). The caller has made sure its secrets are the
@@ -139,6 +182,108 @@ impl SiteDir {
         fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
+}
+
+/// A saved value that does not pass the check its flag gets.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadField {
+    pub field: &'static str,
+    pub why: String,
+}
+
+impl SiteRecord {
+    /// Checks every saved value with the parser of its flag.
+    pub fn check(&self, hostname: &Hostname) -> Result<(), BadField> {
+        use crate::inputs::{check_one_line, Email, Handle, HttpUrl, ImageRef, Timezone};
+        let bad = |field: &'static str, value: &str, why: String| BadField {
+            field,
+            why: format!("{value:?}: {why}"),
+        };
+        if !self.hostname.is_empty() && self.hostname != hostname.as_str() {
+            return Err(bad(
+                "hostname",
+                &self.hostname,
+                format!("the file sits in the directory of the site {hostname}"),
+            ));
+        }
+        let one_line = |field: &'static str, value: &Option<String>| -> Result<(), BadField> {
+            match value {
+                Some(v) => check_one_line(field, v).map_err(|e| bad(field, v, e.to_string())),
+                None => Ok(()),
+            }
+        };
+        one_line("destination", &self.destination)?;
+        if let Some(v) = &self.email {
+            v.parse::<Email>()
+                .map_err(|e| bad("email", v, e.to_string()))?;
+        }
+        if let Some(v) = &self.handle {
+            Handle::parse(v, hostname).map_err(|e| bad("handle", v, e.to_string()))?;
+        }
+        if let Some(v) = &self.proxy {
+            if !matches!(v.as_str(), "io" | "caddy") {
+                return Err(bad("proxy", v, "expected \"io\" or \"caddy\"".into()));
+            }
+        }
+        if let Some(v) = &self.nomad_version {
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
+            {
+                return Err(bad(
+                    "nomad_version",
+                    v,
+                    "expected a version like 1.10.5".into(),
+                ));
+            }
+        }
+        if let Some(v) = &self.pds_image {
+            v.parse::<ImageRef>()
+                .map_err(|e| bad("pds_image", v, e.to_string()))?;
+        }
+        if let Some(v) = &self.plc_url {
+            v.parse::<HttpUrl>()
+                .map_err(|e| bad("plc_url", v, e.to_string()))?;
+        }
+        if let Some(v) = &self.timezone {
+            v.parse::<Timezone>()
+                .map_err(|e| bad("timezone", v, e.to_string()))?;
+        }
+        for v in &self.pds_env {
+            crate::pds::env::parse_extra_from(v, "site.toml pds_env")
+                .map_err(|e| bad("pds_env", v, e.to_string()))?;
+        }
+        if let Some(v) = &self.account_did {
+            let valid = v.starts_with("did:")
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ":._-%".contains(c));
+            if !valid {
+                return Err(bad(
+                    "account_did",
+                    v,
+                    "expected a DID like did:plc:…".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// 1-based line where `field = …` is set at the top level.
+fn line_of_field(text: &str, field: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(field)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]

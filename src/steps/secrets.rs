@@ -1,10 +1,10 @@
 //! Secrets: generated here on the first run (never on the droplet), kept in the
 //! site's `pds.env` (0600) and reused on every later run, rebuilds included.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::{Action, Ctx, StepId, StepPlan};
-use crate::pds::env::{pds_environment, render_env_file};
+use crate::pds::env::{parse_env_file, pds_environment, render_env_file};
 use crate::settings::Settings;
 use crate::state::PdsSecrets;
 
@@ -66,6 +66,17 @@ pub fn apply(ctx: &mut Ctx<'_>) -> Result<()> {
         None => PdsSecrets::generate(),
     };
     let text = render_env_file(&pds_environment(ctx.settings, &secrets)?);
+    // Secrets change only by an explicit rotation: the file about to be written
+    // must read back to exactly these secrets, or nothing is written.
+    let reread = parse_env_file(&text)
+        .map_err(anyhow::Error::from)
+        .and_then(|env| PdsSecrets::from_env(&env));
+    if !matches!(&reread, Ok(r) if *r == secrets) {
+        bail!(
+            "the new {} would not hold the site's secrets unchanged; nothing was written",
+            ctx.site.env_file().display()
+        );
+    }
     ctx.site.save_env_file(&text)?;
     ctx.set_secrets(secrets);
     Ok(())
