@@ -165,7 +165,40 @@ fn up_args(replace: (&str, &str), extra: &[&str]) -> Vec<String> {
 fn bad_input_is_refused_before_anything_happens() {
     let dir = tempfile::tempdir().unwrap();
     let none = ("", "");
+    // A private key given where the ACME CA's root certificate belongs.
+    let not_pem = dir.path().join("root-ca.pem");
+    std::fs::write(
+        &not_pem,
+        "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            up_args(
+                none,
+                &[
+                    "--proxy",
+                    "caddy",
+                    "--acme-ca-root",
+                    not_pem.to_str().unwrap(),
+                ],
+            ),
+            "holds a private key",
+        ),
+        (
+            up_args(
+                none,
+                &[
+                    "--proxy",
+                    "caddy",
+                    "--acme-ca-root",
+                    empty.to_str().unwrap(),
+                ],
+            ),
+            "no PEM certificate",
+        ),
         (
             up_args(("--hostname", "pds_bad.example.com"), &[]),
             "invalid hostname",
