@@ -16,6 +16,9 @@ pub struct Facts {
     /// Host-volume directories that already exist.
     pub existing_dirs: Vec<String>,
     pub active: bool,
+    /// A backup of nomad.hcl is left over: a run stopped between moving a new
+    /// file into place and Nomad running on it.
+    pub install_interrupted: bool,
 }
 
 impl Facts {
@@ -46,7 +49,10 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         .read_file(NOMAD_CONFIG_PATH)
         .await?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let mut script = String::from("systemctl is-active --quiet nomad && echo active; ");
+    let mut script = format!(
+        "systemctl is-active --quiet nomad && echo active; [ -e {} ] && echo interrupted; ",
+        quote(&config_file::backup_path(NOMAD_CONFIG_PATH))
+    );
     let mut dirs: Vec<String> = wanted_volumes(ctx.settings)
         .into_iter()
         .map(|v| v.path)
@@ -73,6 +79,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
             .map(str::to_string)
             .collect(),
         active: out.lines().any(|l| l == "active"),
+        install_interrupted: out.lines().any(|l| l == "interrupted"),
     })
 }
 
@@ -142,13 +149,18 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
         );
     }
     let unit = "nomad".to_string();
-    if changed {
-        let what = if facts.config.is_some() {
-            format!("add {} to", added.join(" and "))
-        } else {
-            "write".to_string()
-        };
+    if changed || facts.install_interrupted {
         let verb = if facts.active { "restart" } else { "start" };
+        let summary = if !changed {
+            format!("install {NOMAD_CONFIG_PATH} again and {verb} Nomad (a run stopped before Nomad ran on it)")
+        } else if facts.config.is_some() {
+            format!(
+                "add {} to {NOMAD_CONFIG_PATH} and {verb} Nomad",
+                added.join(" and ")
+            )
+        } else {
+            format!("write {NOMAD_CONFIG_PATH} and {verb} Nomad")
+        };
         let install = config_file::Install {
             unit,
             file: Some(config_file::NewFile {
@@ -164,18 +176,15 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
             crate::ui::diff(facts.config.as_deref().unwrap_or(""), &text),
             install.describe()
         );
-        plan.change(
-            format!("{what} {NOMAD_CONFIG_PATH} and {verb} Nomad"),
-            Action::InstallConfig(install),
-        )
-        .detail(detail);
+        plan.change(summary, Action::InstallConfig(install))
+            .detail(detail);
     } else if !facts.active {
         let install = config_file::Install { unit, file: None };
         let detail = install.describe();
         plan.change("start Nomad", Action::InstallConfig(install))
             .detail(detail);
     }
-    if changed || !facts.active {
+    if changed || facts.install_interrupted || !facts.active {
         plan.change(
             "wait for the Nomad node: ready, docker driver healthy, volumes fingerprinted",
             Action::WaitNomadReady {
@@ -213,8 +222,24 @@ mod tests {
             config: Some(text),
             existing_dirs: vec![PDS_VOLUME_PATH.into(), IO_VOLUME_PATH.into()],
             active: true,
+            install_interrupted: false,
         };
         assert!(plan(&facts, &settings).unwrap().is_unchanged());
+        // A run stopped after moving nomad.hcl in, before Nomad ran on it: the
+        // install is redone, so Nomad restarts on the file.
+        let interrupted = Facts {
+            install_interrupted: true,
+            ..facts
+        };
+        let p = plan(&interrupted, &settings).unwrap();
+        let summaries: Vec<&str> = p.changes.iter().map(|c| c.summary.as_str()).collect();
+        assert_eq!(
+            summaries,
+            [
+                "install /etc/nomad.d/nomad.hcl again and restart Nomad (a run stopped before Nomad ran on it)",
+                "wait for the Nomad node: ready, docker driver healthy, volumes fingerprinted"
+            ]
+        );
     }
 
     #[test]
@@ -227,6 +252,7 @@ mod tests {
             ),
             existing_dirs: vec![PDS_VOLUME_PATH.into()],
             active: true,
+            install_interrupted: false,
         };
         let plan = plan(&facts, &settings).unwrap();
         let summaries: Vec<&str> = plan.changes.iter().map(|c| c.summary.as_str()).collect();
@@ -268,6 +294,7 @@ mod tests {
             config: Some(text.into()),
             existing_dirs: vec![PDS_VOLUME_PATH.into()],
             active: true,
+            install_interrupted: false,
         };
         assert!(plan(&facts, &settings).unwrap().is_unchanged());
     }
@@ -283,6 +310,7 @@ mod tests {
             config: Some(superpowers.into()),
             existing_dirs: Vec::new(),
             active: true,
+            install_interrupted: false,
         };
         let plan = plan(&facts, &settings).unwrap();
         let runs: Vec<(&str, &str)> = plan
@@ -331,6 +359,7 @@ mod tests {
             config: Some("client {\n  enabled = true\n  network_interface = \"eth0\"\n}\n".into()),
             existing_dirs: Vec::new(),
             active: true,
+            install_interrupted: false,
         };
         let plan = plan(&facts, &Settings::example()).unwrap();
         assert_eq!(plan.blockers.len(), 1, "{:?}", plan.blockers);

@@ -24,6 +24,9 @@ const CADDY_ACME_ROOT: &str = "/etc/caddy/acme-ca-root.pem";
 pub struct Facts {
     pub caddy_installed: bool,
     pub caddy_active: bool,
+    /// A backup of the Caddyfile is left over: a run stopped between moving a
+    /// new Caddyfile into place and Caddy running on it.
+    pub caddyfile_install_interrupted: bool,
     pub caddyfile: Option<String>,
     pub acme_root: Option<String>,
     pub io_ingress: Option<String>,
@@ -117,11 +120,15 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     match settings.proxy {
         Proxy::Caddy => {
             let out = ctx
-                .probe("command -v caddy >/dev/null && echo installed; systemctl is-active --quiet caddy && echo active; true")
+                .probe(&format!(
+                    "command -v caddy >/dev/null && echo installed; systemctl is-active --quiet caddy && echo active; [ -e {} ] && echo interrupted; true",
+                    quote(&config_file::backup_path(CADDYFILE_PATH))
+                ))
                 .await?
                 .stdout_str();
             facts.caddy_installed = out.lines().any(|l| l == "installed");
             facts.caddy_active = out.lines().any(|l| l == "active");
+            facts.caddyfile_install_interrupted = out.lines().any(|l| l == "interrupted");
             facts.caddyfile = read_text(ctx, CADDYFILE_PATH).await?;
             facts.acme_root = read_text(ctx, CADDY_ACME_ROOT).await?;
         }
@@ -215,7 +222,7 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
         }
     }
     let wanted = caddyfile(settings);
-    if facts.caddyfile.as_deref() != Some(wanted.as_str()) {
+    if facts.caddyfile.as_deref() != Some(wanted.as_str()) || facts.caddyfile_install_interrupted {
         let install = config_file::Install {
             unit: "caddy".into(),
             file: Some(config_file::NewFile {
@@ -393,6 +400,17 @@ mod tests {
             ..Facts::default()
         };
         assert!(plan(&done, &settings).unwrap().is_unchanged());
+        // A run stopped after moving the Caddyfile in, before Caddy ran on it.
+        let interrupted = Facts {
+            caddyfile_install_interrupted: true,
+            ..done
+        };
+        let p = plan(&interrupted, &settings).unwrap();
+        assert_eq!(p.changes.len(), 1);
+        assert!(matches!(
+            &p.changes[0].action,
+            Action::InstallConfig(config_file::Install { file: Some(_), .. })
+        ));
     }
 
     #[test]
