@@ -1089,6 +1089,12 @@ fn caddy_failing_on_a_new_caddyfile_keeps_the_old_one(
             "the failed Caddy restart",
             &[REFUSAL, "runs on it again", "/etc/caddy/Caddyfile"],
         );
+    // Only what Caddy logged from the failed restart on: not its earlier start.
+    assert!(
+        !run.stderr.contains("serving initial configuration"),
+        "the quote reaches back before the failed restart:\n{}",
+        run.stderr
+    );
     assert!(
         !run.stderr.contains("systemctl status"),
         "the error sends the user to systemctl instead of quoting the journal:\n{}",

@@ -72,10 +72,33 @@ pub fn restart_script(unit: &str) -> String {
     format!("systemctl enable {u} >/dev/null 2>&1; systemctl restart {u} && systemctl is-active --quiet {u}")
 }
 
-/// The unit's last journal lines: the service's own words for why it stopped.
-pub fn journal_script(unit: &str) -> String {
+/// Prints the journal's cursor after the unit's last entry (`-- cursor: ...`),
+/// so that a failure can quote only what was logged after it.
+pub fn cursor_script(unit: &str) -> String {
     format!(
-        "journalctl -u {} -n {JOURNAL_LINES} --no-pager -o cat",
+        "journalctl -u {} -n 1 --show-cursor --no-pager -o cat",
+        quote(unit)
+    )
+}
+
+/// The cursor in [`cursor_script`]'s output; `None` when the unit has no entries.
+pub fn parse_cursor(output: &str) -> Option<String> {
+    output
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("-- cursor: "))
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+}
+
+/// The unit's journal lines after `cursor` (its last lines without one): the
+/// service's own words for why it did not start.
+pub fn journal_script(unit: &str, cursor: Option<&str>) -> String {
+    let after = cursor
+        .map(|c| format!(" --after-cursor={}", quote(c)))
+        .unwrap_or_default();
+    format!(
+        "journalctl -u {}{after} -n {JOURNAL_LINES} --no-pager -o cat",
         quote(unit)
     )
 }
@@ -131,6 +154,11 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
         }
         host.run(&Cmd::sh(swap_script(&file.path))).await?;
     }
+    let cursor = host
+        .exec(&Cmd::sh(cursor_script(unit)))
+        .await
+        .ok()
+        .and_then(|o| parse_cursor(&o.stdout_str()));
     let started = host.exec(&Cmd::sh(restart_script(unit))).await?;
     if started.success() {
         if let Some(file) = &install.file {
@@ -144,7 +172,7 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
     }
     // The journal is read before the restore, so that it tells of the new file.
     let journal = host
-        .exec(&Cmd::sh(journal_script(unit)))
+        .exec(&Cmd::sh(journal_script(unit, cursor.as_deref())))
         .await
         .map(|o| indent(&o.stdout_str()))
         .unwrap_or_else(|e| format!("  (could not read the journal: {e:#})"));
@@ -214,9 +242,18 @@ mod tests {
         assert!(restart_script("nomad")
             .contains("systemctl restart nomad && systemctl is-active --quiet nomad"));
         assert_eq!(
-            journal_script("nomad"),
+            journal_script("nomad", None),
             "journalctl -u nomad -n 30 --no-pager -o cat"
         );
+        assert_eq!(
+            journal_script("nomad", Some("s=1;i=2")),
+            "journalctl -u nomad --after-cursor='s=1;i=2' -n 30 --no-pager -o cat"
+        );
+        assert_eq!(
+            parse_cursor("Started nomad\n-- cursor: s=1;i=2\n").as_deref(),
+            Some("s=1;i=2")
+        );
+        assert_eq!(parse_cursor("-- No entries --\n"), None);
     }
 
     /// The swap and restore scripts, run for real on a temporary directory.
@@ -284,7 +321,9 @@ mod tests {
                     if !statuses.is_empty() {
                         status = statuses.remove(0);
                     }
-                    if needle.starts_with("journalctl") {
+                    if needle.starts_with("--show-cursor") {
+                        stdout = b"Started nomad\n-- cursor: s=abc;i=7\n".to_vec();
+                    } else if needle.starts_with("journalctl") {
                         stdout = b"==> failed to validate volume io, err: stat /srv/nomad/io: no such file or directory\n".to_vec();
                     }
                     break;
@@ -335,6 +374,8 @@ mod tests {
                     "swap"
                 } else if s.contains("systemctl restart") {
                     "restart"
+                } else if s.contains("--show-cursor") {
+                    "cursor"
                 } else if s.starts_with("journalctl") {
                     "journal"
                 } else if s.contains("mv -f /etc/nomad.d/nomad.hcl.pdsup-old") {
@@ -367,6 +408,7 @@ mod tests {
                 "write candidate",
                 "validate",
                 "swap",
+                "cursor",
                 "restart",
                 "drop backup"
             ]
@@ -392,19 +434,28 @@ mod tests {
     fn a_unit_that_fails_on_the_new_file_gets_the_old_one_back_and_the_journal_is_quoted() {
         let host = Recorder::new(vec![
             ("systemctl restart", vec![1, 0]),
+            ("--show-cursor", vec![0]),
             ("journalctl", vec![0]),
         ]);
         let err = run(&host, &install(None)).unwrap_err();
+        let scripts = host.scripts();
         assert_eq!(
-            sequence(&host.scripts()),
+            sequence(&scripts),
             [
                 "write candidate",
                 "swap",
+                "cursor",
                 "restart",
                 "journal",
                 "restore",
                 "restart"
             ]
+        );
+        // Only what was logged since the failed restart began is quoted.
+        assert!(
+            scripts[4].contains("--after-cursor='s=abc;i=7'"),
+            "{}",
+            scripts[4]
         );
         let msg = format!("{err:#}");
         assert!(
@@ -438,7 +489,7 @@ mod tests {
             file: None,
         };
         let msg = format!("{:#}", run(&host, &only_start).unwrap_err());
-        assert_eq!(sequence(&host.scripts()), ["restart", "journal"]);
+        assert_eq!(sequence(&host.scripts()), ["cursor", "restart", "journal"]);
         assert!(msg.contains("failed to validate volume io"), "{msg}");
     }
 
