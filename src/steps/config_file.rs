@@ -108,27 +108,27 @@ impl Install {
     pub fn describe(&self) -> String {
         let mut lines = Vec::new();
         if let Some(file) = &self.file {
-            lines.push(format!("write {}", candidate_path(&file.path)));
+            lines.push(format!(
+                "write the new file to {}",
+                candidate_path(&file.path)
+            ));
             if let Some(check) = &file.validate {
                 lines.push(format!("check it: {check}"));
             }
             lines.push(format!(
-                "keep the current file as {}, move the new one into place",
+                "keep the current file as {} and move the new one into place",
                 backup_path(&file.path)
             ));
         }
-        lines.push(restart_script(&self.unit));
+        lines.push(format!("restart: {}", restart_script(&self.unit)));
         if let Some(file) = &self.file {
             lines.push(format!(
                 "if {} does not come up: quote its journal, put the previous {} back and restart it",
                 self.unit, file.path
             ));
         }
-        lines
-            .iter()
-            .map(|l| format!("  $ {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        let steps: Vec<String> = lines.iter().map(|l| format!("  - {l}")).collect();
+        format!("on the droplet:\n{}", steps.join("\n"))
     }
 }
 
