@@ -233,8 +233,7 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
             }),
         };
         let detail = format!(
-            "{}
-{}",
+            "{}\n{}",
             crate::ui::diff(facts.caddyfile.as_deref().unwrap_or(""), &wanted),
             install.describe()
         );
