@@ -179,7 +179,40 @@ fn bad_input_is_refused_before_anything_happens() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/docker-apt/mirror-key.secret.asc"
     );
+    // A private key given where the ACME CA's root certificate belongs.
+    let not_pem = files.path().join("root-ca.pem");
+    std::fs::write(
+        &not_pem,
+        "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let empty = files.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            up_args(
+                none,
+                &[
+                    "--proxy",
+                    "caddy",
+                    "--acme-ca-root",
+                    not_pem.to_str().unwrap(),
+                ],
+            ),
+            "holds a private key",
+        ),
+        (
+            up_args(
+                none,
+                &[
+                    "--proxy",
+                    "caddy",
+                    "--acme-ca-root",
+                    empty.to_str().unwrap(),
+                ],
+            ),
+            "no PEM certificate",
+        ),
         (
             up_args(("--hostname", "pds_bad.example.com"), &[]),
             "invalid hostname",

@@ -1034,12 +1034,14 @@ fn sudo_users_and_a_changed_host_key() {
         "secrets were generated for a run that could not start"
     );
 
-    // This droplet already has Nomad's packaged config (as after `apt install
-    // nomad`, or on the seed's Droplet Superpowers droplet): pdsup patches it.
+    // This droplet already has the seed's Droplet Superpowers nomad.hcl (Nomad's
+    // packaged config plus IO's host volume), but not IO's directory: pdsup
+    // patches the file and creates every declared volume's directory, IO's too,
+    // although it deploys Caddy (Nomad does not start while one is missing).
     let out = d.ssh_with_stdin(
         "root",
-        "mkdir -p /etc/nomad.d && cat > /etc/nomad.d/nomad.hcl",
-        PACKAGED_NOMAD_HCL.as_bytes(),
+        "mkdir -p /etc/nomad.d && cat > /etc/nomad.d/nomad.hcl && rm -rf /srv/nomad/io",
+        SUPERPOWERS_NOMAD_HCL.as_bytes(),
     );
     assert!(out.status.success(), "{}", describe(&out));
 
@@ -1054,9 +1056,9 @@ fn sudo_users_and_a_changed_host_key() {
     let did = account_did(&report);
     assert_lists(&list_repos_on_droplet(&d), &did);
 
-    // The packaged config is kept, line for line, with what the PDS needs added.
+    // The Superpowers config is kept, line for line, with what the PDS needs added.
     let hcl = d.ssh_ok("root", "cat /etc/nomad.d/nomad.hcl");
-    for line in PACKAGED_NOMAD_HCL.lines() {
+    for line in SUPERPOWERS_NOMAD_HCL.lines() {
         assert!(
             hcl.contains(line),
             "the patched nomad.hcl lost {line:?}:\n{hcl}"
@@ -1068,6 +1070,16 @@ fn sudo_users_and_a_changed_host_key() {
             "no {wanted} in the patched nomad.hcl:\n{hcl}"
         );
     }
+    assert_eq!(
+        d.ssh_ok("root", "stat -c %F /srv/nomad/io"),
+        "directory\n",
+        "IO's declared host volume directory was not created"
+    );
+    let nomad_changes = &step_changes(&report)["nomad_config"];
+    assert!(
+        nomad_changes.contains(&"create the host volume directory /srv/nomad/io (io)".to_string()),
+        "{nomad_changes:?}"
+    );
     let notes = report["steps"]
         .as_array()
         .unwrap()
@@ -1164,6 +1176,76 @@ fn sudo_users_and_a_changed_host_key() {
         !pinned_after.contains(&old_key),
         "the old key is still pinned:\n{pinned_after}"
     );
+
+    caddy_failing_on_a_new_caddyfile_keeps_the_old_one(&d, &op, &deploy_args);
+}
+
+/// Caddy does not come up on the Caddyfile pdsup writes: the previous file is
+/// put back, Caddy runs on it again (the site keeps serving), and the error
+/// quotes Caddy's journal. To provoke it, the operator has hand-edited the
+/// Caddyfile, and a drop-in makes Caddy's start fail on any Caddyfile without
+/// that edit: pdsup's rewrite passes `caddy validate` but does not start.
+fn caddy_failing_on_a_new_caddyfile_keeps_the_old_one(
+    d: &Droplet,
+    op: &Operator,
+    deploy_args: &[String],
+) {
+    const REFUSAL: &str = "e2e: caddy refuses a Caddyfile without the hand edit";
+    let dropin = "/etc/systemd/system/caddy.service.d/e2e-hand-edit.conf";
+    let dropin_text = format!(
+        "[Service]\nExecStartPre=/bin/sh -c 'grep -q \"^# hand edit\" /etc/caddy/Caddyfile || {{ echo \"{REFUSAL}\" >&2; exit 1; }}'\n"
+    );
+    let out = d.ssh_with_stdin(
+        "root",
+        &format!(
+            "set -e; mkdir -p /etc/systemd/system/caddy.service.d; cat > {dropin}; \
+             printf '# hand edit\\n' >> /etc/caddy/Caddyfile; systemctl daemon-reload; systemctl restart caddy"
+        ),
+        dropin_text.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let hand_edited = d.ssh_ok("root", "cat /etc/caddy/Caddyfile");
+
+    let run = op.run(deploy_args);
+    run.assert_failed("pdsup up with Caddy refusing the new Caddyfile")
+        .assert_stderr_has(
+            "the failed Caddy restart",
+            &[REFUSAL, "runs on it again", "/etc/caddy/Caddyfile"],
+        );
+    // Only what Caddy logged from the failed restart on: not its earlier start.
+    assert!(
+        !run.stderr.contains("serving initial configuration"),
+        "the quote reaches back before the failed restart:\n{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("systemctl status"),
+        "the error sends the user to systemctl instead of quoting the journal:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        d.ssh_ok("root", "cat /etc/caddy/Caddyfile"),
+        hand_edited,
+        "the previous Caddyfile was not put back"
+    );
+    assert_eq!(
+        d.ssh_ok(
+            "root",
+            "systemctl is-active caddy; ls -a /etc/caddy | grep pdsup; true"
+        ),
+        "active\n",
+        "Caddy is not running on the previous file, or pdsup left files behind"
+    );
+    let health = https_get_eventually(d, HOSTNAME, "/xrpc/_health");
+    assert!(health.contains("\"version\""), "{health}");
+
+    // Without the drop-in, the next run installs pdsup's Caddyfile.
+    d.ssh_ok("root", &format!("rm -f {dropin}; systemctl daemon-reload"));
+    op.run(deploy_args)
+        .assert_ok("pdsup up after the drop-in is gone");
+    assert!(!d
+        .ssh_ok("root", "cat /etc/caddy/Caddyfile")
+        .contains("# hand edit"));
 }
 
 /// Starts `pdsup` with `args`, waits until its progress shows `needle`, waits
@@ -1194,7 +1276,9 @@ fn kill_when(op: &Operator, args: &[String], needle: &str, delay: Duration) -> S
 }
 
 /// `/etc/nomad.d/nomad.hcl` as HashiCorp's nomad package installs it.
-const PACKAGED_NOMAD_HCL: &str = r#"# Full configuration options can be found at https://developer.hashicorp.com/nomad/docs/configuration
+/// Droplet Superpowers' nomad.hcl: Nomad's packaged config with a heartbeat
+/// grace and IO's host volume (see REFERENCE.md).
+const SUPERPOWERS_NOMAD_HCL: &str = r#"# Full configuration options can be found at https://developer.hashicorp.com/nomad/docs/configuration
 
 data_dir  = "/opt/nomad/data"
 bind_addr = "0.0.0.0"
@@ -1204,11 +1288,17 @@ server {
   #license_path = "/etc/nomad.d/license.hclic"
   enabled          = true
   bootstrap_expect = 1
+  heartbeat_grace  = "1m"
 }
 
 client {
   enabled = true
   servers = ["127.0.0.1"]
+
+  host_volume "io" {
+    path      = "/srv/nomad/io"
+    read_only = false
+  }
 }
 "#;
 

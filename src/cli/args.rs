@@ -215,6 +215,9 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             readable(p, flag)?;
         }
     }
+    if let Some(root) = &args.acme_ca_root {
+        crate::steps::proxy::check_pem_roots(root)?;
+    }
     if args.nomad_version.is_empty()
         || !args
             .nomad_version

@@ -296,6 +296,30 @@ fn declared_path(body: &Body, name: &str) -> Option<String> {
         })
 }
 
+/// Every `host_volume` the file declares in its `client` blocks, as (name, path),
+/// in file order: Nomad refuses to start while any of their directories is
+/// missing, pdsup's own or not. Paths that are not plain strings are left out
+/// (an expression names no directory pdsup could create); an unreadable file
+/// declares none.
+pub fn declared_host_volumes(config: &str) -> Vec<(String, String)> {
+    let Ok(body) = hcl::edit::parser::parse_body(config) else {
+        return Vec::new();
+    };
+    body.get_blocks("client")
+        .flat_map(|client| client.body.get_blocks("host_volume"))
+        .filter_map(|volume| {
+            let name = volume.labels.first()?.as_str().to_string();
+            let path = volume
+                .body
+                .get_attribute("path")?
+                .value
+                .as_str()?
+                .to_string();
+            Some((name, path))
+        })
+        .collect()
+}
+
 /// Inserts the blocks after the client's last `host_volume` (or at the end of
 /// its body), indented like the structure they follow.
 fn add_to_client(body: &mut Body, index: usize, volumes: &[&HostVolume]) {
@@ -462,6 +486,19 @@ fn is_loopback(address: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declared_host_volumes_lists_every_client_volume() {
+        let text = "client {\n  enabled = true\n  host_volume \"io\" {\n    path      = \"/srv/nomad/io\"\n    read_only = false\n  }\n}\nclient {\n  host_volume \"data\" { path = \"/data\" }\n  host_volume \"tpl\" { path = \"${var.x}\" }\n}\nserver {\n  host_volume \"not\" { path = \"/nope\" }\n}\n";
+        assert_eq!(
+            declared_host_volumes(text),
+            vec![
+                ("io".to_string(), "/srv/nomad/io".to_string()),
+                ("data".to_string(), "/data".to_string()),
+            ]
+        );
+        assert!(declared_host_volumes("client {").is_empty());
+    }
 
     fn vol(name: &str, path: &str) -> HostVolume {
         HostVolume {

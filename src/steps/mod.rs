@@ -8,6 +8,7 @@
 //! plans every step against the facts of a fresh droplet instead (`Facts::fresh`).
 
 pub mod account;
+pub mod config_file;
 pub mod dns;
 pub mod docker;
 pub mod nomad_config;
@@ -175,6 +176,9 @@ pub enum Action {
         path: String,
         mode: FileMode,
     },
+    /// Install a file a service reads and restart the service, putting the
+    /// previous file back when the service does not come up on the new one.
+    InstallConfig(config_file::Install),
     /// Download (or upload), verify and install the pinned Nomad release.
     InstallNomad(nomad_install::Install),
     /// Generate the site's secrets, or rewrite `pds.env` around the existing ones.
@@ -318,6 +322,7 @@ impl<'a> Ctx<'a> {
                 mode,
             } => self.host.write_file(path, contents.bytes(), mode).await?,
             Action::Upload { local, path, mode } => self.host.upload(local, path, mode).await?,
+            Action::InstallConfig(install) => config_file::apply(self.host, install).await?,
             Action::InstallNomad(install) => nomad_install::apply(self, install).await?,
             Action::SaveEnvFile => secrets::apply(self)?,
             Action::WaitNomadReady { volumes } => {

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 
-use super::{Action, Contents, Ctx, StepId, StepPlan};
+use super::{config_file, Action, Ctx, StepId, StepPlan};
 use crate::host::{quote, Cmd, FileMode};
 use crate::nomad::config::{self, HostVolume, TaskInterface};
 use crate::settings::{Proxy, Settings, IO_VOLUME_PATH, NOMAD_CONFIG_PATH, PDS_VOLUME_PATH};
@@ -16,6 +16,9 @@ pub struct Facts {
     /// Host-volume directories that already exist.
     pub existing_dirs: Vec<String>,
     pub active: bool,
+    /// A backup of nomad.hcl is left over: a run stopped between moving a new
+    /// file into place and Nomad running on it.
+    pub install_interrupted: bool,
 }
 
 impl Facts {
@@ -46,9 +49,25 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         .read_file(NOMAD_CONFIG_PATH)
         .await?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let mut script = String::from("systemctl is-active --quiet nomad && echo active; ");
-    for v in wanted_volumes(ctx.settings) {
-        script.push_str(&format!("[ -d {p} ] && echo dir={p}; ", p = quote(&v.path)));
+    let mut script = format!(
+        "systemctl is-active --quiet nomad && echo active; [ -e {} ] && echo interrupted; ",
+        quote(&config_file::backup_path(NOMAD_CONFIG_PATH))
+    );
+    let mut dirs: Vec<String> = wanted_volumes(ctx.settings)
+        .into_iter()
+        .map(|v| v.path)
+        .collect();
+    if let Some(text) = &config {
+        dirs.extend(
+            config::declared_host_volumes(text)
+                .into_iter()
+                .map(|(_, p)| p),
+        );
+    }
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        script.push_str(&format!("[ -d {p} ] && echo dir={p}; ", p = quote(&dir)));
     }
     script.push_str("true");
     let out = ctx.probe(&script).await?.stdout_str();
@@ -60,6 +79,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
             .map(str::to_string)
             .collect(),
         active: out.lines().any(|l| l == "active"),
+        install_interrupted: out.lines().any(|l| l == "interrupted"),
     })
 }
 
@@ -67,11 +87,10 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
     let mut plan = StepPlan::new(StepId::NomadConfig);
     let volumes = wanted_volumes(settings);
     let mut added = Vec::new();
-    let (text, changed, paths) = match &facts.config {
+    let (text, changed) = match &facts.config {
         None => {
             let text = config::fresh_config(&volumes);
-            let paths = volumes.iter().map(|v| v.path.clone()).collect::<Vec<_>>();
-            (text, true, paths)
+            (text, true)
         }
         Some(existing) => {
             let mut patched = config::ensure_host_volumes(existing, &volumes)?;
@@ -102,46 +121,70 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
                     "{NOMAD_CONFIG_PATH} lets Nomad's HTTP API listen beyond loopback; without ACLs anyone who reaches port 4646 can run jobs. Consider `addresses {{ http = \"127.0.0.1\" }}`"
                 ));
             }
-            let paths = patched.paths.iter().map(|(_, p)| p.clone()).collect();
-            (patched.text, patched.changed, paths)
+            (patched.text, patched.changed)
         }
     };
-    for path in paths {
-        if !facts.existing_dirs.contains(&path) {
-            plan.change(
-                format!("create the host volume directory {path}"),
-                Action::Run(Cmd::sh(format!(
-                    "mkdir -p {p} && chmod 700 {p}",
-                    p = quote(&path)
-                ))),
-            );
+    // Nomad refuses to start while the directory of any declared host volume is
+    // missing, so every one of them is created, not only pdsup's.
+    let mut seen = Vec::new();
+    for (name, path) in config::declared_host_volumes(&text) {
+        if seen.contains(&path) || facts.existing_dirs.contains(&path) {
+            continue;
         }
-    }
-    if changed {
-        let what = if facts.config.is_some() {
-            format!("add {} to", added.join(" and "))
+        seen.push(path.clone());
+        if !path.starts_with('/') {
+            plan.notes.push(format!(
+                "{NOMAD_CONFIG_PATH} declares host_volume {name:?} at {path:?}, which is not an absolute path: pdsup does not create it, and Nomad may refuse to start"
+            ));
+            continue;
+        }
+        let script = if volumes.iter().any(|v| v.name == name) {
+            format!("mkdir -p {p} && chmod 700 {p}", p = quote(&path))
         } else {
-            "write".to_string()
+            format!("mkdir -p {}", quote(&path))
         };
         plan.change(
-            format!("{what} {NOMAD_CONFIG_PATH}"),
-            Action::Write {
-                path: NOMAD_CONFIG_PATH.into(),
-                contents: Contents::Text(text.clone()),
-                mode: FileMode::root(0o640),
-            },
-        )
-        .detail(crate::ui::diff(
-            facts.config.as_deref().unwrap_or(""),
-            &text,
-        ));
-    }
-    if changed || !facts.active {
-        let verb = if facts.active { "restart" } else { "start" };
-        plan.change(
-            format!("{verb} Nomad"),
-            Action::Run(Cmd::sh("systemctl restart nomad")),
+            format!("create the host volume directory {path} ({name})"),
+            Action::Run(Cmd::sh(script)),
         );
+    }
+    let unit = "nomad".to_string();
+    if changed || facts.install_interrupted {
+        let verb = if facts.active { "restart" } else { "start" };
+        let summary = if !changed {
+            format!("install {NOMAD_CONFIG_PATH} again and {verb} Nomad (a run stopped before Nomad ran on it)")
+        } else if facts.config.is_some() {
+            format!(
+                "add {} to {NOMAD_CONFIG_PATH} and {verb} Nomad",
+                added.join(" and ")
+            )
+        } else {
+            format!("write {NOMAD_CONFIG_PATH} and {verb} Nomad")
+        };
+        let install = config_file::Install {
+            unit,
+            file: Some(config_file::NewFile {
+                path: NOMAD_CONFIG_PATH.into(),
+                contents: text.clone(),
+                mode: FileMode::root(0o640),
+                // Parsed here: it is the text hcl-edit produced (or pdsup's own).
+                validate: None,
+            }),
+        };
+        let detail = format!(
+            "{}\n{}",
+            crate::ui::diff(facts.config.as_deref().unwrap_or(""), &text),
+            install.describe()
+        );
+        plan.change(summary, Action::InstallConfig(install))
+            .detail(detail);
+    } else if !facts.active {
+        let install = config_file::Install { unit, file: None };
+        let detail = install.describe();
+        plan.change("start Nomad", Action::InstallConfig(install))
+            .detail(detail);
+    }
+    if changed || facts.install_interrupted || !facts.active {
         plan.change(
             "wait for the Nomad node: ready, docker driver healthy, volumes fingerprinted",
             Action::WaitNomadReady {
@@ -163,10 +206,9 @@ mod tests {
         assert_eq!(
             summaries,
             vec![
-                "create the host volume directory /srv/nomad/pds",
-                "create the host volume directory /srv/nomad/io",
-                "write /etc/nomad.d/nomad.hcl",
-                "start Nomad",
+                "create the host volume directory /srv/nomad/pds (pds)",
+                "create the host volume directory /srv/nomad/io (io)",
+                "write /etc/nomad.d/nomad.hcl and start Nomad",
                 "wait for the Nomad node: ready, docker driver healthy, volumes fingerprinted",
             ]
         );
@@ -180,8 +222,24 @@ mod tests {
             config: Some(text),
             existing_dirs: vec![PDS_VOLUME_PATH.into(), IO_VOLUME_PATH.into()],
             active: true,
+            install_interrupted: false,
         };
         assert!(plan(&facts, &settings).unwrap().is_unchanged());
+        // A run stopped after moving nomad.hcl in, before Nomad ran on it: the
+        // install is redone, so Nomad restarts on the file.
+        let interrupted = Facts {
+            install_interrupted: true,
+            ..facts
+        };
+        let p = plan(&interrupted, &settings).unwrap();
+        let summaries: Vec<&str> = p.changes.iter().map(|c| c.summary.as_str()).collect();
+        assert_eq!(
+            summaries,
+            [
+                "install /etc/nomad.d/nomad.hcl again and restart Nomad (a run stopped before Nomad ran on it)",
+                "wait for the Nomad node: ready, docker driver healthy, volumes fingerprinted"
+            ]
+        );
     }
 
     #[test]
@@ -194,26 +252,34 @@ mod tests {
             ),
             existing_dirs: vec![PDS_VOLUME_PATH.into()],
             active: true,
+            install_interrupted: false,
         };
         let plan = plan(&facts, &settings).unwrap();
         let summaries: Vec<&str> = plan.changes.iter().map(|c| c.summary.as_str()).collect();
         assert_eq!(
-            summaries[0],
-            "add host volumes and loopback task ports to /etc/nomad.d/nomad.hcl"
+            summaries,
+            [
+                "add host volumes and loopback task ports to /etc/nomad.d/nomad.hcl and restart Nomad",
+                "wait for the Nomad node: ready, docker driver healthy, volumes fingerprinted"
+            ]
         );
-        assert_eq!(summaries[1], "restart Nomad");
         assert!(plan.notes.iter().any(|n| n.contains("beyond loopback")));
         assert!(plan
             .notes
             .iter()
             .any(|n| n.contains("network_interface = \"lo\"")));
         match &plan.changes[0].action {
-            Action::Write {
-                contents: Contents::Text(text),
-                ..
-            } => {
-                assert_eq!(config::task_interface(text), TaskInterface::Loopback);
-                assert!(text.contains("host_volume \"pds\""));
+            Action::InstallConfig(config_file::Install {
+                unit,
+                file: Some(file),
+            }) => {
+                assert_eq!(unit, "nomad");
+                assert_eq!(file.path, NOMAD_CONFIG_PATH);
+                assert_eq!(
+                    config::task_interface(&file.contents),
+                    TaskInterface::Loopback
+                );
+                assert!(file.contents.contains("host_volume \"pds\""));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -228,8 +294,63 @@ mod tests {
             config: Some(text.into()),
             existing_dirs: vec![PDS_VOLUME_PATH.into()],
             active: true,
+            install_interrupted: false,
         };
         assert!(plan(&facts, &settings).unwrap().is_unchanged());
+    }
+
+    /// A Droplet Superpowers nomad.hcl declares `io` while pdsup deploys Caddy:
+    /// Nomad does not start until /srv/nomad/io exists, so pdsup creates it too.
+    #[test]
+    fn every_declared_host_volume_directory_is_created() {
+        let mut settings = Settings::example();
+        settings.proxy = Proxy::Caddy;
+        let superpowers = "data_dir  = \"/opt/nomad/data\"\nbind_addr = \"0.0.0.0\"\n\nserver {\n  enabled          = true\n  bootstrap_expect = 1\n}\n\nclient {\n  enabled = true\n  servers = [\"127.0.0.1\"]\n  host_volume \"io\" {\n    path      = \"/srv/nomad/io\"\n    read_only = false\n  }\n  host_volume \"scratch\" {\n    path = \"scratch\"\n  }\n}\n";
+        let facts = Facts {
+            config: Some(superpowers.into()),
+            existing_dirs: Vec::new(),
+            active: true,
+            install_interrupted: false,
+        };
+        let plan = plan(&facts, &settings).unwrap();
+        let runs: Vec<(&str, &str)> = plan
+            .changes
+            .iter()
+            .filter_map(|c| match &c.action {
+                Action::Run(cmd) => Some((c.summary.as_str(), cmd.script.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                (
+                    "create the host volume directory /srv/nomad/io (io)",
+                    "mkdir -p /srv/nomad/io"
+                ),
+                (
+                    "create the host volume directory /srv/nomad/pds (pds)",
+                    "mkdir -p /srv/nomad/pds && chmod 700 /srv/nomad/pds"
+                ),
+            ]
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.contains("\"scratch\"") && n.contains("not an absolute path")),
+            "{:?}",
+            plan.notes
+        );
+        // With the directories there, nothing is created again.
+        let facts = Facts {
+            existing_dirs: vec![IO_VOLUME_PATH.into(), PDS_VOLUME_PATH.into()],
+            ..facts
+        };
+        let plan = super::plan(&facts, &settings).unwrap();
+        assert!(plan
+            .changes
+            .iter()
+            .all(|c| !matches!(c.action, Action::Run(_))));
     }
 
     #[test]
@@ -238,6 +359,7 @@ mod tests {
             config: Some("client {\n  enabled = true\n  network_interface = \"eth0\"\n}\n".into()),
             existing_dirs: Vec::new(),
             active: true,
+            install_interrupted: false,
         };
         let plan = plan(&facts, &Settings::example()).unwrap();
         assert_eq!(plan.blockers.len(), 1, "{:?}", plan.blockers);

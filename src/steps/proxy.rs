@@ -3,12 +3,16 @@
 //! `--proxy caddy`: the distribution's Caddy with on-demand TLS for the hostname
 //! and `*.hostname`, asking the PDS's `/tls-check` before each certificate.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use rustls_pki_types::pem::{PemObject, SectionKind};
+use rustls_pki_types::CertificateDer;
 
 use super::docker::APT;
-use super::{Action, Contents, Ctx, StepId, StepPlan};
+use super::{config_file, Action, Contents, Ctx, StepId, StepPlan};
 use crate::assets;
-use crate::host::{Cmd, FileMode};
+use crate::host::{quote, Cmd, FileMode};
 use crate::nomad::api::JobHealth;
 use crate::nomad::job::{io_job, Job};
 use crate::settings::{Proxy, Settings, PDS_PORT};
@@ -20,6 +24,9 @@ const CADDY_ACME_ROOT: &str = "/etc/caddy/acme-ca-root.pem";
 pub struct Facts {
     pub caddy_installed: bool,
     pub caddy_active: bool,
+    /// A backup of the Caddyfile is left over: a run stopped between moving a
+    /// new Caddyfile into place and Caddy running on it.
+    pub caddyfile_install_interrupted: bool,
     pub caddyfile: Option<String>,
     pub acme_root: Option<String>,
     pub io_ingress: Option<String>,
@@ -35,6 +42,46 @@ impl Facts {
     pub fn fresh() -> Self {
         Facts::default()
     }
+}
+
+/// Checks that `--acme-ca-root` holds what Caddy's `acme_ca_root` needs (PEM
+/// CA certificates, nothing else) before anything is uploaded: a file Caddy
+/// cannot load would stop it on its next start, taking the site down.
+pub fn check_pem_roots(path: &Path) -> Result<()> {
+    let flag = "--acme-ca-root";
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("{flag} {}: {e}", path.display()))?;
+    let refuse = |why: String| {
+        anyhow!(
+            "{flag} {}: {why}. Give the PEM file of the ACME server's root certificate (\"-----BEGIN CERTIFICATE-----\")",
+            path.display()
+        )
+    };
+    let mut certificates = 0;
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes) {
+        let (kind, der) = section.map_err(|e| refuse(format!("not readable as PEM ({e})")))?;
+        match kind {
+            SectionKind::Certificate => {
+                let der = CertificateDer::from(der);
+                webpki::anchor_from_trusted_cert(&der).map_err(|e| {
+                    refuse(format!(
+                        "certificate {} is not a valid X.509 certificate ({e:?})",
+                        certificates + 1
+                    ))
+                })?;
+                certificates += 1;
+            }
+            SectionKind::RsaPrivateKey | SectionKind::PrivateKey | SectionKind::EcPrivateKey => {
+                return Err(refuse(
+                    "it holds a private key, which must never be uploaded as a CA root".into(),
+                ));
+            }
+            other => return Err(refuse(format!("it holds a {other:?}, not a certificate"))),
+        }
+    }
+    if certificates == 0 {
+        return Err(refuse("it holds no PEM certificate".into()));
+    }
+    Ok(())
 }
 
 pub fn caddyfile(settings: &Settings) -> String {
@@ -73,11 +120,15 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     match settings.proxy {
         Proxy::Caddy => {
             let out = ctx
-                .probe("command -v caddy >/dev/null && echo installed; systemctl is-active --quiet caddy && echo active; true")
+                .probe(&format!(
+                    "command -v caddy >/dev/null && echo installed; systemctl is-active --quiet caddy && echo active; [ -e {} ] && echo interrupted; true",
+                    quote(&config_file::backup_path(CADDYFILE_PATH))
+                ))
                 .await?
                 .stdout_str();
             facts.caddy_installed = out.lines().any(|l| l == "installed");
             facts.caddy_active = out.lines().any(|l| l == "active");
+            facts.caddyfile_install_interrupted = out.lines().any(|l| l == "interrupted");
             facts.caddyfile = read_text(ctx, CADDYFILE_PATH).await?;
             facts.acme_root = read_text(ctx, CADDY_ACME_ROOT).await?;
         }
@@ -171,33 +222,51 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
         }
     }
     let wanted = caddyfile(settings);
-    if facts.caddyfile.as_deref() != Some(wanted.as_str()) {
+    if facts.caddyfile.as_deref() != Some(wanted.as_str()) || facts.caddyfile_install_interrupted {
+        let install = config_file::Install {
+            unit: "caddy".into(),
+            file: Some(config_file::NewFile {
+                path: CADDYFILE_PATH.into(),
+                contents: wanted.clone(),
+                mode: FileMode::root(0o644),
+                validate: Some(caddy_validate(&config_file::candidate_path(CADDYFILE_PATH))),
+            }),
+        };
+        let detail = format!(
+            "{}\n{}",
+            crate::ui::diff(facts.caddyfile.as_deref().unwrap_or(""), &wanted),
+            install.describe()
+        );
         plan.change(
             format!(
-                "write {CADDYFILE_PATH} for {} and *.{}",
+                "write {CADDYFILE_PATH} for {} and *.{}, check it with `caddy validate`, (re)start Caddy",
                 settings.hostname, settings.hostname
             ),
-            Action::Write {
-                path: CADDYFILE_PATH.into(),
-                contents: Contents::Text(wanted.clone()),
-                mode: FileMode::root(0o644),
-            },
+            Action::InstallConfig(install),
         )
-        .detail(crate::ui::diff(
-            facts.caddyfile.as_deref().unwrap_or(""),
-            &wanted,
-        ));
-        reload = true;
-    }
-    if reload || !facts.caddy_active {
+        .detail(detail);
+    } else if reload || !facts.caddy_active {
+        let install = config_file::Install {
+            unit: "caddy".into(),
+            file: None,
+        };
+        let detail = install.describe();
         plan.change(
             "(re)start Caddy with the new configuration",
-            Action::Run(Cmd::sh(
-                "systemctl enable caddy >/dev/null 2>&1; systemctl restart caddy",
-            )),
-        );
+            Action::InstallConfig(install),
+        )
+        .detail(detail);
     }
     Ok(())
+}
+
+/// `caddy validate` on a candidate Caddyfile. Caddy may set up its storage while
+/// validating: a throwaway HOME keeps that away from root's and the service's.
+fn caddy_validate(candidate: &str) -> String {
+    format!(
+        "d=$(mktemp -d) && trap 'rm -rf \"$d\"' EXIT && HOME=\"$d\" XDG_DATA_HOME=\"$d\" XDG_CONFIG_HOME=\"$d\" caddy validate --config {} --adapter caddyfile",
+        quote(candidate)
+    )
 }
 
 fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
@@ -257,6 +326,38 @@ mod tests {
         assert!(caddyfile(&settings).contains("\tacme_ca https://10.213.0.1:14000/dir\n"));
     }
 
+    /// A self-signed P-256 CA certificate made with openssl for this test.
+    const TEST_ROOT: &str = "-----BEGIN CERTIFICATE-----\nMIIBjDCCATGgAwIBAgIUb7rFDxWMIpdhvTWDyD1+/Bu9p58wCgYIKoZIzj0EAwIw\nGjEYMBYGA1UEAwwPcGRzdXAgdGVzdCByb290MCAXDTI2MTIwMzA4MTM1N1oYDzIx\nMjYxMTA5MDgxMzU3WjAaMRgwFgYDVQQDDA9wZHN1cCB0ZXN0IHJvb3QwWTATBgcq\nhkjOPQIBBggqhkjOPQMBBwNCAARnM5Fuis5fj5/Ft1XlyksMuUV3CksKVlcVidNh\nCUW++L4I4eKbnGEk+4lZFTeios+Bil/D5C8doTny0lnEuHhCo1MwUTAdBgNVHQ4E\nFgQUAk885UkPG/7hk9/Xb7WZmGQnY5MwHwYDVR0jBBgwFoAUAk885UkPG/7hk9/X\nb7WZmGQnY5MwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEAt+ed\nDoAK8+r3VsrVnVPh2XOnaQCCGctkeU0w+dSIqeECIQCn12q9SucFs4OwtxDkBOYj\nxVwzmME/dFrIyLAm+A0yqQ==\n-----END CERTIFICATE-----\n";
+
+    fn pem_file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn pem_roots_are_ca_certificates_and_nothing_else() {
+        check_pem_roots(pem_file(TEST_ROOT).path()).unwrap();
+        check_pem_roots(pem_file(&format!("{TEST_ROOT}{TEST_ROOT}")).path()).unwrap();
+        let key = "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n";
+        let garbled = TEST_ROOT.replacen("MIIB", "MII*", 1);
+        let not_der = "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n";
+        for (text, why) in [
+            ("", "no PEM certificate"),
+            ("not a certificate\n", "no PEM certificate"),
+            (key, "private key"),
+            (&format!("{TEST_ROOT}{key}"), "private key"),
+            (&garbled, "not readable as PEM"),
+            (not_der, "not a valid X.509 certificate"),
+        ] {
+            let file = pem_file(text);
+            let msg = format!("{:#}", check_pem_roots(file.path()).unwrap_err());
+            assert!(msg.contains(why), "{text:?}: {msg}");
+            assert!(msg.contains("--acme-ca-root"), "{msg}");
+            assert!(msg.contains(&file.path().display().to_string()), "{msg}");
+        }
+    }
+
     #[test]
     fn io_ingress_is_the_seed_block() {
         let text = io_ingress(&Settings::example());
@@ -271,7 +372,26 @@ mod tests {
         let mut settings = Settings::example();
         settings.proxy = Proxy::Caddy;
         let fresh = plan(&Facts::fresh(), &settings).unwrap();
-        assert_eq!(fresh.changes.len(), 3);
+        assert_eq!(fresh.changes.len(), 2);
+        match &fresh.changes[1].action {
+            Action::InstallConfig(config_file::Install {
+                unit,
+                file: Some(file),
+            }) => {
+                assert_eq!(unit, "caddy");
+                assert_eq!(file.path, CADDYFILE_PATH);
+                assert_eq!(file.contents, caddyfile(&settings));
+                let check = file.validate.as_deref().unwrap();
+                assert!(
+                    check.contains("caddy validate --config /etc/caddy/Caddyfile.pdsup-new --adapter caddyfile"),
+                    "{check}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let detail = fresh.changes[1].detail.as_deref().unwrap();
+        assert!(detail.contains("caddy validate"), "{detail}");
+        assert!(detail.contains("systemctl restart caddy"), "{detail}");
         let done = Facts {
             caddy_installed: true,
             caddy_active: true,
@@ -279,6 +399,17 @@ mod tests {
             ..Facts::default()
         };
         assert!(plan(&done, &settings).unwrap().is_unchanged());
+        // A run stopped after moving the Caddyfile in, before Caddy ran on it.
+        let interrupted = Facts {
+            caddyfile_install_interrupted: true,
+            ..done
+        };
+        let p = plan(&interrupted, &settings).unwrap();
+        assert_eq!(p.changes.len(), 1);
+        assert!(matches!(
+            &p.changes[0].action,
+            Action::InstallConfig(config_file::Install { file: Some(_), .. })
+        ));
     }
 
     #[test]
