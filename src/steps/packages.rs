@@ -129,10 +129,13 @@ impl DpkgFacts {
 
 /// Finishes what an interrupted dpkg or apt run left half done. Config files
 /// the user changed are kept (`--force-confold`), as in every apt call of pdsup.
+/// `dpkg --configure -a` fails for packages whose dependencies were never
+/// unpacked (the run was cut short before them); `apt-get -f install` then
+/// fetches those and configures the rest, and its outcome is the repair's.
 pub fn repair_script() -> String {
     format!(
         "set -e\nexport DEBIAN_FRONTEND=noninteractive\n\
-         dpkg --force-confdef --force-confold --configure -a\n\
+         dpkg --force-confdef --force-confold --configure -a || echo 'some packages need apt-get -f install' >&2\n\
          {APT} -f install\n"
     )
 }
@@ -146,11 +149,24 @@ pub fn repair(facts: &DpkgFacts) -> Option<(String, String, String)> {
     if half_done.is_empty() {
         return None;
     }
-    let summary = format!(
-        "finish interrupted package work (dpkg --configure -a, apt-get -f install): {}",
+    const SHOWN: usize = 4;
+    let named = if half_done.len() <= SHOWN {
         half_done.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            half_done[..SHOWN].join(", "),
+            half_done.len() - SHOWN
+        )
+    };
+    let summary = format!(
+        "finish interrupted package work (dpkg --configure -a, apt-get -f install): {named}"
     );
-    let mut detail = repair_script();
+    let mut detail = String::from("left half done:\n");
+    for package in &half_done {
+        detail.push_str(&format!("  {package}\n"));
+    }
+    detail.push_str(&repair_script());
     if !facts.audit.is_empty() {
         detail.push_str("dpkg --audit reports:\n");
         for line in &facts.audit {
@@ -175,7 +191,8 @@ true"#;
 /// A process holding the dpkg lock.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LockHolder {
-    /// `None` when the kernel does not say (a process in another PID namespace).
+    /// `None` when the kernel does not say (a process in another PID namespace,
+    /// an open file description lock).
     pub pid: Option<u32>,
     /// `/proc/PID/comm`: `unattended-upgr`, `apt-get`, `dpkg`.
     pub name: String,
@@ -188,7 +205,7 @@ impl fmt::Display for LockHolder {
         match (self.pid, self.name.is_empty()) {
             (Some(pid), false) => write!(f, "{} (pid {pid})", self.name),
             (Some(pid), true) => write!(f, "pid {pid}"),
-            (None, _) => f.write_str("a process outside the droplet's view"),
+            (None, _) => f.write_str("a process /proc/locks does not name"),
         }
     }
 }
@@ -393,6 +410,16 @@ mod tests {
             detail.contains("unpacked but not yet configured"),
             "{detail}"
         );
+        // Many packages (a kill during a big install): a few named, all in the detail.
+        let many: String = (0..30)
+            .map(|i| format!("status lib{i:02} install ok unpacked\n"))
+            .collect();
+        let (summary, detail, _) = repair(&DpkgFacts::parse(&many)).expect("a repair");
+        assert!(
+            summary.ends_with(": lib00 (unpacked), lib01 (unpacked), lib02 (unpacked), lib03 (unpacked) and 26 more"),
+            "{summary}"
+        );
+        assert!(detail.contains("  lib29 (unpacked)\n"), "{detail}");
     }
 
     #[test]
