@@ -1587,4 +1587,24 @@ fn interrupted_package_work_is_finished_and_the_dpkg_lock_holder_is_named() {
     second.assert_ok("the second run");
     let report = second.json();
     assert_eq!(report["changed"], false, "{report}");
+
+    // An image archive docker cannot load: the error names the archive, and
+    // the uploaded copy does not stay behind in /var/tmp.
+    let corrupt = op.home.path().join("corrupt-pds-image.tar");
+    fs::write(&corrupt, b"this is no docker save tarball\n").unwrap();
+    let mut bad = args.clone();
+    let i = bad.iter().position(|a| a == "--pds-image-archive").unwrap();
+    bad[i + 1] = corrupt.display().to_string();
+    bad.extend(strings(&["--pds-image", "example/never-loaded:1"]));
+    let run = op.run(&bad);
+    run.assert_failed("a corrupt image archive")
+        .assert_stderr_has(
+            "a corrupt image archive",
+            &[&format!("docker could not load {}", corrupt.display())],
+        );
+    let left = d.ssh_ok("root", "ls -A /var/tmp");
+    assert!(
+        !left.contains("pdsup"),
+        "the archive was left in /var/tmp:\n{left}"
+    );
 }
