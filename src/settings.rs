@@ -45,9 +45,9 @@ pub struct NomadSource {
     pub version: String,
     /// Base URL laid out like releases.hashicorp.com (`<url>/nomad/<v>/<file>`).
     pub release_url: String,
-    /// A local release zip to upload instead of downloading; its SHA256SUMS and
-    /// .sig are looked for beside it.
-    pub zip: Option<PathBuf>,
+    /// A local release zip to upload instead of downloading, already checked
+    /// against the signed SHA256SUMS beside it.
+    pub zip: Option<crate::nomad::release::LocalZip>,
     /// An armored OpenPGP key to trust instead of HashiCorp's (for a private mirror).
     pub release_key: Option<PathBuf>,
 }

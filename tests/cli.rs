@@ -519,3 +519,67 @@ fn a_good_site_with_tricky_values_plans_and_keeps_its_files() {
     assert!(text(&out.stdout).contains("America/Argentina/Buenos_Aires"));
     assert_eq!(snapshot(dir.path()), before);
 }
+
+/// A zip file with these entries (stored).
+fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in entries {
+        zip.start_file(*name, options).unwrap();
+        zip.write_all(data).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+#[test]
+fn a_nomad_zip_that_is_no_release_is_refused_before_connecting() {
+    let state = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let zip = files.path().join("nomad_1.10.5_linux_amd64.zip");
+    let zip_arg = zip.display().to_string();
+    type Setup = fn(&Path);
+    let cases: Vec<(&str, Setup, Vec<&str>)> = vec![
+        (
+            "a binary given as the zip",
+            |p| std::fs::write(p, b"\x7fELF\x02\x01\x01 not a zip").unwrap(),
+            vec!["is not a zip archive"],
+        ),
+        (
+            "a zip of something else",
+            |p| write_zip(p, &[("README.md", b"# hello\n")]),
+            vec!["is a zip without a `nomad` file"],
+        ),
+        (
+            "the release zip without its SHA256SUMS beside it",
+            |p| write_zip(p, &[("nomad", b"\x7fELF")]),
+            vec!["needs nomad_1.10.5_SHA256SUMS beside it"],
+        ),
+    ];
+    for (what, setup, needles) in cases {
+        setup(&zip);
+        let args = up_args(("", ""), &["--nomad-zip", &zip_arg]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = pdsup(&args, state.path());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        for needle in needles.iter().chain([&zip_arg.as_str()]) {
+            assert!(
+                stderr.contains(needle),
+                "{what}: expected {needle:?} in:\n{stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains("connect"),
+            "{what}: tried to connect: {stderr}"
+        );
+        assert!(!state.path().join("sites").exists(), "{what}: wrote state");
+    }
+    // `plan` checks it too, without any droplet.
+    let mut args = vec!["plan", "--nomad-zip", &zip_arg];
+    args.extend_from_slice(SITE);
+    let out = pdsup(&args, state.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("beside it"));
+}

@@ -1698,3 +1698,148 @@ fn bad_input_is_refused_before_anything_changes() {
         assert_untouched(&d, "port 80 taken");
     }
 }
+
+// ---------------------------------------------------------------------------------
+// 7. Package work cut short is finished; a held dpkg lock is waited for, by name
+// ---------------------------------------------------------------------------------
+
+/// Takes the dpkg frontend lock the way apt and dpkg do (an `fcntl` write lock,
+/// which `flock(1)` would not take), holds it for ARGV[0] seconds, and exits.
+const HOLD_DPKG_LOCK: &str = r#"use Fcntl;
+open(my $lock, '>>', '/var/lib/dpkg/lock-frontend') or die "open: $!";
+# struct flock on 64-bit Linux: type, whence, pad, start, len, pid, pad.
+my $flock = pack('s s x4 q q l x4', F_WRLCK, 0, 0, 0, 0);
+fcntl($lock, F_SETLKW, $flock) or die "lock: $!";
+sleep($ARGV[0]);
+"#;
+
+#[test]
+fn interrupted_package_work_is_finished_and_the_dpkg_lock_holder_is_named() {
+    require_e2e();
+    let d = Droplet::start("bookworm");
+    let op = Operator::new();
+
+    // A kill in the middle of `apt-get install docker.io`, made deterministic:
+    // the debs of docker.io and its dependencies unpacked, none configured. A
+    // few cannot even be unpacked (python3 pre-depends on an unconfigured
+    // python3-minimal), as after a kill before apt got to them.
+    d.ssh_ok(
+        "root",
+        "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; \
+         apt-get install -y -qq --download-only docker.io >/dev/null; \
+         dpkg --unpack /var/cache/apt/archives/*.deb >/dev/null 2>&1 || true",
+    );
+    assert_eq!(
+        d.ssh_ok("root", "dpkg-query -W -f='${db:Status-Abbrev}' docker.io")
+            .trim(),
+        "iU",
+        "docker.io should be unpacked, not configured"
+    );
+    assert!(
+        d.ssh("root", "command -v dockerd").status.success(),
+        "dockerd should be on disk already (what `command -v` took for installed)"
+    );
+
+    // unattended-upgrades holding the dpkg lock, as on a fresh droplet: a
+    // program of that name takes the lock apt and dpkg wait for.
+    let out = d.ssh_with_stdin(
+        "root",
+        "cat > /root/hold-dpkg-lock.pl",
+        HOLD_DPKG_LOCK.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    // A transient service, so that it outlives the SSH session that starts it.
+    let pid = d
+        .ssh_ok(
+            "root",
+            "cp /usr/bin/perl /usr/local/sbin/unattended-upgrade && \
+             systemd-run --quiet --unit=hold-dpkg-lock \
+               /usr/local/sbin/unattended-upgrade /root/hold-dpkg-lock.pl 25 && \
+             systemctl show -p MainPID --value hold-dpkg-lock",
+        )
+        .trim()
+        .to_string();
+    let inode = d
+        .ssh_ok("root", "stat -c %i /var/lib/dpkg/lock-frontend")
+        .trim()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d
+        .ssh_ok("root", "cat /proc/locks")
+        .lines()
+        .any(|l| l.contains(&format!(" {pid} ")) && l.ends_with(&format!(":{inode} 0 EOF")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lock holder did not take the lock: {}",
+            d.ssh_ok(
+                "root",
+                "journalctl -u hold-dpkg-lock --no-pager; cat /proc/locks"
+            )
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // apt itself respects that lock (the point of holding it).
+    let apt = d.ssh(
+        "root",
+        "apt-get -o DPkg::Lock::Timeout=0 -y remove pdsup-no-such-package 2>&1",
+    );
+    assert!(
+        !apt.status.success() && stdout(&apt).contains("Could not get lock"),
+        "apt did not wait for the held lock:\n{}",
+        describe(&apt)
+    );
+
+    let args = op.up_args(&root_dest(&d), &caddy_args());
+    let run = op.run(&args);
+    run.assert_ok("pdsup up on a droplet with docker.io half installed");
+    run.assert_stderr_has(
+        "the repair",
+        &[
+            "→ finish interrupted package work",
+            // Named in preflight's note and while the repair waits for it.
+            &format!("the dpkg lock is held by unattended-upgr (pid {pid})"),
+            &format!("waiting for the dpkg lock held by unattended-upgr (pid {pid})"),
+        ],
+    );
+    assert_eq!(
+        d.ssh_ok("root", "dpkg-query -W -f='${db:Status-Abbrev}' docker.io")
+            .trim(),
+        "ii"
+    );
+    assert_eq!(
+        d.ssh_ok("root", "dpkg --audit").trim(),
+        "",
+        "dpkg still has unfinished work"
+    );
+    let repos = list_repos_on_droplet(&d);
+    let listed = repos["repos"].as_array().map_or(0, Vec::len);
+    assert_eq!(listed, 1, "one account on the PDS: {repos}");
+
+    let mut again = args.clone();
+    again.push("--json".into());
+    let second = op.run(&again);
+    second.assert_ok("the second run");
+    let report = second.json();
+    assert_eq!(report["changed"], false, "{report}");
+
+    // An image archive docker cannot load: the error names the archive, and
+    // the uploaded copy does not stay behind in /var/tmp.
+    let corrupt = op.home.path().join("corrupt-pds-image.tar");
+    fs::write(&corrupt, b"this is no docker save tarball\n").unwrap();
+    let mut bad = args.clone();
+    let i = bad.iter().position(|a| a == "--pds-image-archive").unwrap();
+    bad[i + 1] = corrupt.display().to_string();
+    bad.extend(strings(&["--pds-image", "example/never-loaded:1"]));
+    let run = op.run(&bad);
+    run.assert_failed("a corrupt image archive")
+        .assert_stderr_has(
+            "a corrupt image archive",
+            &[&format!("docker could not load {}", corrupt.display())],
+        );
+    let left = d.ssh_ok("root", "ls -A /var/tmp");
+    assert!(
+        !left.contains("pdsup"),
+        "the archive was left in /var/tmp:\n{left}"
+    );
+}

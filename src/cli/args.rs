@@ -230,6 +230,19 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             settings::NOMAD_VERSION
         );
     }
+    // A local Nomad zip is checked here, before any connection: a file that is
+    // no release must not get as far as creating the nomad user.
+    let nomad_zip = match &args.nomad_zip {
+        Some(path) => {
+            let key = crate::nomad::release::TrustedKey::load(args.nomad_release_key.as_deref())?;
+            Some(crate::nomad::release::check_local_zip(
+                path,
+                &args.nomad_version,
+                &key,
+            )?)
+        }
+        None => None,
+    };
     // Values that shape what is deployed are remembered, so a later run (or a
     // rebuild) without the flag deploys the same thing rather than the default.
     // Each comes back with where it came from, for the error if it is invalid.
@@ -309,7 +322,7 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             version: args.nomad_version.clone(),
             release_url: parse_as::<HttpUrl>(&args.nomad_release_url, "--nomad-release-url")?
                 .to_string(),
-            zip: args.nomad_zip.clone(),
+            zip: nomad_zip,
             release_key: args.nomad_release_key.clone(),
         },
         pds_image,

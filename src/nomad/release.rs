@@ -53,6 +53,30 @@ pub enum ReleaseError {
         "SHA256SUMS lists {file} twice with different hashes: the mirror serves a broken file; check --nomad-release-url"
     )]
     AmbiguousChecksum { file: String },
+    #[error(
+        "--nomad-zip {path} is not a zip archive ({reason}): give the release zip as published (nomad_<version>_linux_<arch>.zip)"
+    )]
+    NotAZip { path: String, reason: String },
+    #[error(
+        "--nomad-zip {path} is a zip without a `nomad` file at its top: it is not a Nomad release zip"
+    )]
+    NoNomadInZip { path: String },
+    #[error(
+        "--nomad-zip {zip} needs {name} beside it, as published with the release ({path} is missing)"
+    )]
+    MissingBesideZip {
+        zip: String,
+        name: String,
+        path: String,
+    },
+    #[error(
+        "--nomad-zip {path} does not match the signed SHA256SUMS (its SHA-256 {sha256} is not listed for any nomad_{version}_linux_*.zip): the file is corrupt or not the release it claims to be"
+    )]
+    ZipNotInSums {
+        path: String,
+        sha256: String,
+        version: String,
+    },
     #[error("reading {path}: {source}")]
     Io {
         path: String,
@@ -141,6 +165,20 @@ impl TrustedKey {
         let key = parse_key(text)?;
         let label = format!("the release key {}", fingerprint(&key));
         Ok(TrustedKey { key, label })
+    }
+
+    /// The key in `--nomad-release-key FILE`, or HashiCorp's without one.
+    pub fn load(path: Option<&Path>) -> Result<TrustedKey, ReleaseError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ReleaseError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                TrustedKey::from_armored(&text)
+            }
+            None => TrustedKey::hashicorp(),
+        }
     }
 
     /// The primary key's fingerprint, 40 upper-case hex digits.
@@ -357,6 +395,89 @@ pub fn sha256_reader(mut reader: impl Read) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// A `--nomad-zip` checked on this machine: a zip holding `nomad`, whose
+/// SHA-256 the signed SHA256SUMS beside it lists for these architectures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalZip {
+    pub path: std::path::PathBuf,
+    pub sha256: String,
+    pub arches: Vec<Arch>,
+}
+
+impl LocalZip {
+    /// `the linux_amd64 release`, for messages.
+    pub fn describe_arches(&self) -> String {
+        let names: Vec<String> = self.arches.iter().map(|a| format!("linux_{a}")).collect();
+        format!("the {} release", names.join(" and "))
+    }
+}
+
+/// Checks a `--nomad-zip` before anything happens on a droplet: it is a zip
+/// with a `nomad` entry, its SHA256SUMS and .sig sit beside it, the signature
+/// verifies with `key`, and the zip's SHA-256 is listed there for `version`.
+/// The droplet's architecture is not known yet; the caller compares it with
+/// [`LocalZip::arches`] once it is.
+pub fn check_local_zip(
+    path: &Path,
+    version: &str,
+    key: &TrustedKey,
+) -> Result<LocalZip, ReleaseError> {
+    check_zip_holds_nomad(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let beside = |name: String| {
+        let p = dir.join(&name);
+        std::fs::read(&p).map_err(|_| ReleaseError::MissingBesideZip {
+            zip: path.display().to_string(),
+            name,
+            path: p.display().to_string(),
+        })
+    };
+    let sums = beside(sums_name(version))?;
+    let sig = beside(sig_name(version))?;
+    verify_sums(&sums, &sig, key)?;
+    let sha256 = sha256_file(path)?;
+    let arches = signed_arches(&String::from_utf8_lossy(&sums), version, &sha256);
+    if arches.is_empty() {
+        return Err(ReleaseError::ZipNotInSums {
+            path: path.display().to_string(),
+            sha256,
+            version: version.to_string(),
+        });
+    }
+    Ok(LocalZip {
+        path: path.to_path_buf(),
+        sha256,
+        arches,
+    })
+}
+
+/// The architectures whose release zip SHA256SUMS lists with this SHA-256.
+fn signed_arches(sums: &str, version: &str, sha256: &str) -> Vec<Arch> {
+    [Arch::Amd64, Arch::Arm64]
+        .into_iter()
+        .filter(|a| expected_sha256(sums, &zip_name(version, *a)).is_ok_and(|want| want == sha256))
+        .collect()
+}
+
+/// The file is a zip archive with a `nomad` file at its top level.
+fn check_zip_holds_nomad(path: &Path) -> Result<(), ReleaseError> {
+    let file = std::fs::File::open(path).map_err(|source| ReleaseError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let archive =
+        zip::ZipArchive::new(io::BufReader::new(file)).map_err(|e| ReleaseError::NotAZip {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if archive.index_for_name("nomad").is_none() {
+        return Err(ReleaseError::NoNomadInZip {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// SHA-256 of a local file (a `--nomad-zip`), lower-case hex.
 pub fn sha256_file(path: &Path) -> Result<String, ReleaseError> {
     let io_err = |source| ReleaseError::Io {
@@ -569,6 +690,93 @@ mod tests {
             expected_sha256(&dup, "x.zip"),
             Err(ReleaseError::AmbiguousChecksum { .. })
         ));
+    }
+
+    /// A zip with these entries (stored, uncompressed).
+    fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, data) in entries {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(data).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+
+    /// A release directory with the signed fixture SUMS and .sig, and `zip`.
+    fn release_dir(zip: &[(&str, &[u8])]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [SUMS, "nomad_1.10.5_SHA256SUMS.sig"] {
+            std::fs::write(dir.path().join(name), fixture(name)).unwrap();
+        }
+        let path = dir.path().join("nomad_1.10.5_linux_amd64.zip");
+        write_zip(&path, zip);
+        (dir, path)
+    }
+
+    #[test]
+    fn local_zip_is_checked_before_any_droplet() {
+        let key = test_key();
+        // Not a zip at all (a binary, a tarball, a text file).
+        let (dir, path) = release_dir(&[]);
+        std::fs::write(&path, b"#!/bin/sh\necho not a zip\n").unwrap();
+        let err = check_local_zip(&path, "1.10.5", &key).unwrap_err();
+        assert!(matches!(err, ReleaseError::NotAZip { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("not a zip archive"),
+            "{msg}"
+        );
+        // A zip, but not Nomad's.
+        write_zip(&path, &[("README", b"hello")]);
+        let err = check_local_zip(&path, "1.10.5", &key).unwrap_err();
+        assert!(matches!(err, ReleaseError::NoNomadInZip { .. }), "{err}");
+        // Nomad's layout, but not the signed bytes.
+        write_zip(&path, &[("nomad", b"\x7fELF not the release")]);
+        let err = check_local_zip(&path, "1.10.5", &key).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("does not match the signed SHA256SUMS"),
+            "{msg}"
+        );
+        // SHA256SUMS missing beside it.
+        std::fs::remove_file(dir.path().join(SUMS)).unwrap();
+        let err = check_local_zip(&path, "1.10.5", &key)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("needs nomad_1.10.5_SHA256SUMS beside it"),
+            "{err}"
+        );
+        // A signature by another key.
+        std::fs::write(dir.path().join(SUMS), fixture(SUMS)).unwrap();
+        std::fs::write(
+            dir.path().join("nomad_1.10.5_SHA256SUMS.sig"),
+            fixture("other-key_SHA256SUMS.sig"),
+        )
+        .unwrap();
+        let err = check_local_zip(&path, "1.10.5", &key).unwrap_err();
+        assert!(matches!(err, ReleaseError::BadSignature { .. }), "{err}");
+    }
+
+    #[test]
+    fn local_zip_arches_come_from_the_signed_sums() {
+        let sums = String::from_utf8(fixture(SUMS)).unwrap();
+        let amd64 = sha256_hex(b"fake nomad 1.10.5 linux_amd64\n");
+        let arm64 = sha256_hex(b"fake nomad 1.10.5 linux_arm64\n");
+        assert_eq!(signed_arches(&sums, "1.10.5", &arm64), [Arch::Arm64]);
+        assert_eq!(signed_arches(&sums, "1.10.4", &arm64), []);
+        assert_eq!(signed_arches(&sums, "1.10.5", &"0".repeat(64)), []);
+        let arches = signed_arches(&sums, "1.10.5", &amd64);
+        assert_eq!(arches, [Arch::Amd64]);
+        let zip = LocalZip {
+            path: "/x.zip".into(),
+            sha256: amd64,
+            arches,
+        };
+        assert_eq!(zip.describe_arches(), "the linux_amd64 release");
     }
 
     #[test]

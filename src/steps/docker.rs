@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use pgp::composed::{Deserializable, SignedPublicKey};
 use pgp::types::KeyDetails;
 
+use super::packages::{self, DpkgFacts};
 use super::{Action, Contents, Ctx, StepId, StepPlan};
 use crate::host::{Cmd, FileMode};
 use crate::settings::{AptKey, DockerApt, DockerSource, Settings, DOCKER_APT_URL};
@@ -21,9 +22,14 @@ use crate::settings::{AptKey, DockerApt, DockerSource, Settings, DOCKER_APT_URL}
 pub const APT: &str =
     "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -o Dpkg::Options::=--force-confold -y -q";
 
+/// Packages that provide a Docker engine (the distribution's or Docker's).
+const ENGINE_PACKAGES: [&str; 2] = ["docker.io", "docker-ce"];
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
-    pub installed: bool,
+    /// Every package's dpkg status: the engine's, and any package work an
+    /// interrupted run (of pdsup or anything else) left half done.
+    pub dpkg: DpkgFacts,
     pub active: bool,
     pub enabled: bool,
     /// Which of Docker's repository suites applies.
@@ -37,21 +43,33 @@ impl Facts {
             ..Facts::default()
         }
     }
+
+    /// An engine package is `install ok installed`.
+    pub fn engine_installed(&self) -> bool {
+        ENGINE_PACKAGES.iter().any(|p| self.dpkg.installed(p))
+    }
+
+    /// An engine package was being installed when its run was cut short: the
+    /// repair finishes it, so it is not installed again (nor its rival package).
+    pub fn engine_interrupted(&self) -> bool {
+        ENGINE_PACKAGES.iter().any(|p| self.dpkg.interrupted(p))
+    }
 }
 
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let out = ctx
-        .probe(
-            "command -v dockerd >/dev/null && echo installed; \
-             systemctl is-active --quiet docker && echo active; \
-             systemctl is-enabled --quiet docker 2>/dev/null && echo enabled; true",
-        )
+        .probe(&format!(
+            "{}\n\
+             systemctl is-active --quiet docker && echo service=active; \
+             systemctl is-enabled --quiet docker 2>/dev/null && echo service=enabled; true",
+            packages::status_probe(&[])
+        ))
         .await?
         .stdout_str();
     Ok(Facts {
-        installed: out.lines().any(|l| l == "installed"),
-        active: out.lines().any(|l| l == "active"),
-        enabled: out.lines().any(|l| l == "enabled"),
+        dpkg: DpkgFacts::parse(&out),
+        active: out.lines().any(|l| l == "service=active"),
+        enabled: out.lines().any(|l| l == "service=enabled"),
         os: gather_os(ctx).await?,
     })
 }
@@ -238,7 +256,7 @@ fn plan_repo_install(plan: &mut StepPlan, repo: &AptRepo, apt: &DockerApt) {
             "check that {} {} is signed by that key",
             repo.url, repo.suite
         ),
-        Action::Run(Cmd::sh(check.clone())),
+        Action::Apt(Cmd::sh(check.clone())),
     )
     .detail(check);
     let install = repo_install_script(repo);
@@ -247,7 +265,7 @@ fn plan_repo_install(plan: &mut StepPlan, repo: &AptRepo, apt: &DockerApt) {
             "install Docker Engine from Docker's apt repository: {}",
             repo.sources_line(DOCKER_APT_KEY_PATH)
         ),
-        Action::Run(Cmd::sh(install.clone())),
+        Action::Apt(Cmd::sh(install.clone())),
     )
     .detail(install);
 }
@@ -303,7 +321,13 @@ pub fn distro_install_script() -> String {
 
 pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     let mut plan = StepPlan::new(StepId::Docker);
-    if !facts.installed {
+    // Before any apt call of this run (the Docker step is the first to use apt).
+    if let Some((summary, detail, script)) = packages::repair(&facts.dpkg) {
+        plan.change(summary, Action::Apt(Cmd::sh(script)))
+            .detail(detail);
+    }
+    let installed = facts.engine_installed() || facts.engine_interrupted();
+    if !installed {
         match settings.docker_source {
             DockerSource::Docker => {
                 match AptRepo::for_droplet(&settings.docker_apt.url, &facts.os) {
@@ -318,13 +342,13 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
                 let script = distro_install_script();
                 plan.change(
                     "install docker.io from the distribution",
-                    Action::Run(Cmd::sh(script.clone())),
+                    Action::Apt(Cmd::sh(script.clone())),
                 )
                 .detail(script);
             }
         }
     }
-    if !facts.installed || !facts.active || !facts.enabled {
+    if !facts.engine_installed() || !facts.active || !facts.enabled {
         plan.change(
             "enable and start the docker service",
             Action::Run(Cmd::sh("systemctl enable --now docker")),
@@ -476,7 +500,7 @@ mod tests {
 
     fn script(change: &Change) -> &str {
         match &change.action {
-            Action::Run(cmd) => &cmd.script,
+            Action::Run(cmd) | Action::Apt(cmd) => &cmd.script,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -563,21 +587,97 @@ mod tests {
         );
     }
 
+    fn with_packages(status: &str, active: bool) -> Facts {
+        Facts {
+            dpkg: DpkgFacts::parse(status),
+            active,
+            enabled: active,
+            ..Facts::fresh()
+        }
+    }
+
+    fn summaries(plan: &StepPlan) -> Vec<&str> {
+        plan.changes.iter().map(|c| c.summary.as_str()).collect()
+    }
+
     #[test]
     fn running_engine_is_left_alone_and_a_stopped_one_started() {
-        let running = Facts {
-            installed: true,
-            active: true,
-            enabled: true,
-            ..Facts::fresh()
-        };
-        assert!(plan(&running, &Settings::example()).is_unchanged());
-        let stopped = Facts {
-            active: false,
-            ..running
-        };
-        let p = plan(&stopped, &Settings::example());
-        assert_eq!(p.changes.len(), 1);
-        assert!(p.changes[0].summary.contains("start"));
+        for engine in ["docker.io", "docker-ce"] {
+            let running = with_packages(&format!("status {engine} install ok installed\n"), true);
+            assert!(plan(&running, &Settings::example()).is_unchanged());
+            let stopped = Facts {
+                active: false,
+                ..running
+            };
+            let p = plan(&stopped, &Settings::example());
+            assert_eq!(summaries(&p), ["enable and start the docker service"]);
+        }
+    }
+
+    #[test]
+    fn only_dpkg_decides_what_is_installed() {
+        // Removed but its config left (`rc`), or known but never installed: install.
+        for status in [
+            "status docker.io deinstall ok config-files\n",
+            "status docker-ce unknown ok not-installed\n",
+        ] {
+            let mut settings = Settings::example();
+            settings.docker_source = DockerSource::Distro;
+            let p = plan(&with_packages(status, false), &settings);
+            assert_eq!(
+                summaries(&p),
+                [
+                    "install docker.io from the distribution",
+                    "enable and start the docker service"
+                ],
+                "{status}"
+            );
+            assert!(matches!(p.changes[0].action, Action::Apt(_)));
+        }
+    }
+
+    #[test]
+    fn interrupted_install_is_finished_before_anything_else() {
+        // A kill during the install: docker.io unpacked (`iU`), dockerd on disk,
+        // the service neither configured nor running.
+        let killed = with_packages(
+            "status docker.io install ok unpacked\nstatus containerd install ok half-configured\nstatus curl install ok installed\n",
+            false,
+        );
+        for source in [DockerSource::Distro, DockerSource::Docker] {
+            let mut settings = Settings::example();
+            settings.docker_source = source;
+            let p = plan(&killed, &settings);
+            assert_eq!(p.changes.len(), 2, "{:?}", summaries(&p));
+            assert_eq!(
+                p.changes[0].summary,
+                "finish interrupted package work (dpkg --configure -a, apt-get -f install): containerd (half-configured), docker.io (unpacked)"
+            );
+            match &p.changes[0].action {
+                Action::Apt(cmd) => assert!(cmd
+                    .script
+                    .contains("dpkg --force-confdef --force-confold --configure -a")),
+                other => panic!("unexpected {other:?}"),
+            }
+            assert_eq!(p.changes[1].summary, "enable and start the docker service");
+        }
+        // Half-done work of any other package is finished too, before this step's apt call.
+        let other = with_packages("status caddy install ok half-configured\n", false);
+        let p = plan(&other, &Settings::example());
+        assert!(
+            p.changes[0].summary.contains("caddy (half-configured)"),
+            "{:?}",
+            summaries(&p)
+        );
+        assert!(p
+            .changes
+            .iter()
+            .any(|c| c.summary.contains("Docker's apt repository")));
+        // Once repaired: nothing.
+        let repaired = with_packages(
+            "status docker.io install ok installed\nstatus containerd install ok installed\n",
+            true,
+        );
+        assert!(plan(&repaired, &Settings::example()).is_unchanged());
     }
 }

@@ -13,6 +13,7 @@ pub mod dns;
 pub mod docker;
 pub mod nomad_config;
 pub mod nomad_install;
+pub mod packages;
 pub mod pds_job;
 pub mod preflight;
 pub mod proxy;
@@ -164,6 +165,8 @@ impl Change {
 pub enum Action {
     /// Run a shell command on the droplet as root.
     Run(Cmd),
+    /// Run an apt or dpkg command once the dpkg lock is free (saying who holds it).
+    Apt(Cmd),
     /// Write a file on the droplet (atomically, contents on stdin).
     Write {
         path: String,
@@ -316,6 +319,7 @@ impl<'a> Ctx<'a> {
             Action::Run(cmd) => {
                 self.host.run(cmd).await?;
             }
+            Action::Apt(cmd) => packages::run_apt(self, cmd).await?,
             Action::Write {
                 path,
                 contents,

@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::docker::APT;
+use super::packages;
 use super::{Action, Contents, Ctx, StepId, StepPlan};
 use crate::host::{quote, Cmd, FileMode};
 use crate::nomad::{config, release};
@@ -42,24 +43,28 @@ impl Facts {
     }
 }
 
+/// The packages the install needs on the droplet (to fetch and unpack the release).
+const TOOLS: [&str; 3] = ["unzip", "curl", "ca-certificates"];
+
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let out = ctx
-        .probe(
+        .probe(&format!(
             "echo arch=$(uname -m); \
              if [ -x /usr/local/bin/nomad ]; then echo version=$(/usr/local/bin/nomad version 2>/dev/null | head -n1); fi; \
              id nomad >/dev/null 2>&1 && echo user=yes; \
-             command -v unzip >/dev/null && command -v curl >/dev/null && echo tools=yes; \
-             systemctl is-enabled --quiet nomad 2>/dev/null && echo enabled=yes; true",
-        )
+             systemctl is-enabled --quiet nomad 2>/dev/null && echo enabled=yes\n{}",
+            packages::status_probe(&TOOLS)
+        ))
         .await?
         .stdout_str();
     let mut facts = Facts::default();
+    let dpkg = packages::DpkgFacts::parse(&out);
+    facts.has_tools = TOOLS.iter().all(|p| dpkg.installed(p));
     for line in out.lines() {
         match line.split_once('=') {
             Some(("arch", v)) => facts.uname_arch = v.to_string(),
             Some(("version", v)) => facts.version = parse_version(v),
             Some(("user", _)) => facts.has_user = true,
-            Some(("tools", _)) => facts.has_tools = true,
             Some(("enabled", _)) => facts.enabled = true,
             _ => {}
         }
@@ -108,8 +113,9 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     if !facts.has_tools {
         plan.change(
             "install unzip and curl (to fetch and unpack the Nomad release)",
-            Action::Run(Cmd::sh(format!(
-                "set -e\n{APT} update\n{APT} install unzip curl ca-certificates"
+            Action::Apt(Cmd::sh(format!(
+                "set -e\n{APT} update\n{APT} install {}",
+                TOOLS.join(" ")
             ))),
         );
     }
@@ -124,7 +130,7 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     }
     if facts.version.as_deref() != Some(wanted.as_str()) {
         let source = match &settings.nomad.zip {
-            Some(zip) => Source::LocalZip(zip.clone()),
+            Some(zip) => Source::LocalZip(zip.path.clone()),
             None => Source::Download {
                 base_url: settings.nomad.release_url.clone(),
             },

@@ -71,9 +71,10 @@ pub fn plan(facts: &Facts, settings: &Settings, secrets: &PdsSecrets) -> Result<
         );
         plan.change(
             format!("load it into Docker as {}", settings.pds_image),
-            Action::Run(Cmd::sh(format!(
-                "set -e; docker load -i {IMAGE_STAGING}; rm -f {IMAGE_STAGING}; docker image inspect {} >/dev/null",
-                quote(&settings.pds_image)
+            Action::Run(Cmd::sh(load_script(
+                IMAGE_STAGING,
+                &archive.display().to_string(),
+                &settings.pds_image,
             ))),
         );
     }
@@ -97,6 +98,25 @@ pub fn plan(facts: &Facts, settings: &Settings, secrets: &PdsSecrets) -> Result<
         plan.change("wait for /xrpc/_health", Action::WaitPdsHealthy);
     }
     Ok(plan)
+}
+
+/// Loads the uploaded archive and removes it whatever happens: a tarball the
+/// size of an image must not stay in /var/tmp after a failed load (the next
+/// run uploads it again anyway). A failure names the local archive.
+fn load_script(staged: &str, archive: &str, image: &str) -> String {
+    format!(
+        "trap \"rm -f {staged}\" EXIT\n\
+         docker load -i {staged} || {{ echo {load_failed} >&2; exit 1; }}\n\
+         docker image inspect {image} >/dev/null 2>&1 || {{ echo {missing} >&2; exit 1; }}\n",
+        staged = quote(staged),
+        image = quote(image),
+        load_failed = quote(&format!(
+            "docker could not load {archive}: is it a `docker save` tarball?"
+        )),
+        missing = quote(&format!(
+            "{archive} was loaded but holds no image {image}: check --pds-image (the name it was saved under)"
+        )),
+    )
 }
 
 async fn pds_health(ctx: &mut Ctx<'_>) -> Result<String> {
@@ -172,6 +192,57 @@ mod tests {
         assert!(plan(&converged, &settings, &secrets)
             .unwrap()
             .is_unchanged());
+    }
+
+    /// Runs the load script with a stand-in `docker` whose `load` succeeds or fails.
+    fn run_load(load_ok: bool) -> (std::process::Output, tempfile::TempDir) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let bin = dir.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let docker = bin.join("docker");
+        let load = if load_ok {
+            "exit 0"
+        } else {
+            "echo 'invalid tar header' >&2; exit 1"
+        };
+        std::fs::write(
+            &docker,
+            format!("#!/bin/sh\ncase \"$1\" in load) {load};; image) exit 0;; esac\nexit 2\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let staged = dir.join("pdsup-pds-image.tar");
+        std::fs::write(&staged, b"not a tarball").unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(load_script(
+                staged.to_str().unwrap(),
+                "/home/me/pds.tar",
+                "example/pds:1",
+            ))
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        (out, tmp)
+    }
+
+    #[test]
+    fn the_staged_archive_is_removed_whatever_the_load_does() {
+        let (out, dir) = run_load(false);
+        let staged = dir.path().join("pdsup-pds-image.tar");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("docker could not load /home/me/pds.tar"),
+            "{stderr}"
+        );
+        assert!(!staged.exists(), "a failed load left {}", staged.display());
+        let (out, dir) = run_load(true);
+        let staged = dir.path().join("pdsup-pds-image.tar");
+        assert!(out.status.success(), "{out:?}");
+        assert!(!staged.exists(), "a load left {}", staged.display());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Preflight: is this a droplet pdsup can set up? OS and architecture, systemd,
 //! disk and memory, ports 80/443, and the dpkg lock a fresh droplet's
-//! unattended-upgrades holds for its first minutes (apt calls wait for it with
-//! `DPkg::Lock::Timeout`, so here it is only reported).
+//! unattended-upgrades holds for its first minutes (package installs wait for
+//! it, so here it is only reported, with the program that holds it).
 
 use anyhow::Result;
 
+use super::packages::{self, LockHolder};
 use super::{Ctx, StepId, StepPlan};
+use crate::nomad::release;
 use crate::settings::{Proxy, Settings};
 
 /// Probes whose output `parse` reads; one round trip for the whole step.
@@ -21,7 +23,6 @@ echo "mem_total_mb=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)"
 if command -v ss >/dev/null; then
   ss -Hltnp '( sport = :80 or sport = :443 )' 2>/dev/null | sed 's/^/listener=/'
 fi
-if command -v fuser >/dev/null && fuser /var/lib/dpkg/lock-frontend >/dev/null 2>&1; then echo dpkg_locked=yes; fi
 "#;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,7 +36,8 @@ pub struct Facts {
     pub mem_total_mb: u64,
     /// Listeners on 80/443: `(port, process name)`.
     pub listeners: Vec<(u16, String)>,
-    pub dpkg_locked: bool,
+    /// Who holds the dpkg lock, if anyone.
+    pub dpkg_lock: Option<LockHolder>,
 }
 
 impl Facts {
@@ -49,7 +51,7 @@ impl Facts {
             disk_free_mb: 20_000,
             mem_total_mb: 2_000,
             listeners: Vec::new(),
-            dpkg_locked: false,
+            dpkg_lock: None,
         }
     }
 
@@ -67,7 +69,6 @@ impl Facts {
                 "systemd" => f.init = value.into(),
                 "disk_free_mb" => f.disk_free_mb = value.trim().parse().unwrap_or(0),
                 "mem_total_mb" => f.mem_total_mb = value.trim().parse().unwrap_or(0),
-                "dpkg_locked" => f.dpkg_locked = true,
                 "listener" => {
                     if let Some(l) = parse_listener(value) {
                         f.listeners.push(l);
@@ -96,7 +97,9 @@ fn parse_listener(line: &str) -> Option<(u16, String)> {
 
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let out = ctx.host.run(&crate::host::Cmd::sh(PROBE)).await?;
-    Ok(Facts::parse(&out.stdout_str()))
+    let mut facts = Facts::parse(&out.stdout_str());
+    facts.dpkg_lock = packages::gather_lock_holder(ctx).await?;
+    Ok(facts)
 }
 
 const SUPPORTED: &[(&str, &str)] = &[
@@ -159,11 +162,22 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
             ));
         }
     }
-    if facts.dpkg_locked {
-        plan.notes.push(
-            "apt is busy (unattended-upgrades on a fresh droplet?); package installs will wait for it"
-                .into(),
-        );
+    if let Some(holder) = &facts.dpkg_lock {
+        plan.notes.push(format!(
+            "the dpkg lock is held by {holder} (unattended-upgrades on a fresh droplet?); package installs will wait for it"
+        ));
+    }
+    // A --nomad-zip for another CPU is refused here, before anything changes.
+    if let (Some(zip), Ok(arch)) = (&settings.nomad.zip, release::Arch::from_uname(&facts.arch)) {
+        if !zip.arches.contains(&arch) {
+            plan.blockers.push(format!(
+                "--nomad-zip {} is {}, but the droplet is {arch} ({}): give {}",
+                zip.path.display(),
+                zip.describe_arches(),
+                facts.arch,
+                release::zip_name(&settings.nomad.version, arch)
+            ));
+        }
     }
     plan
 }
@@ -193,6 +207,45 @@ mod tests {
         let plan = plan(&facts, &Settings::example());
         assert_eq!(plan.blockers.len(), 2, "{:?}", plan.blockers);
         assert!(plan.blockers[0].contains("unsupported OS"));
+    }
+
+    #[test]
+    fn a_held_dpkg_lock_is_a_note_naming_its_holder() {
+        let mut facts = Facts::parse(DEBIAN);
+        facts.dpkg_lock = Some(LockHolder {
+            pid: Some(1234),
+            name: "unattended-upgr".into(),
+            cmdline: String::new(),
+        });
+        let plan = plan(&facts, &Settings::example());
+        assert!(plan.blockers.is_empty());
+        assert_eq!(plan.notes.len(), 1);
+        assert!(
+            plan.notes[0].contains("held by unattended-upgr (pid 1234)"),
+            "{:?}",
+            plan.notes
+        );
+    }
+
+    #[test]
+    fn a_nomad_zip_for_another_cpu_is_blocked() {
+        let mut settings = Settings::example();
+        settings.nomad.zip = Some(release::LocalZip {
+            path: "/tmp/nomad_1.10.5_linux_amd64.zip".into(),
+            sha256: "0".repeat(64),
+            arches: vec![release::Arch::Amd64],
+        });
+        let amd64 = Facts::parse(DEBIAN);
+        assert!(plan(&amd64, &settings).blockers.is_empty());
+        let arm = Facts::parse(&DEBIAN.replace("arch=x86_64", "arch=aarch64"));
+        let p = plan(&arm, &settings);
+        assert_eq!(p.blockers.len(), 1, "{:?}", p.blockers);
+        assert!(
+            p.blockers[0].contains("/tmp/nomad_1.10.5_linux_amd64.zip is the linux_amd64 release")
+                && p.blockers[0].contains("give nomad_1.10.5_linux_arm64.zip"),
+            "{}",
+            p.blockers[0]
+        );
     }
 
     #[test]

@@ -108,6 +108,22 @@ impl Ui {
         }
     }
 
+    /// A wait the user should know about (another program holds what we
+    /// need): the spinner's message on a terminal, a line of its own otherwise.
+    /// Callers repeat it now and then, so a long wait is never silent.
+    pub fn waiting(&self, message: &str) {
+        log::info!(target: "progress", "{message}");
+        match self.mode {
+            Mode::Tty => {
+                if let Some(bar) = &*self.bar.lock().expect("ui lock") {
+                    bar.set_message(message.to_string());
+                }
+            }
+            Mode::Plain => eprintln!("    {message}"),
+            Mode::Quiet => {}
+        }
+    }
+
     pub fn step_finished(&self, step: StepId, plan: &StepPlan, dry_run: bool) {
         let verdict = match (plan.changes.len(), dry_run) {
             (0, _) => "unchanged".to_string(),
