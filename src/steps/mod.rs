@@ -86,7 +86,14 @@ impl StepId {
                 let facts = pds_job::gather(ctx).await?;
                 pds_job::plan(&facts, s, ctx.secrets()?)
             }
-            StepId::Account => Ok(account::plan(&account::gather(ctx).await?, s)),
+            StepId::Account => {
+                let facts = account::gather(ctx).await?;
+                Ok(account::plan(
+                    &facts,
+                    s,
+                    &ctx.site.env_file().display().to_string(),
+                ))
+            }
             StepId::Dns => Ok(dns::plan(&dns::gather(ctx).await?, s)),
         }
     }
@@ -102,7 +109,7 @@ impl StepId {
             StepId::Proxy => proxy::plan(&proxy::Facts::fresh(), s),
             StepId::Secrets => secrets::plan(&secrets::Facts::fresh(), s),
             StepId::PdsJob => pds_job::plan(&pds_job::Facts::fresh(), s, secrets),
-            StepId::Account => Ok(account::plan(&account::Facts::fresh(), s)),
+            StepId::Account => Ok(account::plan(&account::Facts::fresh(), s, "pds.env")),
             StepId::Dns => Ok(dns::plan(&dns::Facts::fresh(), s)),
         }
     }
@@ -187,8 +194,12 @@ pub enum Action {
     WaitJobHealthy { job: String, image: String },
     /// Wait until the PDS answers `/xrpc/_health`.
     WaitPdsHealthy,
+    /// Mark the PDS data dir as this site's (`site_id` in site.toml first).
+    ClaimDataDir { site_id: String },
     /// Invite code + createAccount; the password is generated at apply time.
     CreateAccount { handle: String, email: String },
+    /// Record an account found on the PDS in site.toml.
+    RecordAccount { did: String },
     /// The seed's sqlite update marking the account's email confirmed.
     ConfirmEmail { handle: String },
 }
@@ -335,7 +346,11 @@ impl<'a> Ctx<'a> {
                 pds_job::wait_healthy(self, job, image).await?;
             }
             Action::WaitPdsHealthy => pds_job::wait_pds_health(self).await?,
-            Action::CreateAccount { handle, email } => account::create(self, handle, email).await?,
+            Action::ClaimDataDir { site_id } => account::apply_claim(self, site_id).await?,
+            Action::CreateAccount { handle, email } => {
+                account::create_account(self, handle, email).await?
+            }
+            Action::RecordAccount { did } => account::record_account(self, did)?,
             Action::ConfirmEmail { handle } => account::confirm_email(self, handle).await?,
         }
         Ok(())

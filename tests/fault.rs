@@ -1,0 +1,585 @@
+//! Fault injection: `pdsup up` is killed at every change boundary of a fresh run
+//! and its SSH connection is cut in the middle of long changes, all on one
+//! droplet; then a normal run must converge with exactly one account and the
+//! secrets of the run that made them, and the run after it must change nothing.
+//!
+//! **The walk.** Run k is SIGKILLed as soon as its first change has completed:
+//! when the progress line (`  → <change>`, one per change, on stderr) of its
+//! second change appears. Every run plans afresh against the droplet, so run k+1
+//! starts at the change run k was killed at, and the runs step through every
+//! boundary of a fresh run in turn. A run with one change left finishes.
+//!
+//! **The cuts.** All runs reach the droplet through a TCP proxy in this test. When
+//! the change a run will start with is a long one (the Docker apt install, the
+//! PDS image upload and `docker load`, the wait for the job's health, account
+//! creation), one run is first spent on cutting every connection of the proxy in
+//! the middle of that change. The walk then carries on from what the cut left.
+//!
+//! The test prints its kill points, its cuts and its time (`--nocapture`).
+//!
+//! **What it cannot reach.**
+//! - A SIGKILL lands between changes, never inside one: a kill inside a change is
+//!   the cut's job, and cuts are timed (a delay after the change's line), so
+//!   where exactly in the change they land varies from run to run. In account
+//!   creation in particular, the cut may fall before or after the PDS got the
+//!   `createAccount` request: the test accepts either, and the run after it
+//!   says which (it creates the account, or records the one the PDS made).
+//! - The instant between "the next change's line appeared" and the SIGKILL is a
+//!   few milliseconds of that change; what it did in that time varies.
+//! - Changes a fresh bookworm run with `--proxy caddy --docker-source distro`
+//!   does not make: Docker's own apt repository, the IO proxy, `--confirm-email`,
+//!   a Nomad upgrade, edits of existing config files.
+//! - Kills inside pdsup's local writes (`site.toml`, `pds.env`): they are atomic
+//!   renames, unit-tested in src/state.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// Upper bound for one run; a hang (after a cut, say) fails the test.
+const RUN_TIMEOUT: Duration = Duration::from_secs(420);
+/// Walk runs before the test gives up on a run that makes no progress.
+const MAX_RUNS: usize = 80;
+const SECRET_KEYS: [&str; 3] = [
+    "PDS_JWT_SECRET",
+    "PDS_ADMIN_PASSWORD",
+    "PDS_PLC_ROTATION_KEY_K256_PRIVATE_KEY_HEX",
+];
+/// The progress line of a change (src/ui: plain mode, one per change).
+const CHANGE_LINE: &str = "  → ";
+
+/// Long changes to cut the connection in the middle of: the start of the
+/// change's summary, and how long after its line the cut comes.
+const CUT_POINTS: [(&str, Duration); 5] = [
+    (
+        "install docker.io from the distribution",
+        Duration::from_secs(6),
+    ),
+    ("upload the PDS image archive", Duration::from_millis(400)),
+    ("load it into Docker as", Duration::from_millis(1500)),
+    (
+        "wait for the PDS allocation to be healthy",
+        Duration::from_millis(800),
+    ),
+    ("create the account", Duration::from_millis(250)),
+];
+
+// ---------------------------------------------------------------------------------
+// A TCP proxy whose connections can be cut
+// ---------------------------------------------------------------------------------
+
+/// Forwards `127.0.0.1:<port>` to the droplet's SSH port; [`CutProxy::cut`] drops
+/// every open connection at once, like a network that goes away.
+struct CutProxy {
+    port: u16,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl CutProxy {
+    fn start(target: SocketAddr) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let registry = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(upstream) = TcpStream::connect(target) else {
+                    continue;
+                };
+                {
+                    let mut open = registry.lock().unwrap();
+                    open.retain(|s: &TcpStream| s.peer_addr().is_ok());
+                    open.push(client.try_clone().unwrap());
+                    open.push(upstream.try_clone().unwrap());
+                }
+                pipe(client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                pipe(upstream, client);
+            }
+        });
+        CutProxy { port, open }
+    }
+
+    /// Closes every connection open now; later ones go through again.
+    fn cut(&self) -> usize {
+        let mut open = self.open.lock().unwrap();
+        for stream in open.iter() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let n = open.len() / 2;
+        open.clear();
+        n
+    }
+}
+
+/// Copies `from` to `to` on a thread until either side closes.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+// ---------------------------------------------------------------------------------
+// The operator: a HOME and a state dir of its own, runs logged to files
+// ---------------------------------------------------------------------------------
+
+struct Operator {
+    home: tempfile::TempDir,
+    state: tempfile::TempDir,
+    logs: tempfile::TempDir,
+    runs: usize,
+}
+
+struct Running {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    started: Instant,
+}
+
+/// How a run ended.
+struct Ended {
+    /// `None` when the test killed it.
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Running {
+    fn stderr_so_far(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Summaries of the changes it has started, in order.
+    fn changes_so_far(&self) -> Vec<String> {
+        changes(&self.stderr_so_far())
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for pdsup")
+    }
+
+    fn ended(self, status: Option<ExitStatus>) -> Ended {
+        Ended {
+            status,
+            stdout: fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
+        }
+    }
+
+    fn wait(mut self) -> Ended {
+        loop {
+            if let Some(status) = self.exited() {
+                return self.ended(Some(status));
+            }
+            self.check_time();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(mut self) -> Ended {
+        self.child.kill().expect("kill pdsup");
+        self.child.wait().expect("reap pdsup");
+        self.ended(None)
+    }
+
+    fn check_time(&mut self) {
+        if self.started.elapsed() > RUN_TIMEOUT {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!(
+                "pdsup did not finish within {}s; its stderr:\n{}",
+                RUN_TIMEOUT.as_secs(),
+                self.stderr_so_far()
+            );
+        }
+    }
+}
+
+impl Ended {
+    fn describe(&self) -> String {
+        format!(
+            "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status
+                .map_or("killed by the test".to_string(), |s| s.to_string()),
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+
+    fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.describe()))
+    }
+}
+
+/// The summaries of the `  → ` lines in a run's stderr.
+fn changes(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(CHANGE_LINE))
+        .map(str::to_string)
+        .collect()
+}
+
+impl Operator {
+    fn new() -> Self {
+        Operator {
+            home: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+            logs: tempfile::tempdir().unwrap(),
+            runs: 0,
+        }
+    }
+
+    fn site_dir(&self) -> PathBuf {
+        self.state.path().join("sites").join(HOSTNAME)
+    }
+
+    /// `pdsup up` through the proxy, with the harness's sources (plain progress:
+    /// stderr is a file).
+    fn up_args(&self, proxy: &CutProxy, extra: &[&str]) -> Vec<String> {
+        let mut args = strings(&["up", &format!("root@127.0.0.1:{}", proxy.port)]);
+        args.extend(strings(&[
+            "--state-dir",
+            &self.state.path().display().to_string(),
+        ]));
+        args.extend(harness_sources(&cache_dir()));
+        args.extend(caddy_args());
+        args.extend(strings(&["-i", &ssh_key().display().to_string()]));
+        args.extend(strings(extra));
+        args
+    }
+
+    fn spawn(&mut self, args: &[String]) -> Running {
+        self.runs += 1;
+        let stdout = self.logs.path().join(format!("run{}.stdout", self.runs));
+        let stderr = self.logs.path().join(format!("run{}.stderr", self.runs));
+        let child = Command::new(env!("CARGO_BIN_EXE_pdsup"))
+            .env("HOME", self.home.path())
+            .env("XDG_DATA_HOME", self.home.path().join(".local/share"))
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("PDSUP_SSH_PASSPHRASE")
+            .env_remove("PDSUP_STATE_DIR")
+            .env_remove("PDSUP_HOSTNAME")
+            .env_remove("RUST_LOG")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("cannot run pdsup");
+        Running {
+            child,
+            stdout,
+            stderr,
+            started: Instant::now(),
+        }
+    }
+
+    /// `pds.env`'s secret lines, exactly as written; `None` before it exists.
+    fn secret_lines(&self) -> Option<BTreeMap<String, String>> {
+        let text = fs::read_to_string(self.site_dir().join("pds.env")).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| {
+                    let key = l.split_once('=')?.0.trim();
+                    SECRET_KEYS
+                        .contains(&key)
+                        .then(|| (key.to_string(), l.to_string()))
+                })
+                .collect(),
+        )
+    }
+
+    fn site_toml(&self) -> toml::Table {
+        let text = fs::read_to_string(self.site_dir().join("site.toml")).expect("read site.toml");
+        toml::from_str(&text).expect("site.toml parses")
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
+    require_e2e();
+    let started = Instant::now();
+    let d = Droplet::start("bookworm");
+    let proxy = CutProxy::start(SocketAddr::from(([127, 0, 0, 1], d.ssh_port)));
+    let mut op = Operator::new();
+    let args = op.up_args(&proxy, &[]);
+    eprintln!("$ pdsup {}", args.join(" "));
+
+    let mut kill_points: Vec<String> = Vec::new();
+    let mut cuts: Vec<String> = Vec::new();
+    let mut cut_done = [false; CUT_POINTS.len()];
+    let mut secrets: Option<BTreeMap<String, String>> = None;
+    // The change the next run will most likely start with (where the last was killed).
+    let mut next_change = Some(first_change_of_a_fresh_run(&op));
+    let mut repeats = 0;
+
+    let check_secrets = |op: &Operator,
+                         secrets: &mut Option<BTreeMap<String, String>>,
+                         after: &str| {
+        match (op.secret_lines(), &*secrets) {
+            (Some(now), None) => {
+                assert_eq!(
+                    now.len(),
+                    SECRET_KEYS.len(),
+                    "pds.env lacks a secret: {now:?}"
+                );
+                *secrets = Some(now);
+            }
+            (Some(now), Some(first)) => {
+                assert!(
+                    &now == first,
+                    "the secrets in pds.env changed after {after}"
+                )
+            }
+            (None, Some(_)) => panic!("pds.env disappeared after {after}"),
+            (None, None) => {}
+        }
+    };
+
+    loop {
+        assert!(
+            op.runs < MAX_RUNS,
+            "{MAX_RUNS} runs and the walk has not ended"
+        );
+        // A cut in the middle of the change this run would start with, once per long change.
+        if let Some(next) = &next_change {
+            if let Some(i) = CUT_POINTS
+                .iter()
+                .position(|(prefix, _)| next.starts_with(prefix))
+                .filter(|i| !cut_done[*i])
+            {
+                let (prefix, delay) = CUT_POINTS[i];
+                if let Some(what) = cut_during(&mut op, &proxy, &args, prefix, delay) {
+                    cut_done[i] = true;
+                    cuts.push(what);
+                }
+                check_secrets(&op, &mut secrets, &format!("the cut during {prefix:?}"));
+            }
+        }
+
+        let mut run = op.spawn(&args);
+        let ended = loop {
+            if let Some(status) = run.exited() {
+                break run.ended(Some(status));
+            }
+            if run.changes_so_far().len() >= 2 {
+                break run.kill();
+            }
+            run.check_time();
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let done = changes(&ended.stderr);
+        if ended.status.is_some() {
+            // Finished by itself: the last boundary is behind us.
+            assert!(
+                ended.ok(),
+                "run {} after the kill points {kill_points:#?}\nand cuts {cuts:#?}\nfailed:\n{}",
+                op.runs,
+                ended.describe()
+            );
+            eprintln!("run {}: finished ({} change(s))", op.runs, done.len());
+            check_secrets(&op, &mut secrets, "the last walk run");
+            break;
+        }
+        let point = format!("{} | then {}", done[0], done[1]);
+        eprintln!("run {}: killed after {:?}", op.runs, done[0]);
+        check_secrets(&op, &mut secrets, &point);
+        // A change that is done is not planned again; waits may repeat while the
+        // droplet catches up, but not for ever.
+        if kill_points
+            .last()
+            .is_some_and(|last| last.starts_with(&done[0]))
+        {
+            repeats += 1;
+            assert!(
+                repeats < 4,
+                "no progress: {:?} started {repeats} runs in a row:\n{}",
+                done[0],
+                ended.describe()
+            );
+        } else {
+            repeats = 0;
+        }
+        kill_points.push(point);
+        next_change = Some(done[1].clone());
+    }
+
+    // A normal run converges: the PDS answers, one account, the DID site.toml has.
+    let converged = op
+        .spawn(&[args.clone(), strings(&["--json"])].concat())
+        .wait();
+    assert!(
+        converged.ok(),
+        "the run after the walk:\n{}",
+        converged.describe()
+    );
+    let report = converged.json();
+    let health = d.ssh_ok("root", "curl -fsS http://127.0.0.1:3000/xrpc/_health");
+    assert!(health.contains("\"version\""), "{health}");
+    let repos = d.ssh_ok(
+        "root",
+        "curl -fsS http://127.0.0.1:3000/xrpc/com.atproto.sync.listRepos",
+    );
+    let repos: Value = serde_json::from_str(&repos).unwrap();
+    let dids: Vec<&str> = repos["repos"]
+        .as_array()
+        .unwrap_or_else(|| panic!("listRepos answered {repos}"))
+        .iter()
+        .filter_map(|r| r["did"].as_str())
+        .collect();
+    assert_eq!(dids.len(), 1, "not exactly one account: {repos}");
+    let site = op.site_toml();
+    assert_eq!(
+        site.get("account_did").and_then(|v| v.as_str()),
+        Some(dids[0]),
+        "site.toml records another DID: {site:#?}"
+    );
+    assert!(
+        site.get("account_intent").is_none(),
+        "an account intent is left in site.toml: {site:#?}"
+    );
+    assert_eq!(report["account"]["did"], dids[0], "{report}");
+    check_secrets(&op, &mut secrets, "the converging run");
+
+    // And the run after it changes nothing.
+    let third = op
+        .spawn(&[args.clone(), strings(&["--json"])].concat())
+        .wait();
+    assert!(third.ok(), "the no-op run:\n{}", third.describe());
+    assert_eq!(third.json()["changed"], false, "{}", third.stdout);
+    check_secrets(&op, &mut secrets, "the no-op run");
+
+    let missed: Vec<&str> = CUT_POINTS
+        .iter()
+        .zip(cut_done)
+        .filter(|(_, done)| !done)
+        .map(|((prefix, _), _)| *prefix)
+        .collect();
+    eprintln!("kill points ({}):", kill_points.len());
+    for p in &kill_points {
+        eprintln!("  {p}");
+    }
+    eprintln!("connection cuts ({}):", cuts.len());
+    for c in &cuts {
+        eprintln!("  {c}");
+    }
+    assert!(
+        missed.is_empty(),
+        "a fresh run never started with these long changes, so they were not cut: {missed:?}"
+    );
+    println!(
+        "fault tier: {} kill points, {} connection cuts, {} pdsup runs, {:.0?}",
+        kill_points.len(),
+        cuts.len(),
+        op.runs,
+        started.elapsed()
+    );
+}
+
+/// Starts a run, cuts the proxy's connections `delay` after the line of its
+/// first change when that starts with `prefix`, and waits for the run to end.
+/// Returns what happened, or `None` when the run started with another change
+/// (it is then killed at once, like a walk run).
+fn cut_during(
+    op: &mut Operator,
+    proxy: &CutProxy,
+    args: &[String],
+    prefix: &str,
+    delay: Duration,
+) -> Option<String> {
+    let mut run = op.spawn(args);
+    loop {
+        if let Some(first) = run.changes_so_far().first() {
+            if !first.starts_with(prefix) {
+                eprintln!(
+                    "run {}: meant for a cut during {prefix:?}, but it started with {first:?}",
+                    op.runs
+                );
+                run.kill();
+                return None;
+            }
+            break;
+        }
+        if let Some(status) = run.exited() {
+            let ended = run.ended(Some(status));
+            assert!(ended.ok(), "run {} failed:\n{}", op.runs, ended.describe());
+            return None;
+        }
+        run.check_time();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(delay);
+    let connections = proxy.cut();
+    let ended = run.wait();
+    let error = ended
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .unwrap_or("")
+        .to_string();
+    let what = format!(
+        "{prefix} (+{delay:?}, {connections} connection(s)): {}{}",
+        ended.status.map_or("killed".to_string(), |s| s.to_string()),
+        if error.is_empty() {
+            String::new()
+        } else {
+            format!(" — {error}")
+        }
+    );
+    eprintln!("run {}: cut during {what}", op.runs);
+    Some(what)
+}
+
+/// The first change `pdsup plan` shows for a fresh droplet: where the walk starts.
+fn first_change_of_a_fresh_run(op: &Operator) -> String {
+    let mut args = strings(&[
+        "plan",
+        "--state-dir",
+        &op.state.path().display().to_string(),
+    ]);
+    args.extend(harness_sources(&cache_dir()));
+    args.extend(caddy_args());
+    let out = Command::new(env!("CARGO_BIN_EXE_pdsup"))
+        .env("HOME", op.home.path())
+        .args(&args)
+        .output()
+        .expect("run pdsup plan");
+    assert!(out.status.success(), "pdsup plan:\n{}", describe(&out));
+    stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("  + "))
+        .unwrap_or_else(|| panic!("no change in the fresh plan:\n{}", describe(&out)))
+        .to_string()
+}
