@@ -243,7 +243,7 @@ mod tests {
         settings.pds_image_archive = Some("/tmp/pds.tar".into());
         let secrets = PdsSecrets::generate();
         let p = plan(&Facts::fresh(), &settings, &secrets).unwrap();
-        assert!(p.changes[0]
+        assert!(p.changes[1]
             .summary
             .starts_with("upload the PDS image archive"));
         let present = Facts {
