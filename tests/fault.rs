@@ -159,7 +159,7 @@ struct Running {
 }
 
 /// How a run ended.
-struct Ended {
+struct Exit {
     /// `None` when the test killed it.
     status: Option<ExitStatus>,
     stdout: String,
@@ -180,15 +180,15 @@ impl Running {
         self.child.try_wait().expect("wait for pdsup")
     }
 
-    fn ended(self, status: Option<ExitStatus>) -> Ended {
-        Ended {
+    fn ended(self, status: Option<ExitStatus>) -> Exit {
+        Exit {
             status,
             stdout: fs::read_to_string(&self.stdout).unwrap_or_default(),
             stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
         }
     }
 
-    fn wait(mut self) -> Ended {
+    fn wait(mut self) -> Exit {
         loop {
             if let Some(status) = self.exited() {
                 return self.ended(Some(status));
@@ -198,7 +198,7 @@ impl Running {
         }
     }
 
-    fn kill(mut self) -> Ended {
+    fn kill(mut self) -> Exit {
         self.child.kill().expect("kill pdsup");
         self.child.wait().expect("reap pdsup");
         self.ended(None)
@@ -217,7 +217,26 @@ impl Running {
     }
 }
 
-impl Ended {
+/// How a run of the walk ended.
+enum Ended {
+    /// It finished by itself.
+    Finished(Exit),
+    /// The test cut its connections during `CUT_POINTS[.0]` (`.1` of them).
+    Cut(usize, usize, Exit),
+    /// The test killed it when its second change started.
+    Killed(Exit),
+}
+
+impl Exit {
+    /// Its status and first error line, for the list of cuts.
+    fn outcome(&self) -> String {
+        let status = self.status.map_or("killed".to_string(), |s| s.to_string());
+        match self.stderr.lines().find(|l| l.starts_with("error")) {
+            Some(error) => format!("{status} — {error}"),
+            None => status,
+        }
+    }
+
     fn describe(&self) -> String {
         format!(
             "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -344,6 +363,7 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
     // The change the next run will most likely start with (where the last was killed).
     let mut next_change = Some(first_change_of_a_fresh_run(&op));
     let mut repeats = 0;
+    let mut last_first: Option<String> = None;
 
     let check_secrets = |op: &Operator,
                          secrets: &mut Option<BTreeMap<String, String>>,
@@ -373,67 +393,82 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
             op.runs < MAX_RUNS,
             "{MAX_RUNS} runs and the walk has not ended"
         );
-        // A cut in the middle of the change this run would start with, once per long change.
-        if let Some(next) = &next_change {
-            if let Some(i) = CUT_POINTS
+        // A long change this run is likely to start with, still to be cut.
+        let target = next_change.as_ref().and_then(|next| {
+            CUT_POINTS
                 .iter()
                 .position(|(prefix, _)| next.starts_with(prefix))
                 .filter(|i| !cut_done[*i])
-            {
-                let (prefix, delay) = CUT_POINTS[i];
-                if let Some(what) = cut_during(&mut op, &proxy, &args, prefix, delay) {
-                    cut_done[i] = true;
-                    cuts.push(what);
-                }
-                check_secrets(&op, &mut secrets, &format!("the cut during {prefix:?}"));
-            }
-        }
-
+        });
         let mut run = op.spawn(&args);
         let ended = loop {
             if let Some(status) = run.exited() {
-                break run.ended(Some(status));
+                break Ended::Finished(run.ended(Some(status)));
             }
-            if run.changes_so_far().len() >= 2 {
-                break run.kill();
+            let seen = run.changes_so_far();
+            if let Some(i) = target {
+                let (prefix, delay) = CUT_POINTS[i];
+                if seen.iter().take(2).any(|c| c.starts_with(prefix)) {
+                    std::thread::sleep(delay);
+                    let connections = proxy.cut();
+                    break Ended::Cut(i, connections, run.wait());
+                }
+            }
+            if seen.len() >= 2 {
+                break Ended::Killed(run.kill());
             }
             run.check_time();
             std::thread::sleep(Duration::from_millis(10));
         };
-        let done = changes(&ended.stderr);
-        if ended.status.is_some() {
-            // Finished by itself: the last boundary is behind us.
-            assert!(
-                ended.ok(),
-                "run {} after the kill points {kill_points:#?}\nand cuts {cuts:#?}\nfailed:\n{}",
-                op.runs,
-                ended.describe()
-            );
-            eprintln!("run {}: finished ({} change(s))", op.runs, done.len());
-            check_secrets(&op, &mut secrets, "the last walk run");
-            break;
+        match ended {
+            Ended::Finished(ended) => {
+                // Finished by itself: the last boundary is behind us.
+                assert!(
+                    ended.ok(),
+                    "run {} after the kill points {kill_points:#?}\nand cuts {cuts:#?}\nfailed:\n{}",
+                    op.runs,
+                    ended.describe()
+                );
+                let done = changes(&ended.stderr);
+                eprintln!("run {}: finished ({} change(s))", op.runs, done.len());
+                check_secrets(&op, &mut secrets, "the last walk run");
+                break;
+            }
+            Ended::Cut(i, connections, ended) => {
+                let (prefix, delay) = CUT_POINTS[i];
+                cut_done[i] = true;
+                let what = format!(
+                    "{prefix} (+{delay:?}, {connections} connection(s) cut): {}",
+                    ended.outcome()
+                );
+                eprintln!("run {}: cut during {what}", op.runs);
+                check_secrets(&op, &mut secrets, &format!("the cut during {prefix:?}"));
+                cuts.push(what);
+            }
+            Ended::Killed(ended) => {
+                let done = changes(&ended.stderr);
+                let point = format!("{} | then {}", done[0], done[1]);
+                eprintln!("run {}: killed after {:?}", op.runs, done[0]);
+                check_secrets(&op, &mut secrets, &point);
+                // A change that is done is not planned again; waits may repeat
+                // while the droplet catches up, but not for ever.
+                if last_first.as_deref() == Some(done[0].as_str()) {
+                    repeats += 1;
+                    assert!(
+                        repeats < 4,
+                        "no progress: {:?} came first in {} runs in a row:\n{}",
+                        done[0],
+                        repeats + 1,
+                        ended.describe()
+                    );
+                } else {
+                    repeats = 0;
+                }
+                last_first = Some(done[0].clone());
+                kill_points.push(point);
+                next_change = Some(done[1].clone());
+            }
         }
-        let point = format!("{} | then {}", done[0], done[1]);
-        eprintln!("run {}: killed after {:?}", op.runs, done[0]);
-        check_secrets(&op, &mut secrets, &point);
-        // A change that is done is not planned again; waits may repeat while the
-        // droplet catches up, but not for ever.
-        if kill_points
-            .last()
-            .is_some_and(|last| last.starts_with(&done[0]))
-        {
-            repeats += 1;
-            assert!(
-                repeats < 4,
-                "no progress: {:?} started {repeats} runs in a row:\n{}",
-                done[0],
-                ended.describe()
-            );
-        } else {
-            repeats = 0;
-        }
-        kill_points.push(point);
-        next_change = Some(done[1].clone());
     }
 
     // A normal run converges: the PDS answers, one account, the DID site.toml has.
@@ -506,60 +541,6 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
         op.runs,
         started.elapsed()
     );
-}
-
-/// Starts a run, cuts the proxy's connections `delay` after the line of its
-/// first change when that starts with `prefix`, and waits for the run to end.
-/// Returns what happened, or `None` when the run started with another change
-/// (it is then killed at once, like a walk run).
-fn cut_during(
-    op: &mut Operator,
-    proxy: &CutProxy,
-    args: &[String],
-    prefix: &str,
-    delay: Duration,
-) -> Option<String> {
-    let mut run = op.spawn(args);
-    loop {
-        if let Some(first) = run.changes_so_far().first() {
-            if !first.starts_with(prefix) {
-                eprintln!(
-                    "run {}: meant for a cut during {prefix:?}, but it started with {first:?}",
-                    op.runs
-                );
-                run.kill();
-                return None;
-            }
-            break;
-        }
-        if let Some(status) = run.exited() {
-            let ended = run.ended(Some(status));
-            assert!(ended.ok(), "run {} failed:\n{}", op.runs, ended.describe());
-            return None;
-        }
-        run.check_time();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(delay);
-    let connections = proxy.cut();
-    let ended = run.wait();
-    let error = ended
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error"))
-        .unwrap_or("")
-        .to_string();
-    let what = format!(
-        "{prefix} (+{delay:?}, {connections} connection(s)): {}{}",
-        ended.status.map_or("killed".to_string(), |s| s.to_string()),
-        if error.is_empty() {
-            String::new()
-        } else {
-            format!(" — {error}")
-        }
-    );
-    eprintln!("run {}: cut during {what}", op.runs);
-    Some(what)
 }
 
 /// The first change `pdsup plan` shows for a fresh droplet: where the walk starts.

@@ -332,20 +332,26 @@ impl<'a> Ctx<'a> {
             Action::InstallNomad(install) => nomad_install::apply(self, install).await?,
             Action::SaveEnvFile => secrets::apply(self)?,
             Action::WaitNomadReady { volumes } => {
-                let ui = self.ui;
+                let (ui, host) = (self.ui, self.host);
                 let vols: Vec<&str> = volumes.iter().map(String::as_str).collect();
-                self.nomad()
-                    .await?
-                    .wait_node_ready(&vols, Duration::from_secs(180), &mut |m| ui.progress(m))
-                    .await?
+                let nomad = self.nomad().await?;
+                while_connected(
+                    host,
+                    nomad.wait_node_ready(&vols, Duration::from_secs(180), &mut |m| ui.progress(m)),
+                )
+                .await?
             }
             Action::SubmitJob(job) => {
                 self.nomad().await?.register(job).await?;
             }
             Action::WaitJobHealthy { job, image } => {
-                pds_job::wait_healthy(self, job, image).await?;
+                let host = self.host;
+                while_connected(host, pds_job::wait_healthy(self, job, image)).await?;
             }
-            Action::WaitPdsHealthy => pds_job::wait_pds_health(self).await?,
+            Action::WaitPdsHealthy => {
+                let host = self.host;
+                while_connected(host, pds_job::wait_pds_health(self)).await?
+            }
             Action::ClaimDataDir { site_id } => account::apply_claim(self, site_id).await?,
             Action::CreateAccount { handle, email } => {
                 account::create_account(self, handle, email).await?
@@ -359,6 +365,27 @@ impl<'a> Ctx<'a> {
     /// Refreshes the secrets after the secrets step wrote them.
     fn set_secrets(&mut self, secrets: PdsSecrets) {
         self.secrets = Some(secrets);
+    }
+}
+
+/// Runs a long wait, failing as soon as the connection to the droplet is lost:
+/// the waits take an API that does not answer for a service still starting,
+/// and would otherwise poll a dead tunnel until their timeout.
+async fn while_connected<T>(
+    host: &dyn Host,
+    wait: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let lost = async {
+        while host.connected() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        result = wait => result,
+        () = lost => Err(anyhow::anyhow!(
+            "the connection to {} was lost; run the same command again when the droplet is reachable",
+            host.describe()
+        )),
     }
 }
 
