@@ -7,13 +7,24 @@
 //! when the progress line (`  → <change>`, one per change, on stderr) of its
 //! second change appears. Every run plans afresh against the droplet, so run k+1
 //! starts at the change run k was killed at, and the runs step through every
-//! boundary of a fresh run in turn. A run with one change left finishes.
+//! boundary of a fresh run in turn. A run with one change left finishes. The
+//! change a run was killed at may be done in the instant before the kill, or made
+//! unnecessary by it (`systemctl restart` is quick, Debian's docker.io starts its
+//! service): the next run then starts one change later, and the test lists the
+//! boundaries it did kill at.
 //!
 //! **The cuts.** All runs reach the droplet through a TCP proxy in this test. When
-//! the change a run will start with is a long one (the Docker apt install, the
-//! PDS image upload and `docker load`, the wait for the job's health, account
-//! creation), one run is first spent on cutting every connection of the proxy in
-//! the middle of that change. The walk then carries on from what the cut left.
+//! one of a run's first two changes is a long one not cut yet (the Docker apt
+//! install, the PDS image upload and `docker load`, the wait for the job's
+//! health, account creation), the test cuts every connection of the proxy in the
+//! middle of that change instead of killing the run. The walk then carries on
+//! from what the cut left.
+//!
+//! **After the walk**, a normal run must converge and the next change nothing.
+//! Then the state a kill just after `createAccount` was sent leaves (an intent in
+//! `site.toml`, no DID) must be finished by recording the account, and a droplet
+//! whose PDS data is gone must stop every run, whether `site.toml` has the DID or
+//! only the intent, before the PDS starts on the empty data dir.
 //!
 //! The test prints its kill points, its cuts and its time (`--nocapture`).
 //!
@@ -340,6 +351,26 @@ impl Operator {
         let text = fs::read_to_string(self.site_dir().join("site.toml")).expect("read site.toml");
         toml::from_str(&text).expect("site.toml parses")
     }
+
+    fn save_site_toml(&self, site: &toml::Table) {
+        fs::write(
+            self.site_dir().join("site.toml"),
+            toml::to_string(site).unwrap(),
+        )
+        .expect("write site.toml");
+    }
+}
+
+/// `site` as a run cut off just after `createAccount` was sent leaves it: an
+/// intent, no DID.
+fn as_if_cut_after_create_account(site: &toml::Table) -> toml::Table {
+    let mut site = site.clone();
+    site.remove("account_did");
+    let mut intent = toml::Table::new();
+    intent.insert("handle".into(), FULL_HANDLE.into());
+    intent.insert("email".into(), EMAIL.into());
+    site.insert("account_intent".into(), intent.into());
+    site
 }
 
 // ---------------------------------------------------------------------------------
@@ -360,10 +391,10 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
     let mut cuts: Vec<String> = Vec::new();
     let mut cut_done = [false; CUT_POINTS.len()];
     let mut secrets: Option<BTreeMap<String, String>> = None;
-    // The change the next run will most likely start with (where the last was killed).
-    let mut next_change = Some(first_change_of_a_fresh_run(&op));
     let mut repeats = 0;
     let mut last_first: Option<String> = None;
+    // The cut the last run made, to note what the run after it did.
+    let mut after_cut: Option<usize> = None;
 
     let check_secrets = |op: &Operator,
                          secrets: &mut Option<BTreeMap<String, String>>,
@@ -393,26 +424,23 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
             op.runs < MAX_RUNS,
             "{MAX_RUNS} runs and the walk has not ended"
         );
-        // A long change this run is likely to start with, still to be cut.
-        let target = next_change.as_ref().and_then(|next| {
-            CUT_POINTS
-                .iter()
-                .position(|(prefix, _)| next.starts_with(prefix))
-                .filter(|i| !cut_done[*i])
-        });
         let mut run = op.spawn(&args);
         let ended = loop {
             if let Some(status) = run.exited() {
                 break Ended::Finished(run.ended(Some(status)));
             }
             let seen = run.changes_so_far();
+            // A long change among the first two, still to be cut: cut it.
+            let target = seen.iter().take(2).find_map(|c| {
+                CUT_POINTS
+                    .iter()
+                    .position(|(prefix, _)| c.starts_with(prefix))
+                    .filter(|i| !cut_done[*i])
+            });
             if let Some(i) = target {
-                let (prefix, delay) = CUT_POINTS[i];
-                if seen.iter().take(2).any(|c| c.starts_with(prefix)) {
-                    std::thread::sleep(delay);
-                    let connections = proxy.cut();
-                    break Ended::Cut(i, connections, run.wait());
-                }
+                std::thread::sleep(CUT_POINTS[i].1);
+                let connections = proxy.cut();
+                break Ended::Cut(i, connections, run.wait());
             }
             if seen.len() >= 2 {
                 break Ended::Killed(run.kill());
@@ -430,6 +458,9 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
                     ended.describe()
                 );
                 let done = changes(&ended.stderr);
+                if let (Some(i), Some(first)) = (after_cut.take(), done.first()) {
+                    cuts[i].push_str(&format!("; the next run began with {first:?}"));
+                }
                 eprintln!("run {}: finished ({} change(s))", op.runs, done.len());
                 check_secrets(&op, &mut secrets, "the last walk run");
                 break;
@@ -444,9 +475,13 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
                 eprintln!("run {}: cut during {what}", op.runs);
                 check_secrets(&op, &mut secrets, &format!("the cut during {prefix:?}"));
                 cuts.push(what);
+                after_cut = Some(cuts.len() - 1);
             }
             Ended::Killed(ended) => {
                 let done = changes(&ended.stderr);
+                if let Some(i) = after_cut.take() {
+                    cuts[i].push_str(&format!("; the next run began with {:?}", done[0]));
+                }
                 let point = format!("{} | then {}", done[0], done[1]);
                 eprintln!("run {}: killed after {:?}", op.runs, done[0]);
                 check_secrets(&op, &mut secrets, &point);
@@ -466,7 +501,6 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
                 }
                 last_first = Some(done[0].clone());
                 kill_points.push(point);
-                next_change = Some(done[1].clone());
             }
         }
     }
@@ -516,6 +550,84 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
     assert_eq!(third.json()["changed"], false, "{}", third.stdout);
     check_secrets(&op, &mut secrets, "the no-op run");
 
+    // The state a kill just after `createAccount` was sent leaves behind (the
+    // cut above may or may not have landed there): the next run finds the
+    // account, records its DID and says how to set the password it never showed.
+    let did = dids[0].to_string();
+    op.save_site_toml(&as_if_cut_after_create_account(&site));
+    let found = op
+        .spawn(&[args.clone(), strings(&["--json"])].concat())
+        .wait();
+    assert!(
+        found.ok(),
+        "the run after the intent:\n{}",
+        found.describe()
+    );
+    let report = found.json();
+    let account = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "account")
+        .unwrap_or_else(|| panic!("no account step: {report}"));
+    let notes = account["notes"].to_string();
+    for needle in ["password was never shown", "updateAccountPassword", &did] {
+        assert!(
+            notes.contains(needle),
+            "{needle:?} not in the notes: {account}"
+        );
+    }
+    assert_eq!(report["account"]["did"], did.as_str(), "{report}");
+    assert!(report["account"]["password"].is_null(), "{report}");
+    let recorded = op.site_toml();
+    assert_eq!(
+        recorded.get("account_did").and_then(|v| v.as_str()),
+        Some(did.as_str())
+    );
+    assert!(recorded.get("account_intent").is_none(), "{recorded:#?}");
+
+    // The droplet loses its PDS data: neither the recorded DID nor an intent
+    // lets a run start the PDS on the empty data dir or create a second account.
+    d.ssh_ok(
+        "root",
+        "curl -fsS -X DELETE 'http://127.0.0.1:4646/v1/job/pds?purge=true' >/dev/null; \
+         for i in $(seq 60); do docker ps -q --filter name=pds- | grep -q . || break; sleep 1; done; \
+         find /srv/nomad/pds -mindepth 1 -delete",
+    );
+    for (what, site) in [
+        ("the recorded DID", recorded.clone()),
+        ("an intent", as_if_cut_after_create_account(&recorded)),
+    ] {
+        op.save_site_toml(&site);
+        let blocked = op.spawn(&args).wait();
+        assert_eq!(
+            blocked.status.and_then(|s| s.code()),
+            Some(1),
+            "a site with {what} and no data:\n{}",
+            blocked.describe()
+        );
+        assert!(
+            blocked
+                .stderr
+                .contains("Restore /srv/nomad/pds from a backup"),
+            "{}",
+            blocked.describe()
+        );
+        assert!(
+            !changes(&blocked.stderr)
+                .iter()
+                .any(|c| c.starts_with("submit the pds job")),
+            "the PDS was started on empty data:\n{}",
+            blocked.describe()
+        );
+        assert_eq!(op.site_toml(), site, "site.toml changed");
+        let left = d.ssh_ok("root", "ls -A /srv/nomad/pds");
+        assert!(
+            left.trim().is_empty(),
+            "the empty data dir was written to: {left}"
+        );
+    }
+
     let missed: Vec<&str> = CUT_POINTS
         .iter()
         .zip(cut_done)
@@ -541,26 +653,4 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
         op.runs,
         started.elapsed()
     );
-}
-
-/// The first change `pdsup plan` shows for a fresh droplet: where the walk starts.
-fn first_change_of_a_fresh_run(op: &Operator) -> String {
-    let mut args = strings(&[
-        "plan",
-        "--state-dir",
-        &op.state.path().display().to_string(),
-    ]);
-    args.extend(harness_sources(&cache_dir()));
-    args.extend(caddy_args());
-    let out = Command::new(env!("CARGO_BIN_EXE_pdsup"))
-        .env("HOME", op.home.path())
-        .args(&args)
-        .output()
-        .expect("run pdsup plan");
-    assert!(out.status.success(), "pdsup plan:\n{}", describe(&out));
-    stdout(&out)
-        .lines()
-        .find_map(|l| l.strip_prefix("  + "))
-        .unwrap_or_else(|| panic!("no change in the fresh plan:\n{}", describe(&out)))
-        .to_string()
 }
