@@ -35,6 +35,9 @@
 //!   creation in particular, the cut may fall before or after the PDS got the
 //!   `createAccount` request: the test accepts either, and the run after it
 //!   says which (it creates the account, or records the one the PDS made).
+//! - After the last change of a fresh run (account creation; the dns step only
+//!   prints records) there is no next line to kill at: the cut during account
+//!   creation and the intent check after the walk stand in for that point.
 //! - The instant between "the next change's line appeared" and the SIGKILL is a
 //!   few milliseconds of that change; what it did in that time varies.
 //! - Changes a fresh bookworm run with `--proxy caddy --docker-source distro`
