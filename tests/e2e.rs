@@ -26,10 +26,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-const HOSTNAME: &str = "pds.test";
-const HANDLE: &str = "alice";
-const FULL_HANDLE: &str = "alice.pds.test";
-const EMAIL: &str = "alice@example.com";
 const IO_IMAGE: &str = "agentio/io:latest";
 /// Upper bound for one `pdsup up`; a hang fails the test instead of stalling it.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -288,39 +284,6 @@ impl Operator {
     }
 }
 
-/// Site flags and the harness's sources, with paths under `cache` (the harness
-/// cache on this machine, or a copy of its files on a droplet for `--local`).
-fn harness_sources(cache: &Path) -> Vec<String> {
-    [
-        "--hostname",
-        HOSTNAME,
-        "--email",
-        EMAIL,
-        "--handle",
-        HANDLE,
-        "--docker-source",
-        "distro",
-        "--nomad-release-url",
-        &mirror_url(),
-        "--nomad-release-key",
-        &cache
-            .join("mirror/test-release-key.asc")
-            .display()
-            .to_string(),
-        "--pds-image-archive",
-        &cache.join("pds-image.tar").display().to_string(),
-        "--plc-url",
-        &format!("http://{GATEWAY}:2582"),
-        // The PDS asks its crawlers to index every new repo: keep that traffic
-        // inside the test network (an empty list means no crawlers).
-        "--pds-env",
-        "PDS_CRAWLERS=",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// The default Docker path, `--docker-source docker`, from the harness's copy of
 /// Docker's repository (scripts/harness/docker-apt-mirror.sh): `tree` is
 /// `docker-apt` (signed by the test mirror key) or `docker-apt-other-key` (signed by
@@ -360,72 +323,8 @@ fn apt_sources(d: &Droplet) -> String {
     )
 }
 
-/// Caddy with real ACME against Pebble. `acme_ca_root` is the CA Caddy must trust
-/// to talk to Pebble's directory: Pebble's own listen certificate.
-fn caddy_args() -> Vec<String> {
-    let root = pebble_cert().display().to_string();
-    strings(&[
-        "--proxy",
-        "caddy",
-        "--acme-ca",
-        &pebble_directory_url(),
-        "--acme-ca-root",
-        &root,
-    ])
-}
-
-fn strings(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
-}
-
 /// No extra flags.
 const NONE: &[&str] = &[];
-
-fn parse_env(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
-        .collect()
-}
-
-/// The harness must be complete: droplet images, services, the PDS image and the
-/// Nomad release on the mirror.
-fn require_e2e() {
-    require_services();
-    let c = cache_dir();
-    for (path, script) in [
-        (c.join("pds-image.tar"), "pds-image.sh"),
-        (
-            c.join("mirror/docker-apt/linux/debian/dists/bookworm/InRelease"),
-            "docker-apt-mirror.sh",
-        ),
-        (
-            c.join("mirror/docker-apt/linux/debian/dists/trixie/InRelease"),
-            "docker-apt-mirror.sh",
-        ),
-        (
-            c.join("mirror/docker-apt-other-key/linux/debian/dists/trixie/InRelease"),
-            "docker-apt-mirror.sh",
-        ),
-        (c.join("mirror/test-release-key.asc"), "nomad-release.sh"),
-        (
-            c.join("mirror/nomad/1.10.5/nomad_1.10.5_linux_amd64.zip"),
-            "nomad-release.sh",
-        ),
-        (
-            c.join("mirror/nomad/1.10.5/nomad_1.10.5_SHA256SUMS.sig"),
-            "nomad-release.sh",
-        ),
-    ] {
-        assert!(
-            path.is_file(),
-            "droplet-in-a-box harness is not ready: {} is missing. Run `{}`, then re-run the tests.",
-            path.display(),
-            harness_script(script).display()
-        );
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // Looking at a droplet

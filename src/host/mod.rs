@@ -117,6 +117,11 @@ pub trait Host: Send + Sync {
     /// Who and where, for messages: `root@203.0.113.7:22`.
     fn describe(&self) -> String;
 
+    /// Whether the connection to the host is still up (always, on the host itself).
+    fn connected(&self) -> bool {
+        true
+    }
+
     /// Runs `cmd` and fails with its stderr when it exits non-zero.
     async fn run(&self, cmd: &Cmd) -> Result<Output> {
         let out = self.exec(cmd).await?;

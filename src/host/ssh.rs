@@ -426,6 +426,10 @@ impl Host for SshHost {
     fn describe(&self) -> String {
         self.target.to_string()
     }
+
+    fn connected(&self) -> bool {
+        !self.session.is_closed()
+    }
 }
 
 impl Drop for SshHost {

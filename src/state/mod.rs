@@ -52,6 +52,19 @@ pub struct SiteRecord {
     pub pds_env: Vec<String>,
     /// Set once the first account exists, so re-runs never create it again.
     pub account_did: Option<String>,
+    /// Written just before `createAccount` is sent and cleared once the DID is
+    /// recorded: a run cut off in between leaves this trace (steps/account.rs).
+    pub account_intent: Option<AccountIntent>,
+    /// A random id, also in the PDS data dir: tells this site's PDS data from
+    /// any other (steps/account.rs).
+    pub site_id: Option<String>,
+}
+
+/// The account a run was about to create.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccountIntent {
+    pub handle: String,
+    pub email: String,
 }
 
 impl SiteDir {

@@ -88,7 +88,14 @@ impl StepId {
                 let facts = pds_job::gather(ctx).await?;
                 pds_job::plan(&facts, s, ctx.secrets()?)
             }
-            StepId::Account => Ok(account::plan(&account::gather(ctx).await?, s)),
+            StepId::Account => {
+                let facts = account::gather(ctx).await?;
+                Ok(account::plan(
+                    &facts,
+                    s,
+                    &ctx.site.env_file().display().to_string(),
+                ))
+            }
             StepId::Dns => Ok(dns::plan(&dns::gather(ctx).await?, s)),
         }
     }
@@ -104,7 +111,7 @@ impl StepId {
             StepId::Proxy => proxy::plan(&proxy::Facts::fresh(), s),
             StepId::Secrets => secrets::plan(&secrets::Facts::fresh(), s),
             StepId::PdsJob => pds_job::plan(&pds_job::Facts::fresh(), s, secrets),
-            StepId::Account => Ok(account::plan(&account::Facts::fresh(), s)),
+            StepId::Account => Ok(account::plan(&account::Facts::fresh(), s, "pds.env")),
             StepId::Dns => Ok(dns::plan(&dns::Facts::fresh(), s)),
         }
     }
@@ -194,8 +201,12 @@ pub enum Action {
     WaitJobHealthy { job: String, image: String },
     /// Wait until the PDS answers `/xrpc/_health`.
     WaitPdsHealthy,
+    /// Mark the PDS data dir as this site's (`site_id` in site.toml first).
+    ClaimDataDir { site_id: String },
     /// Invite code + createAccount; the password is generated at apply time.
     CreateAccount { handle: String, email: String },
+    /// Record an account found on the PDS in site.toml.
+    RecordAccount { did: String },
     /// The seed's sqlite update marking the account's email confirmed.
     ConfirmEmail { handle: String },
 }
@@ -330,21 +341,31 @@ impl<'a> Ctx<'a> {
             Action::InstallNomad(install) => nomad_install::apply(self, install).await?,
             Action::SaveEnvFile => secrets::apply(self)?,
             Action::WaitNomadReady { volumes } => {
-                let ui = self.ui;
+                let (ui, host) = (self.ui, self.host);
                 let vols: Vec<&str> = volumes.iter().map(String::as_str).collect();
-                self.nomad()
-                    .await?
-                    .wait_node_ready(&vols, Duration::from_secs(180), &mut |m| ui.progress(m))
-                    .await?
+                let nomad = self.nomad().await?;
+                while_connected(
+                    host,
+                    nomad.wait_node_ready(&vols, Duration::from_secs(180), &mut |m| ui.progress(m)),
+                )
+                .await?
             }
             Action::SubmitJob(job) => {
                 self.nomad().await?.register(job).await?;
             }
             Action::WaitJobHealthy { job, image } => {
-                pds_job::wait_healthy(self, job, image).await?;
+                let host = self.host;
+                while_connected(host, pds_job::wait_healthy(self, job, image)).await?;
             }
-            Action::WaitPdsHealthy => pds_job::wait_pds_health(self).await?,
-            Action::CreateAccount { handle, email } => account::create(self, handle, email).await?,
+            Action::WaitPdsHealthy => {
+                let host = self.host;
+                while_connected(host, pds_job::wait_pds_health(self)).await?
+            }
+            Action::ClaimDataDir { site_id } => account::apply_claim(self, site_id).await?,
+            Action::CreateAccount { handle, email } => {
+                account::create_account(self, handle, email).await?
+            }
+            Action::RecordAccount { did } => account::record_account(self, did)?,
             Action::ConfirmEmail { handle } => account::confirm_email(self, handle).await?,
         }
         Ok(())
@@ -353,6 +374,27 @@ impl<'a> Ctx<'a> {
     /// Refreshes the secrets after the secrets step wrote them.
     fn set_secrets(&mut self, secrets: PdsSecrets) {
         self.secrets = Some(secrets);
+    }
+}
+
+/// Runs a long wait, failing as soon as the connection to the droplet is lost:
+/// the waits take an API that does not answer for a service still starting,
+/// and would otherwise poll a dead tunnel until their timeout.
+async fn while_connected<T>(
+    host: &dyn Host,
+    wait: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let lost = async {
+        while host.connected() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        result = wait => result,
+        () = lost => Err(anyhow::anyhow!(
+            "the connection to {} was lost; run the same command again when the droplet is reachable",
+            host.describe()
+        )),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::account::{self, DataDir, SiteFacts};
 use super::{Action, Ctx, StepId, StepPlan};
 use crate::host::{quote, Cmd, FileMode};
 use crate::nomad::job::pds_job;
@@ -22,11 +23,21 @@ pub struct Facts {
     pub image_present: bool,
     pub job_unchanged: bool,
     pub healthy: bool,
+    /// The PDS data dir and what site.toml says of the account, for
+    /// [`account::claim_data_dir`].
+    pub data: DataDir,
+    pub site: SiteFacts,
+    /// The site id to claim the data dir with when the site has none yet.
+    pub new_site_id: String,
 }
 
 impl Facts {
     pub fn fresh() -> Self {
-        Facts::default()
+        Facts {
+            data: DataDir::fresh(),
+            new_site_id: account::new_site_id(),
+            ..Facts::default()
+        }
     }
 }
 
@@ -55,11 +66,25 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         image_present,
         job_unchanged,
         healthy,
+        data: account::gather_data_dir(ctx).await?,
+        site: SiteFacts::of(&ctx.record),
+        new_site_id: account::new_site_id(),
     })
 }
 
 pub fn plan(facts: &Facts, settings: &Settings, secrets: &PdsSecrets) -> Result<StepPlan> {
     let mut plan = StepPlan::new(StepId::PdsJob);
+    // Before anything else: the PDS must never start on data that is not this site's.
+    account::claim_data_dir(
+        &mut plan,
+        &facts.data,
+        &facts.site,
+        &facts.new_site_id,
+        settings,
+    );
+    if !plan.blockers.is_empty() {
+        return Ok(plan);
+    }
     if let (Some(archive), false) = (&settings.pds_image_archive, facts.image_present) {
         plan.change(
             format!("upload the PDS image archive {}", archive.display()),
@@ -170,15 +195,52 @@ pub async fn wait_pds_health(ctx: &mut Ctx<'_>) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A data dir this site has claimed.
+    fn claimed() -> Facts {
+        Facts {
+            data: DataDir {
+                site_id: Some("s1".into()),
+                empty: false,
+            },
+            site: SiteFacts {
+                site_id: Some("s1".into()),
+                ..SiteFacts::default()
+            },
+            ..Facts::fresh()
+        }
+    }
+
+    #[test]
+    fn the_pds_never_starts_on_data_that_is_not_this_sites() {
+        let settings = Settings::example();
+        let secrets = PdsSecrets::generate();
+        let lost = Facts {
+            site: SiteFacts {
+                recorded_did: Some("did:plc:old".into()),
+                site_id: Some("s1".into()),
+                ..SiteFacts::default()
+            },
+            ..Facts::fresh()
+        };
+        let p = plan(&lost, &settings, &secrets).unwrap();
+        assert!(p.is_unchanged(), "{:?}", p.changes);
+        assert!(p.blockers[0].contains("did:plc:old"), "{:?}", p.blockers);
+        let mut other = claimed();
+        other.data.site_id = Some("s2".into());
+        let p = plan(&other, &settings, &secrets).unwrap();
+        assert!(p.is_unchanged() && p.blockers[0].contains("another site"));
+    }
+
     #[test]
     fn fresh_submits_and_waits_and_converged_does_nothing() {
         let settings = Settings::example();
         let secrets = PdsSecrets::generate();
         let fresh = plan(&Facts::fresh(), &settings, &secrets).unwrap();
         let summaries: Vec<&str> = fresh.changes.iter().map(|c| c.summary.as_str()).collect();
-        assert_eq!(summaries.len(), 3, "{summaries:?}");
-        assert!(summaries[0].starts_with("submit the pds job"));
-        let detail = fresh.changes[0].detail.as_deref().unwrap();
+        assert_eq!(summaries.len(), 4, "{summaries:?}");
+        assert!(summaries[0].starts_with("mark /srv/nomad/pds as this site's PDS data"));
+        assert!(summaries[1].starts_with("submit the pds job"));
+        let detail = fresh.changes[1].detail.as_deref().unwrap();
         assert!(
             !detail.contains(secrets.jwt_secret.expose()),
             "plan shows a secret"
@@ -188,6 +250,7 @@ mod tests {
             image_present: true,
             job_unchanged: true,
             healthy: true,
+            ..claimed()
         };
         assert!(plan(&converged, &settings, &secrets)
             .unwrap()
@@ -251,13 +314,14 @@ mod tests {
         settings.pds_image_archive = Some("/tmp/pds.tar".into());
         let secrets = PdsSecrets::generate();
         let p = plan(&Facts::fresh(), &settings, &secrets).unwrap();
-        assert!(p.changes[0]
+        assert!(p.changes[1]
             .summary
             .starts_with("upload the PDS image archive"));
         let present = Facts {
             image_present: true,
             job_unchanged: true,
             healthy: true,
+            ..claimed()
         };
         assert!(plan(&present, &settings, &secrets).unwrap().is_unchanged());
     }

@@ -5,11 +5,13 @@
 //!   2. droplets (`Droplet`: boot, SSH, teardown on drop)
 //!   3. host-side services (mirror, Pebble)
 //!   4. small helpers on `std::process::Output`
+//!   5. the site the end-to-end tiers set up (`harness_sources`, `caddy_args`, `require_e2e`)
 //!
 //! Tests FAIL (panic) when the harness is missing; they never skip. Prepare the machine
 //! with `scripts/harness/up.sh` (root).
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -388,4 +390,113 @@ pub fn describe(out: &Output) -> String {
         stdout(out).trim_end(),
         stderr(out).trim_end()
     )
+}
+
+// ---------------------------------------------------------------------------------
+// 5. The site the end-to-end tiers set up (tests/e2e.rs, tests/fault.rs)
+// ---------------------------------------------------------------------------------
+
+/// The site every end-to-end test sets up.
+pub const HOSTNAME: &str = "pds.test";
+pub const HANDLE: &str = "alice";
+pub const FULL_HANDLE: &str = "alice.pds.test";
+pub const EMAIL: &str = "alice@example.com";
+
+/// Site flags and the harness's sources, with paths under `cache` (the harness
+/// cache on this machine, or a copy of its files on a droplet for `--local`).
+pub fn harness_sources(cache: &Path) -> Vec<String> {
+    [
+        "--hostname",
+        HOSTNAME,
+        "--email",
+        EMAIL,
+        "--handle",
+        HANDLE,
+        "--docker-source",
+        "distro",
+        "--nomad-release-url",
+        &mirror_url(),
+        "--nomad-release-key",
+        &cache
+            .join("mirror/test-release-key.asc")
+            .display()
+            .to_string(),
+        "--pds-image-archive",
+        &cache.join("pds-image.tar").display().to_string(),
+        "--plc-url",
+        &format!("http://{GATEWAY}:2582"),
+        // The PDS asks its crawlers to index every new repo: keep that traffic
+        // inside the test network (an empty list means no crawlers).
+        "--pds-env",
+        "PDS_CRAWLERS=",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Caddy with real ACME against Pebble. `acme_ca_root` is the CA Caddy must trust
+/// to talk to Pebble's directory: Pebble's own listen certificate.
+pub fn caddy_args() -> Vec<String> {
+    let root = pebble_cert().display().to_string();
+    strings(&[
+        "--proxy",
+        "caddy",
+        "--acme-ca",
+        &pebble_directory_url(),
+        "--acme-ca-root",
+        &root,
+    ])
+}
+
+/// `&str`s to owned arguments.
+pub fn strings(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+/// `KEY=VALUE` lines of an env file (quotes dropped), comments skipped.
+pub fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect()
+}
+
+/// The harness must be complete: droplet images, services, the PDS image and the
+/// Nomad release on the mirror.
+pub fn require_e2e() {
+    require_services();
+    let c = cache_dir();
+    for (path, script) in [
+        (c.join("pds-image.tar"), "pds-image.sh"),
+        (
+            c.join("mirror/docker-apt/linux/debian/dists/bookworm/InRelease"),
+            "docker-apt-mirror.sh",
+        ),
+        (
+            c.join("mirror/docker-apt/linux/debian/dists/trixie/InRelease"),
+            "docker-apt-mirror.sh",
+        ),
+        (
+            c.join("mirror/docker-apt-other-key/linux/debian/dists/trixie/InRelease"),
+            "docker-apt-mirror.sh",
+        ),
+        (c.join("mirror/test-release-key.asc"), "nomad-release.sh"),
+        (
+            c.join("mirror/nomad/1.10.5/nomad_1.10.5_linux_amd64.zip"),
+            "nomad-release.sh",
+        ),
+        (
+            c.join("mirror/nomad/1.10.5/nomad_1.10.5_SHA256SUMS.sig"),
+            "nomad-release.sh",
+        ),
+    ] {
+        assert!(
+            path.is_file(),
+            "droplet-in-a-box harness is not ready: {} is missing. Run `{}`, then re-run the tests.",
+            path.display(),
+            harness_script(script).display()
+        );
+    }
 }
