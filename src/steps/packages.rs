@@ -176,9 +176,12 @@ pub fn repair(facts: &DpkgFacts) -> Option<(String, String, String)> {
     Some((summary, detail, repair_script()))
 }
 
-/// Prints the inode of each dpkg lock file, `/proc/locks`, and the name and
-/// command line of every process in it, for [`lock_holder`].
-pub const LOCK_PROBE: &str = r#"for f in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock; do
+/// Prints the inode of each dpkg and apt lock file, `/proc/locks`, and the name
+/// and command line of every process in it, for [`lock_holder`]. apt's own locks
+/// count too: an `apt-get update` left running on the droplet by a cut SSH
+/// connection holds the lists lock, and apt fails at once on that one
+/// (`DPkg::Lock::Timeout` waits only for dpkg's).
+pub const LOCK_PROBE: &str = r#"for f in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock /var/cache/apt/archives/lock; do
   [ -e "$f" ] && echo "file $(stat -c %i "$f") $f"
 done
 sed 's/^/lock /' /proc/locks 2>/dev/null
@@ -484,6 +487,19 @@ mod tests {
                     pid: Some(555),
                     name: "dpkg".into(),
                     cmdline: "/usr/bin/dpkg --configure -a".into(),
+                }),
+            ),
+            (
+                "an apt-get update left running by a cut connection, on apt's lists lock",
+                format!(
+                    "{FILES}file 401 /var/lib/apt/lists/lock\nfile 402 /var/cache/apt/archives/lock\n\
+                     lock 1: POSIX  ADVISORY  WRITE 133 00:2b:401 0 EOF\n\
+                     comm 133 apt-get\ncmdline 133 apt-get -y -q update \n"
+                ),
+                Some(LockHolder {
+                    pid: Some(133),
+                    name: "apt-get".into(),
+                    cmdline: "apt-get -y -q update".into(),
                 }),
             ),
             (

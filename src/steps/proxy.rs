@@ -10,6 +10,7 @@ use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::CertificateDer;
 
 use super::docker::APT;
+use super::packages::{self, DpkgFacts};
 use super::{config_file, Action, Contents, Ctx, StepId, StepPlan};
 use crate::assets;
 use crate::host::{quote, Cmd, FileMode};
@@ -121,12 +122,14 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         Proxy::Caddy => {
             let out = ctx
                 .probe(&format!(
-                    "command -v caddy >/dev/null && echo installed; systemctl is-active --quiet caddy && echo active; [ -e {} ] && echo interrupted; true",
+                    "{}\nsystemctl is-active --quiet caddy && echo active; [ -e {} ] && echo interrupted; true",
+                    packages::status_probe(&["caddy"]),
                     quote(&config_file::backup_path(CADDYFILE_PATH))
                 ))
                 .await?
                 .stdout_str();
-            facts.caddy_installed = out.lines().any(|l| l == "installed");
+            // dpkg's word, not a binary on PATH: a cut install leaves one unconfigured.
+            facts.caddy_installed = DpkgFacts::parse(&out).installed("caddy");
             facts.caddy_active = out.lines().any(|l| l == "active");
             facts.caddyfile_install_interrupted = out.lines().any(|l| l == "interrupted");
             facts.caddyfile = read_text(ctx, CADDYFILE_PATH).await?;
@@ -200,7 +203,7 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
     if !facts.caddy_installed {
         plan.change(
             "install Caddy from the distribution",
-            Action::Run(Cmd::sh(format!(
+            Action::Apt(Cmd::sh(format!(
                 "set -e\n{APT} update\n{APT} install caddy"
             ))),
         );
