@@ -261,13 +261,14 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
 /// API's `updateAccountPassword`, with the admin password from the site's
 /// `pds.env` (a shell-sourceable file), as pdsadmin's `account reset-password` does.
 pub fn reset_password_hint(did: &str, env_file: &str) -> String {
+    // The admin password goes to curl on stdin (`-K -`), never in its arguments,
+    // and the new one is typed at a prompt, not kept in the shell's history.
+    const ADMIN_API: &str = r#"( . ENV && read -rsp 'new password: ' pw && echo && printf 'user = "admin:%s"\ndata = "{\\"did\\":\\"DID\\",\\"password\\":\\"%s\\"}"\n' "$PDS_ADMIN_PASSWORD" "$pw" | curl -fsS -K - -H 'Content-Type: application/json' "https://$PDS_HOSTNAME/xrpc/com.atproto.admin.updateAccountPassword" )"#;
+    let env = crate::host::quote(env_file);
     format!(
-        "set a new password with the PDS admin API (once https://<hostname> answers): \
-         `( . {env} && curl -fsS -u \"admin:$PDS_ADMIN_PASSWORD\" -H 'Content-Type: application/json' \
-         -d '{{\"did\":\"{did}\",\"password\":\"NEW-PASSWORD\"}}' \
-         \"https://$PDS_HOSTNAME/xrpc/com.atproto.admin.updateAccountPassword\" )`, \
+        "set a new password with the PDS admin API (once https://<hostname> answers): `{}`, \
          or with the official pdsadmin: `PDS_ENV_FILE={env} pdsadmin account reset-password {did}`",
-        env = crate::host::quote(env_file),
+        ADMIN_API.replace("DID", did).replace("ENV", &env),
     )
 }
 
