@@ -579,12 +579,15 @@ mod tests {
                 "password was never shown",
                 "did:plc:x",
                 "pdsadmin account reset-password did:plc:x",
-                "\"did\":\"did:plc:x\"",
+                r#"\\"did\\":\\"did:plc:x\\""#,
                 ENV,
                 "com.atproto.admin.updateAccountPassword",
+                "curl -fsS -K -",
             ] {
                 assert!(note.contains(needle), "{needle:?} not in {note}");
             }
+            // The admin password reaches curl on stdin, not in its arguments.
+            assert!(!note.contains("-u "), "{note}");
         }
     }
 
