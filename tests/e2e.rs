@@ -284,29 +284,6 @@ impl Operator {
     }
 }
 
-/// The default Docker path, `--docker-source docker`, from the harness's copy of
-/// Docker's repository (scripts/harness/docker-apt-mirror.sh): `tree` is
-/// `docker-apt` (signed by the test mirror key) or `docker-apt-other-key` (signed by
-/// another key), and pdsup is told to trust the test mirror key either way.
-fn from_docker_repo(mut args: Vec<String>, tree: &str) -> Vec<String> {
-    let source = args
-        .iter()
-        .position(|a| a == "--docker-source")
-        .expect("the harness's sources name a Docker source");
-    args[source + 1] = "docker".into();
-    args.extend([
-        "--docker-apt-url".to_string(),
-        format!("{}/{tree}/linux", mirror_url()),
-        "--docker-apt-key".to_string(),
-        docker_apt_key().display().to_string(),
-    ]);
-    args
-}
-
-fn docker_apt_key() -> PathBuf {
-    repo_dir().join("tests/fixtures/docker-apt/mirror-key.asc")
-}
-
 /// The fingerprint of [`docker_apt_key`].
 const DOCKER_APT_KEY_FPR: &str = "5968A284C69DB5AABD29FA9DD0488F1CD634191D";
 

@@ -435,6 +435,29 @@ pub fn harness_sources(cache: &Path) -> Vec<String> {
     .collect()
 }
 
+/// The default Docker path, `--docker-source docker`, from the harness's copy of
+/// Docker's repository (scripts/harness/docker-apt-mirror.sh): `tree` is
+/// `docker-apt` (signed by the test mirror key) or `docker-apt-other-key` (signed by
+/// another key), and pdsup is told to trust the test mirror key either way.
+pub fn from_docker_repo(mut args: Vec<String>, tree: &str) -> Vec<String> {
+    let source = args
+        .iter()
+        .position(|a| a == "--docker-source")
+        .expect("the harness's sources name a Docker source");
+    args[source + 1] = "docker".into();
+    args.extend([
+        "--docker-apt-url".to_string(),
+        format!("{}/{tree}/linux", mirror_url()),
+        "--docker-apt-key".to_string(),
+        docker_apt_key().display().to_string(),
+    ]);
+    args
+}
+
+pub fn docker_apt_key() -> PathBuf {
+    repo_dir().join("tests/fixtures/docker-apt/mirror-key.asc")
+}
+
 /// Caddy with real ACME against Pebble. `acme_ca_root` is the CA Caddy must trust
 /// to talk to Pebble's directory: Pebble's own listen certificate.
 pub fn caddy_args() -> Vec<String> {
