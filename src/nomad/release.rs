@@ -193,7 +193,9 @@ impl fmt::Display for TrustedKey {
     }
 }
 
-fn parse_key(text: &str) -> Result<SignedPublicKey, ReleaseError> {
+/// Parses an armored OpenPGP public key, refusing one its own revocation revokes.
+/// Shared by every key pdsup trusts (Nomad releases, Docker's apt repository).
+pub(crate) fn parse_key(text: &str) -> Result<SignedPublicKey, ReleaseError> {
     let (key, _headers) =
         SignedPublicKey::from_string(text).map_err(|e| ReleaseError::Key(e.to_string()))?;
     // A revoked key must not be trusted, even if the file still carries it.
@@ -210,7 +212,7 @@ fn parse_key(text: &str) -> Result<SignedPublicKey, ReleaseError> {
     Ok(key)
 }
 
-fn fingerprint(key: &SignedPublicKey) -> String {
+pub(crate) fn fingerprint(key: &SignedPublicKey) -> String {
     format!("{:X}", key.primary_key.fingerprint())
 }
 

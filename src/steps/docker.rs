@@ -10,12 +10,11 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use pgp::composed::{Deserializable, SignedPublicKey};
-use pgp::types::KeyDetails;
 
 use super::packages::{self, DpkgFacts};
 use super::{Action, Contents, Ctx, StepId, StepPlan};
 use crate::host::{Cmd, FileMode};
+use crate::nomad::release;
 use crate::settings::{AptKey, DockerApt, DockerSource, Settings, DOCKER_APT_URL};
 
 /// apt-get that waits for a fresh droplet's unattended-upgrades instead of failing.
@@ -207,7 +206,7 @@ pub fn read_apt_key(path: &Path) -> Result<AptKey> {
     if text.contains("PRIVATE KEY BLOCK") {
         bail!("--docker-apt-key {shown} holds a secret key: give only the public key (`gpg --armor --export KEYID`)");
     }
-    let (key, _) = SignedPublicKey::from_string(&text).map_err(|e| {
+    let key = release::parse_key(&text).map_err(|e| {
         anyhow!("--docker-apt-key {shown}: not an ASCII-armored OpenPGP public key ({e}); export one with `gpg --armor --export KEYID`")
     })?;
     key.verify_bindings().map_err(|e| {
@@ -216,7 +215,7 @@ pub fn read_apt_key(path: &Path) -> Result<AptKey> {
     Ok(AptKey {
         path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
         armored: text,
-        fingerprint: format!("{:X}", key.primary_key.fingerprint()),
+        fingerprint: release::fingerprint(&key),
     })
 }
 
