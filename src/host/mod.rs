@@ -5,6 +5,7 @@
 //! `run` here, once, so that every transport gets the same atomic, mode-setting
 //! writes. Secrets travel only on stdin, never in a command line (`ps` shows those).
 
+pub mod config_file;
 pub mod dest;
 pub mod known_hosts;
 pub mod local;

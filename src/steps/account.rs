@@ -47,6 +47,8 @@ use crate::settings::{Settings, PDS_VOLUME_PATH};
 use crate::state::secrets::account_password;
 use crate::state::{AccountIntent, SiteRecord};
 
+pub const ID: StepId = StepId::new("account", "account");
+
 /// The file in the PDS data dir that names the site the data belongs to.
 pub const DATA_ID_PATH: &str = "/srv/nomad/pds/.pdsup-site-id";
 
@@ -245,10 +247,18 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         data_is_ours,
     };
     if let Some(did) = facts.did().map(str::to_string) {
+        // Checking again after this run created the account keeps the
+        // password it made: it is shown once, in the summary.
+        let password = ctx
+            .outcome
+            .account
+            .take()
+            .filter(|a| a.did == did)
+            .and_then(|a| a.password);
         ctx.outcome.account = Some(AccountOutcome {
             did: did.clone(),
             handle: ctx.settings.handle.initial().to_string(),
-            password: None,
+            password,
         });
         if ctx.settings.confirm_email {
             facts.email_confirmed = email_confirmed_on_droplet(ctx, &did).await?;
@@ -273,7 +283,7 @@ pub fn reset_password_hint(did: &str, env_file: &str) -> String {
 }
 
 pub fn plan(facts: &Facts, settings: &Settings, env_file: &str) -> StepPlan {
-    let mut plan = StepPlan::new(StepId::Account);
+    let mut plan = StepPlan::new(ID);
     let handle = settings.handle.initial().to_string();
     let site = &facts.site;
     let Some(hosted) = &facts.hosted else {
@@ -443,6 +453,39 @@ pub async fn confirm_email(ctx: &mut Ctx<'_>, _handle: &str) -> Result<()> {
         )))
         .await?;
     Ok(())
+}
+
+/// The first account, created once and journaled in site.toml.
+pub struct AccountStep;
+
+#[async_trait::async_trait(?Send)]
+impl super::Step for AccountStep {
+    type Facts = Facts;
+
+    fn id(&self) -> StepId {
+        ID
+    }
+
+    fn fresh(&self) -> Facts {
+        Facts::fresh()
+    }
+
+    async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        gather(ctx).await
+    }
+
+    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        Ok(plan(facts, input.settings, input.env_file))
+    }
+
+    async fn apply(&self, ctx: &mut Ctx<'_>, action: &Action) -> Result<()> {
+        match action {
+            Action::CreateAccount { handle, email } => create_account(ctx, handle, email).await,
+            Action::RecordAccount { did } => record_account(ctx, did),
+            Action::ConfirmEmail { handle } => confirm_email(ctx, handle).await,
+            other => ctx.apply(other).await,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -630,7 +673,7 @@ mod tests {
     }
 
     fn claim(data: DataDir, site: &SiteFacts) -> StepPlan {
-        let mut p = StepPlan::new(StepId::PdsJob);
+        let mut p = StepPlan::new(crate::steps::pds_job::ID);
         claim_data_dir(&mut p, &data, site, "new", &Settings::example());
         p
     }

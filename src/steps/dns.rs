@@ -10,6 +10,8 @@ use super::{Ctx, StepId, StepPlan};
 use crate::inputs::Handle;
 use crate::settings::Settings;
 
+pub const ID: StepId = StepId::new("dns", "dns");
+
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Record {
     pub kind: &'static str,
@@ -103,11 +105,35 @@ pub fn records(facts: &Facts, settings: &Settings) -> Vec<Record> {
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
-    let mut plan = StepPlan::new(StepId::Dns);
+    let mut plan = StepPlan::new(ID);
     for record in records(facts, settings) {
         plan.notes.push(format!("add: {record}"));
     }
     plan
+}
+
+/// The DNS records to add (nothing to change on the droplet).
+pub struct DnsStep;
+
+#[async_trait::async_trait(?Send)]
+impl super::Step for DnsStep {
+    type Facts = Facts;
+
+    fn id(&self) -> StepId {
+        ID
+    }
+
+    fn fresh(&self) -> Facts {
+        Facts::fresh()
+    }
+
+    async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        gather(ctx).await
+    }
+
+    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        Ok(plan(facts, input.settings))
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use crate::host::{Cmd, FileMode};
 use crate::nomad::release;
 use crate::settings::{AptKey, DockerApt, DockerSource, Settings, DOCKER_APT_URL};
 
+pub const ID: StepId = StepId::new("docker", "docker");
+
 /// apt-get that waits for a fresh droplet's unattended-upgrades instead of failing.
 pub const APT: &str =
     "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -o Dpkg::Options::=--force-confold -y -q";
@@ -319,7 +321,7 @@ pub fn distro_install_script() -> String {
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
-    let mut plan = StepPlan::new(StepId::Docker);
+    let mut plan = StepPlan::new(ID);
     // Before any apt call of this run (the Docker step is the first to use apt).
     if let Some((summary, detail, script)) = packages::repair(&facts.dpkg) {
         plan.change(summary, Action::Apt(Cmd::sh(script)))
@@ -354,6 +356,30 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
         );
     }
     plan
+}
+
+/// Docker Engine from Docker's apt repository or the distribution.
+pub struct DockerStep;
+
+#[async_trait::async_trait(?Send)]
+impl super::Step for DockerStep {
+    type Facts = Facts;
+
+    fn id(&self) -> StepId {
+        ID
+    }
+
+    fn fresh(&self) -> Facts {
+        Facts::fresh()
+    }
+
+    async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        gather(ctx).await
+    }
+
+    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        Ok(plan(facts, input.settings))
+    }
 }
 
 #[cfg(test)]

@@ -5,10 +5,13 @@
 
 use anyhow::Result;
 
-use super::{config_file, Action, Ctx, StepId, StepPlan};
+use super::{Action, Ctx, StepId, StepPlan};
+use crate::host::config_file;
 use crate::host::{quote, Cmd, FileMode};
 use crate::nomad::config::{self, HostVolume, TaskInterface};
 use crate::settings::{Proxy, Settings, IO_VOLUME_PATH, NOMAD_CONFIG_PATH, PDS_VOLUME_PATH};
+
+pub const ID: StepId = StepId::new("nomad_config", "nomad.hcl");
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
@@ -84,7 +87,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
-    let mut plan = StepPlan::new(StepId::NomadConfig);
+    let mut plan = StepPlan::new(ID);
     let volumes = wanted_volumes(settings);
     let mut added = Vec::new();
     let (text, changed) = match &facts.config {
@@ -173,7 +176,7 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
         };
         let detail = format!(
             "{}\n{}",
-            crate::ui::diff(facts.config.as_deref().unwrap_or(""), &text),
+            crate::plan::diff(facts.config.as_deref().unwrap_or(""), &text),
             install.describe()
         );
         plan.change(summary, Action::InstallConfig(install))
@@ -193,6 +196,30 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
         );
     }
     Ok(plan)
+}
+
+/// nomad.hcl with the host volumes, and Nomad running on it.
+pub struct NomadConfigStep;
+
+#[async_trait::async_trait(?Send)]
+impl super::Step for NomadConfigStep {
+    type Facts = Facts;
+
+    fn id(&self) -> StepId {
+        ID
+    }
+
+    fn fresh(&self) -> Facts {
+        Facts::fresh()
+    }
+
+    async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        gather(ctx).await
+    }
+
+    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        plan(facts, input.settings)
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ use crate::host::{quote, Cmd, FileMode};
 use crate::nomad::{config, release};
 use crate::settings::Settings;
 
+pub const ID: StepId = StepId::new("nomad", "nomad");
+
 const UNIT_PATH: &str = "/etc/systemd/system/nomad.service";
 const STAGING: &str = "/var/tmp/pdsup-nomad";
 
@@ -101,7 +103,7 @@ pub enum Source {
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
-    let mut plan = StepPlan::new(StepId::Nomad);
+    let mut plan = StepPlan::new(ID);
     let arch = match release::Arch::from_uname(&facts.uname_arch) {
         Ok(a) => a,
         Err(e) => {
@@ -161,7 +163,7 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     }
     let unit = config::systemd_unit();
     if facts.unit.as_deref() != Some(unit) {
-        let diff = crate::ui::diff(facts.unit.as_deref().unwrap_or(""), unit);
+        let diff = crate::plan::diff(facts.unit.as_deref().unwrap_or(""), unit);
         plan.change(
             format!("write {UNIT_PATH}"),
             Action::Write {
@@ -198,7 +200,8 @@ pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
     let zip = release::zip_name(v, install.arch);
     let (sums, sig) = match &install.source {
         Source::Download { base_url } => {
-            ctx.ui.progress("fetching SHA256SUMS and its signature");
+            ctx.progress
+                .progress("fetching SHA256SUMS and its signature");
             let client = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
                 .build()?;
@@ -250,7 +253,7 @@ pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
     match &install.source {
         Source::Download { base_url } => {
             let url = release::url(base_url, v, &zip);
-            ctx.ui
+            ctx.progress
                 .progress(&format!("downloading {zip} on the droplet"));
             ctx.host
                 .run(&Cmd::sh(format!(
@@ -269,13 +272,15 @@ pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
                     path.display()
                 );
             }
-            ctx.ui.progress(&format!("uploading {}", path.display()));
+            ctx.progress
+                .progress(&format!("uploading {}", path.display()));
             ctx.host
                 .upload(path, &remote_zip, &FileMode::root(0o600))
                 .await?;
         }
     }
-    ctx.ui.progress("verifying and installing the nomad binary");
+    ctx.progress
+        .progress("verifying and installing the nomad binary");
     let script = format!(
         "set -e\ncd {STAGING}\n\
          echo {check} | sha256sum -c --quiet - || {{ echo 'checksum mismatch: the downloaded zip is not the signed release' >&2; exit 1; }}\n\
@@ -315,6 +320,37 @@ fn sha256_file(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The pinned Nomad release, its user and its systemd unit.
+pub struct NomadInstallStep;
+
+#[async_trait::async_trait(?Send)]
+impl super::Step for NomadInstallStep {
+    type Facts = Facts;
+
+    fn id(&self) -> StepId {
+        ID
+    }
+
+    fn fresh(&self) -> Facts {
+        Facts::fresh()
+    }
+
+    async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        gather(ctx).await
+    }
+
+    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        Ok(plan(facts, input.settings))
+    }
+
+    async fn apply(&self, ctx: &mut Ctx<'_>, action: &Action) -> Result<()> {
+        match action {
+            Action::InstallNomad(install) => apply(ctx, install).await,
+            other => ctx.apply(other).await,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -324,10 +324,10 @@ pub async fn wait_for_dpkg_lock(ctx: &Ctx<'_>) -> Result<()> {
             Some((at, who)) => *who != holder || at.elapsed() >= LOCK_REPEAT,
         };
         if repeat {
-            ctx.ui.waiting(&message);
+            ctx.progress.waiting(&message);
             last_said = Some((Instant::now(), holder));
         } else {
-            ctx.ui.progress(&message);
+            ctx.progress.progress(&message);
         }
         tokio::time::sleep(LOCK_POLL).await;
     }

@@ -16,6 +16,8 @@ use crate::pds::env::pds_environment;
 use crate::settings::Settings;
 use crate::state::PdsSecrets;
 
+pub const ID: StepId = StepId::new("pds_job", "pds job");
+
 const IMAGE_STAGING: &str = "/var/tmp/pdsup-pds-image.tar";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,7 +75,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
 }
 
 pub fn plan(facts: &Facts, settings: &Settings, secrets: &PdsSecrets) -> Result<StepPlan> {
-    let mut plan = StepPlan::new(StepId::PdsJob);
+    let mut plan = StepPlan::new(ID);
     // Before anything else: the PDS must never start on data that is not this site's.
     account::claim_data_dir(
         &mut plan,
@@ -150,7 +152,7 @@ async fn pds_health(ctx: &mut Ctx<'_>) -> Result<String> {
 
 /// Waits for a job's allocation; an image that cannot be pulled is named plainly.
 pub async fn wait_healthy(ctx: &mut Ctx<'_>, job: &str, image: &str) -> Result<()> {
-    let ui = ctx.ui;
+    let ui = ctx.progress;
     let result = ctx
         .nomad()
         .await?
@@ -183,12 +185,43 @@ pub async fn wait_pds_health(ctx: &mut Ctx<'_>) -> Result<()> {
             }
             Err(e) => last_err = Some(e),
         }
-        ctx.ui
+        ctx.progress
             .progress("waiting for the PDS to answer /xrpc/_health");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("timed out")))
         .context("the PDS did not answer /xrpc/_health within 3 minutes; see `docker logs` of the pds task on the droplet")
+}
+
+/// The PDS image and the pds Nomad job, healthy.
+pub struct PdsJobStep;
+
+#[async_trait::async_trait(?Send)]
+impl super::Step for PdsJobStep {
+    type Facts = Facts;
+
+    fn id(&self) -> StepId {
+        ID
+    }
+
+    fn fresh(&self) -> Facts {
+        Facts::fresh()
+    }
+
+    async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        gather(ctx).await
+    }
+
+    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        plan(facts, input.settings, input.secrets)
+    }
+
+    async fn apply(&self, ctx: &mut Ctx<'_>, action: &Action) -> Result<()> {
+        match action {
+            Action::ClaimDataDir { site_id } => account::apply_claim(ctx, site_id).await,
+            other => ctx.apply(other).await,
+        }
+    }
 }
 
 #[cfg(test)]

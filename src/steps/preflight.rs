@@ -10,6 +10,8 @@ use super::{Ctx, StepId, StepPlan};
 use crate::nomad::release;
 use crate::settings::{Proxy, Settings};
 
+pub const ID: StepId = StepId::new("preflight", "preflight");
+
 /// Probes whose output `parse` reads; one round trip for the whole step.
 const PROBE: &str = r#"
 . /etc/os-release 2>/dev/null
@@ -118,7 +120,7 @@ fn own_proxy_processes(proxy: Proxy) -> &'static [&'static str] {
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
-    let mut plan = StepPlan::new(StepId::Preflight);
+    let mut plan = StepPlan::new(ID);
     if !SUPPORTED.contains(&(facts.os_id.as_str(), facts.os_version.as_str())) {
         plan.blockers.push(format!(
             "unsupported OS {:?} ({} {}): pdsup supports Ubuntu 22.04/24.04 and Debian 12/13; create the droplet from one of those images",
@@ -180,6 +182,30 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
         }
     }
     plan
+}
+
+/// The droplet can take a PDS: OS, architecture, memory, free ports, no stray proxy.
+pub struct PreflightStep;
+
+#[async_trait::async_trait(?Send)]
+impl super::Step for PreflightStep {
+    type Facts = Facts;
+
+    fn id(&self) -> StepId {
+        ID
+    }
+
+    fn fresh(&self) -> Facts {
+        Facts::fresh()
+    }
+
+    async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        gather(ctx).await
+    }
+
+    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        Ok(plan(facts, input.settings))
+    }
 }
 
 #[cfg(test)]

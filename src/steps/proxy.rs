@@ -11,12 +11,15 @@ use rustls_pki_types::CertificateDer;
 
 use super::docker::APT;
 use super::packages::{self, DpkgFacts};
-use super::{config_file, Action, Contents, Ctx, StepId, StepPlan};
+use super::{Action, Contents, Ctx, StepId, StepPlan};
 use crate::assets;
+use crate::host::config_file;
 use crate::host::{quote, Cmd, FileMode};
 use crate::nomad::api::JobHealth;
 use crate::nomad::job::{io_job, Job};
 use crate::settings::{Proxy, Settings, PDS_PORT};
+
+pub const ID: StepId = StepId::new("proxy", "proxy");
 
 const CADDYFILE_PATH: &str = "/etc/caddy/Caddyfile";
 const CADDY_ACME_ROOT: &str = "/etc/caddy/acme-ca-root.pem";
@@ -191,7 +194,7 @@ async fn read_text(ctx: &Ctx<'_>, path: &str) -> Result<Option<String>> {
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
-    let mut plan = StepPlan::new(StepId::Proxy);
+    let mut plan = StepPlan::new(ID);
     match settings.proxy {
         Proxy::Caddy => plan_caddy(&mut plan, facts, settings)?,
         Proxy::Io => plan_io(&mut plan, facts, settings),
@@ -237,7 +240,7 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
         };
         let detail = format!(
             "{}\n{}",
-            crate::ui::diff(facts.caddyfile.as_deref().unwrap_or(""), &wanted),
+            crate::plan::diff(facts.caddyfile.as_deref().unwrap_or(""), &wanted),
             install.describe()
         );
         plan.change(
@@ -284,7 +287,7 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
                 mode: FileMode::root(0o644),
             },
         )
-        .detail(crate::ui::diff(
+        .detail(crate::plan::diff(
             facts.io_ingress.as_deref().unwrap_or(""),
             &wanted,
         ));
@@ -310,6 +313,30 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
     plan.notes.push(
         "IO terminates TLS for the hostname; handles under it (alice.<hostname>) need their own IO host blocks or a custom-domain handle".into(),
     );
+}
+
+/// The proxy in front of the PDS: IO as a Nomad job, or Caddy.
+pub struct ProxyStep;
+
+#[async_trait::async_trait(?Send)]
+impl super::Step for ProxyStep {
+    type Facts = Facts;
+
+    fn id(&self) -> StepId {
+        ID
+    }
+
+    fn fresh(&self) -> Facts {
+        Facts::fresh()
+    }
+
+    async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        gather(ctx).await
+    }
+
+    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        plan(facts, input.settings)
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use crate::pds::env::{parse_env_file, pds_environment, render_env_file};
 use crate::settings::Settings;
 use crate::state::PdsSecrets;
 
+pub const ID: StepId = StepId::new("secrets", "secrets");
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Facts {
     pub path: String,
@@ -35,7 +37,7 @@ pub fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
-    let mut plan = StepPlan::new(StepId::Secrets);
+    let mut plan = StepPlan::new(ID);
     match &facts.secrets {
         None => {
             plan.change(
@@ -80,6 +82,37 @@ pub fn apply(ctx: &mut Ctx<'_>) -> Result<()> {
     ctx.site.save_env_file(&text)?;
     ctx.set_secrets(secrets);
     Ok(())
+}
+
+/// The site's secrets, made here and kept in the local pds.env.
+pub struct SecretsStep;
+
+#[async_trait::async_trait(?Send)]
+impl super::Step for SecretsStep {
+    type Facts = Facts;
+
+    fn id(&self) -> StepId {
+        ID
+    }
+
+    fn fresh(&self) -> Facts {
+        Facts::fresh()
+    }
+
+    async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        gather(ctx)
+    }
+
+    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        plan(facts, input.settings)
+    }
+
+    async fn apply(&self, ctx: &mut Ctx<'_>, action: &Action) -> Result<()> {
+        match action {
+            Action::SaveEnvFile => apply(ctx),
+            other => ctx.apply(other).await,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::steps::{Change, StepId, StepPlan};
+use crate::plan::{render_plan, Change, Progress, StepId, StepPlan};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -50,106 +50,6 @@ impl Ui {
         self.json
     }
 
-    pub fn step_started(&self, index: usize, total: usize, step: StepId) {
-        log::info!(target: "progress", "[{index}/{total}] {}", step.name());
-        match self.mode {
-            Mode::Tty => {
-                let bar = ProgressBar::new_spinner().with_style(
-                    ProgressStyle::with_template(
-                        "{spinner} {prefix:.bold} {wide_msg} {elapsed:.dim}",
-                    )
-                    .expect("valid template"),
-                );
-                bar.set_prefix(format!("[{index}/{total}] {}", step.name()));
-                bar.set_message("checking");
-                bar.enable_steady_tick(Duration::from_millis(120));
-                *self.bar.lock().expect("ui lock") = Some(bar);
-            }
-            Mode::Plain => eprintln!("[{index}/{total}] {}: checking", step.name()),
-            Mode::Quiet => {}
-        }
-    }
-
-    /// In a dry run, the plan is the result: it goes to stdout.
-    pub fn show_plan(&self, plan: &StepPlan, dry_run: bool) {
-        for note in &plan.notes {
-            log::info!(target: "progress", "{}: note: {note}", plan.step.name());
-        }
-        if !dry_run || self.json {
-            for note in &plan.notes {
-                self.line(&format!("  note: {note}"));
-            }
-            return;
-        }
-        self.suspend(|| print!("{}", render_plan(plan, true)));
-    }
-
-    pub fn change_started(&self, change: &Change) {
-        log::info!(target: "progress", "{}", change.summary);
-        match self.mode {
-            Mode::Tty => {
-                if let Some(bar) = &*self.bar.lock().expect("ui lock") {
-                    bar.println(format!("  → {}", change.summary));
-                    bar.set_message(change.summary.clone());
-                }
-            }
-            Mode::Plain => eprintln!("  → {}", change.summary),
-            Mode::Quiet => {}
-        }
-    }
-
-    /// A note on long work within a change (downloads, waits).
-    pub fn progress(&self, message: &str) {
-        log::debug!(target: "progress", "{message}");
-        if let Mode::Tty = self.mode {
-            if let Some(bar) = &*self.bar.lock().expect("ui lock") {
-                bar.set_message(message.to_string());
-            }
-        }
-    }
-
-    /// A wait the user should know about (another program holds what we
-    /// need): the spinner's message on a terminal, a line of its own otherwise.
-    /// Callers repeat it now and then, so a long wait is never silent.
-    pub fn waiting(&self, message: &str) {
-        log::info!(target: "progress", "{message}");
-        match self.mode {
-            Mode::Tty => {
-                if let Some(bar) = &*self.bar.lock().expect("ui lock") {
-                    bar.set_message(message.to_string());
-                }
-            }
-            Mode::Plain => eprintln!("    {message}"),
-            Mode::Quiet => {}
-        }
-    }
-
-    pub fn step_finished(&self, step: StepId, plan: &StepPlan, dry_run: bool) {
-        let verdict = match (plan.changes.len(), dry_run) {
-            (0, _) => "unchanged".to_string(),
-            (n, true) => format!("{n} change(s) planned"),
-            (n, false) => format!("{n} change(s) applied"),
-        };
-        log::info!(target: "progress", "{}: {verdict}", step.name());
-        match self.mode {
-            Mode::Tty => {
-                if let Some(bar) = self.bar.lock().expect("ui lock").take() {
-                    bar.finish_and_clear();
-                }
-                eprintln!("✓ {}: {verdict}", step.name());
-            }
-            Mode::Plain => eprintln!("  {}: {verdict}", step.name()),
-            Mode::Quiet => {}
-        }
-    }
-
-    pub fn warn(&self, message: &str) {
-        log::warn!(target: "progress", "{message}");
-        if self.mode != Mode::Quiet {
-            self.line(&format!("warning: {message}"));
-        }
-    }
-
     fn line(&self, text: &str) {
         match self.mode {
             Mode::Tty => self.suspend(|| eprintln!("{text}")),
@@ -173,46 +73,97 @@ impl Ui {
     }
 }
 
-/// A step's plan as text: each change, with its detail indented.
-pub fn render_plan(plan: &StepPlan, details: bool) -> String {
-    let mut out = format!("== {} ==\n", plan.step.name());
-    if plan.changes.is_empty() {
-        out.push_str("  (no changes)\n");
+impl Progress for Ui {
+    fn step_started(&self, index: usize, total: usize, step: StepId) {
+        log::info!(target: "progress", "[{index}/{total}] {}", step.name());
+        match self.mode {
+            Mode::Tty => {
+                let bar = ProgressBar::new_spinner().with_style(
+                    ProgressStyle::with_template(
+                        "{spinner} {prefix:.bold} {wide_msg} {elapsed:.dim}",
+                    )
+                    .expect("valid template"),
+                );
+                bar.set_prefix(format!("[{index}/{total}] {}", step.name()));
+                bar.set_message("checking");
+                bar.enable_steady_tick(Duration::from_millis(120));
+                *self.bar.lock().expect("ui lock") = Some(bar);
+            }
+            Mode::Plain => eprintln!("[{index}/{total}] {}: checking", step.name()),
+            Mode::Quiet => {}
+        }
     }
-    for change in &plan.changes {
-        out.push_str(&format!("  + {}\n", change.summary));
-        if let (true, Some(detail)) = (details, &change.detail) {
-            for line in detail.lines() {
-                out.push_str(&format!("      {line}\n"));
+
+    /// In a dry run, the plan is the result: it goes to stdout.
+    fn show_plan(&self, plan: &StepPlan, dry_run: bool) {
+        for note in &plan.notes {
+            log::info!(target: "progress", "{}: note: {note}", plan.step.name());
+        }
+        if !dry_run || self.json {
+            for note in &plan.notes {
+                self.line(&format!("  note: {note}"));
+            }
+            return;
+        }
+        self.suspend(|| print!("{}", render_plan(plan, true)));
+    }
+
+    fn change_started(&self, change: &Change) {
+        log::info!(target: "progress", "{}", change.summary);
+        match self.mode {
+            Mode::Tty => {
+                if let Some(bar) = &*self.bar.lock().expect("ui lock") {
+                    bar.println(format!("  → {}", change.summary));
+                    bar.set_message(change.summary.clone());
+                }
+            }
+            Mode::Plain => eprintln!("  → {}", change.summary),
+            Mode::Quiet => {}
+        }
+    }
+
+    /// A note on long work within a change (downloads, waits).
+    fn progress(&self, message: &str) {
+        log::debug!(target: "progress", "{message}");
+        if let Mode::Tty = self.mode {
+            if let Some(bar) = &*self.bar.lock().expect("ui lock") {
+                bar.set_message(message.to_string());
             }
         }
     }
-    for note in &plan.notes {
-        out.push_str(&format!("  note: {note}\n"));
+
+    /// A wait the user should know about (another program holds what we
+    /// need): the spinner's message on a terminal, a line of its own otherwise.
+    /// Callers repeat it now and then, so a long wait is never silent.
+    fn waiting(&self, message: &str) {
+        log::info!(target: "progress", "{message}");
+        match self.mode {
+            Mode::Tty => {
+                if let Some(bar) = &*self.bar.lock().expect("ui lock") {
+                    bar.set_message(message.to_string());
+                }
+            }
+            Mode::Plain => eprintln!("    {message}"),
+            Mode::Quiet => {}
+        }
     }
-    for blocker in &plan.blockers {
-        out.push_str(&format!("  BLOCKED: {blocker}\n"));
-    }
-    out
-}
 
-/// A unified diff of two texts, for plans (`--- before` / `+++ after`).
-pub fn diff(before: &str, after: &str) -> String {
-    similar::TextDiff::from_lines(before, after)
-        .unified_diff()
-        .context_radius(3)
-        .header("before", "after")
-        .to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn diff_shows_added_lines() {
-        let d = diff("a\nb\n", "a\nb\nc\n");
-        assert!(d.contains("+c"), "{d}");
-        assert!(d.contains("--- before"));
+    fn step_finished(&self, step: StepId, plan: &StepPlan, dry_run: bool) {
+        let verdict = match (plan.changes.len(), dry_run) {
+            (0, _) => "unchanged".to_string(),
+            (n, true) => format!("{n} change(s) planned"),
+            (n, false) => format!("{n} change(s) applied"),
+        };
+        log::info!(target: "progress", "{}: {verdict}", step.name());
+        match self.mode {
+            Mode::Tty => {
+                if let Some(bar) = self.bar.lock().expect("ui lock").take() {
+                    bar.finish_and_clear();
+                }
+                eprintln!("✓ {}: {verdict}", step.name());
+            }
+            Mode::Plain => eprintln!("  {}: {verdict}", step.name()),
+            Mode::Quiet => {}
+        }
     }
 }

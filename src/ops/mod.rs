@@ -1,0 +1,36 @@
+//! Operations: one per subcommand, each a list of steps on the common runner
+//! plus what comes before (connecting, the site's state) and after (the
+//! summary). The command line resolves flags into values and calls these.
+
+pub mod plan;
+pub mod up;
+
+use anyhow::{bail, Result};
+
+use crate::state::{SiteDir, SiteRecord};
+
+/// How results are shown.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Output {
+    /// One JSON document on stdout, no progress output.
+    pub json: bool,
+    /// Only errors and the final summary.
+    pub quiet: bool,
+}
+
+/// `pds.env` must be readable exactly, and must exist once the site has an
+/// account: new secrets would mean a new PLC rotation key for an existing DID.
+pub fn check_secrets(site: &SiteDir, record: Option<&SiteRecord>) -> Result<()> {
+    if site.load_secrets()?.is_none() {
+        if let Some(did) = record.and_then(|r| r.account_did.as_deref()) {
+            bail!(
+                "{} is missing, but {} records the account {did}: its secrets and PLC rotation \
+                 key are in that file. Restore it from your backup; pdsup will not generate new \
+                 secrets for a site that already has an identity",
+                site.env_file().display(),
+                site.site_file().display()
+            );
+        }
+    }
+    Ok(())
+}
