@@ -33,6 +33,45 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A task environment value; secrets print masked everywhere except in the API body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EnvValue {
+    Plain(String),
+    Secret(Secret),
+}
+
+impl EnvValue {
+    pub fn plain(value: impl Into<String>) -> Self {
+        EnvValue::Plain(value.into())
+    }
+
+    pub fn secret(value: impl Into<String>) -> Self {
+        EnvValue::Secret(Secret::new(value))
+    }
+
+    /// The real value, for the API body and the 0600 env file.
+    pub fn expose(&self) -> &str {
+        match self {
+            EnvValue::Plain(v) => v,
+            EnvValue::Secret(s) => s.expose(),
+        }
+    }
+
+    /// The value as it may be shown: secrets as `********`.
+    pub fn shown(&self) -> &str {
+        match self {
+            EnvValue::Plain(v) => v,
+            EnvValue::Secret(_) => MASK,
+        }
+    }
+}
+
+impl fmt::Display for EnvValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.shown())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
