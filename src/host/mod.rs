@@ -6,6 +6,7 @@
 //! writes. Secrets travel only on stdin, never in a command line (`ps` shows those).
 
 pub mod dest;
+pub mod error;
 pub mod known_hosts;
 pub mod local;
 pub mod ssh;
