@@ -1,6 +1,8 @@
 //! `Secret`: a value that must never reach logs, progress output, error messages
 //! or process arguments. It prints as `********` through `Debug` and `Display`;
 //! the only way to the real value is the explicit [`Secret::expose`].
+//! `EnvValue` is an environment value that is either plain or such a secret
+//! (the PDS job's `env` block and the site's `pds.env` are lists of them).
 
 use std::fmt;
 

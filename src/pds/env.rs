@@ -67,15 +67,15 @@ pub fn pds_environment(
     Ok(env)
 }
 
-/// `--pds-env KEY=VALUE`: parsed here so the error names the flag.
-pub fn parse_extra(raw: &str) -> Result<(String, String)> {
-    parse_extra_from(raw, "--pds-env")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::env_file::{parse_env_file, render_env_file};
+
+    /// `--pds-env KEY=VALUE`, as the command line parses it.
+    fn parse_extra(raw: &str) -> Result<(String, String)> {
+        parse_extra_from(raw, "--pds-env")
+    }
 
     #[test]
     fn env_file_round_trips_and_holds_the_secrets() {
