@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use pdsup::nomad::api::{DiffType, LogStream, NomadApi};
-use pdsup::nomad::job::{pds_job, EnvValue};
+use pdsup::nomad::job::pds_job;
+use pdsup::secret::EnvValue;
 
 // ---------------------------------------------------------------------------
 // canned: a fixed-answer HTTP/1.1 server

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use russh::keys::known_hosts::{known_host_keys_path, learn_known_hosts_path};
 use russh::keys::{HashAlg, PublicKey};
 
-use super::ssh::SshError;
+use super::error::SshError;
 
 /// Where to look and what to allow.
 #[derive(Clone, Debug)]

@@ -7,6 +7,7 @@
 
 pub mod config_file;
 pub mod dest;
+pub mod error;
 pub mod known_hosts;
 pub mod local;
 pub mod ssh;

@@ -12,13 +12,12 @@
 //! Invariant: a field the model has is rendered in both forms, so what `plan` shows
 //! is what Nomad receives (apart from masked secrets).
 
-use std::fmt;
 use std::time::Duration;
 
 use hcl::{Attribute, Block, Body, Expression, Identifier, Object, ObjectKey};
 use serde_json::{json, Map, Value};
 
-use crate::secret::{Secret, MASK};
+use crate::secret::EnvValue;
 use crate::settings::PDS_PORT;
 
 /// The datacenter of pdsup's single-node cluster (Nomad's default `datacenter`).
@@ -167,49 +166,6 @@ pub struct Mount {
 pub struct Resources {
     pub cpu_mhz: u32,
     pub memory_mb: u32,
-}
-
-/// A task environment value; secrets print masked everywhere except in the API body.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EnvValue {
-    Plain(String),
-    Secret(Secret),
-}
-
-impl EnvValue {
-    pub fn plain(value: impl Into<String>) -> Self {
-        EnvValue::Plain(value.into())
-    }
-
-    pub fn secret(value: impl Into<String>) -> Self {
-        EnvValue::Secret(Secret::new(value))
-    }
-
-    /// The real value, for the API body and the 0600 env file.
-    pub fn expose(&self) -> &str {
-        match self {
-            EnvValue::Plain(v) => v,
-            EnvValue::Secret(s) => s.expose(),
-        }
-    }
-
-    /// The value as it may be shown: secrets as `********`.
-    pub fn shown(&self) -> &str {
-        match self {
-            EnvValue::Plain(v) => v,
-            EnvValue::Secret(_) => MASK,
-        }
-    }
-
-    pub fn is_secret(&self) -> bool {
-        matches!(self, EnvValue::Secret(_))
-    }
-}
-
-impl fmt::Display for EnvValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.shown())
-    }
 }
 
 const PDS_CHECK_INTERVAL: Duration = Duration::from_secs(2);

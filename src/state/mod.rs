@@ -11,6 +11,7 @@
 //! Losing `pds.env` loses the PDS's identity keys: it is written atomically, never
 //! overwritten with new secrets, and only ever readable by its owner.
 
+pub mod env_file;
 pub mod secrets;
 
 use std::fs;
@@ -162,7 +163,7 @@ impl SiteDir {
                 return Err(e).with_context(|| format!("cannot read {}. {restore}", path.display()))
             }
         };
-        let env = crate::pds::env::parse_env_file(&text)
+        let env = env_file::parse_env_file(&text)
             .map_err(|e| anyhow!("{} {e}. {restore}", path.display()))?;
         PdsSecrets::from_env(&env)
             .map(Some)
@@ -264,7 +265,7 @@ impl SiteRecord {
                 .map_err(|e| bad("timezone", v, e.to_string()))?;
         }
         for v in &self.pds_env {
-            crate::pds::env::parse_extra_from(v, "site.toml pds_env")
+            env_file::parse_extra_from(v, "site.toml pds_env")
                 .map_err(|e| bad("pds_env", v, e.to_string()))?;
         }
         if let Some(v) = &self.account_did {

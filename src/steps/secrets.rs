@@ -4,8 +4,9 @@
 use anyhow::{bail, Result};
 
 use super::{Action, Ctx, StepId, StepPlan};
-use crate::pds::env::{parse_env_file, pds_environment, render_env_file};
+use crate::pds::env::pds_environment;
 use crate::settings::Settings;
+use crate::state::env_file::{parse_env_file, render_env_file};
 use crate::state::PdsSecrets;
 
 pub const ID: StepId = StepId::new("secrets", "secrets");
