@@ -11,6 +11,7 @@ pub mod account;
 pub mod config_file;
 pub mod dns;
 pub mod docker;
+pub mod facts;
 pub mod nomad_config;
 pub mod nomad_install;
 pub mod packages;
@@ -139,9 +140,14 @@ impl StepPlan {
     }
 
     pub fn change(&mut self, summary: impl Into<String>, action: Action) -> &mut Change {
+        // A command is shown as it will run, unless the step details it otherwise.
+        let detail = match &action {
+            Action::Run(cmd) | Action::Apt(cmd) => Some(cmd.script.trim_end().to_string()),
+            _ => None,
+        };
         self.changes.push(Change {
             summary: summary.into(),
-            detail: None,
+            detail,
             action,
         });
         self.changes.last_mut().expect("just pushed")
@@ -317,12 +323,6 @@ impl<'a> Ctx<'a> {
             self.pds = Some(Xrpc::new(addr));
         }
         Ok(self.pds.as_ref().expect("just set"))
-    }
-
-    /// Runs a read-only probe and returns its stdout; failure to run it at all
-    /// (connection lost) is an error, a non-zero exit is not.
-    pub async fn probe(&self, script: &str) -> Result<crate::host::Output> {
-        self.host.exec(&Cmd::sh(script)).await
     }
 
     async fn apply(&mut self, change: &Change) -> Result<()> {

@@ -11,7 +11,7 @@ use crate::nomad::release;
 use crate::settings::{Proxy, Settings};
 
 /// Probes whose output `parse` reads; one round trip for the whole step.
-const PROBE: &str = r#"
+pub const PROBE: &str = r#"
 . /etc/os-release 2>/dev/null
 echo "os_id=$ID"
 echo "os_version=$VERSION_ID"
@@ -96,8 +96,7 @@ fn parse_listener(line: &str) -> Option<(u16, String)> {
 }
 
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let out = ctx.host.run(&crate::host::Cmd::sh(PROBE)).await?;
-    let mut facts = Facts::parse(&out.stdout_str());
+    let mut facts = super::facts::preflight().read_checked(ctx.host).await?;
     facts.dpkg_lock = packages::gather_lock_holder(ctx).await?;
     Ok(facts)
 }
