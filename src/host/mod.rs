@@ -186,11 +186,11 @@ pub fn write_script(path: &str, mode: &FileMode, len: u64) -> Script {
     let (len, mode_bits) = (len.to_string(), format!("{:o}", mode.mode));
     let owner = format!("{}:{}", mode.owner, mode.group);
     Script::of(
-        "set -e; umask 077; mkdir -p {}; tmp=$(mktemp {}/.pdsup.XXXXXX); \
+        "set -e; umask 077; want={}; mkdir -p {}; tmp=$(mktemp {}/.pdsup.XXXXXX); \
          trap 'rm -f \"$tmp\"' EXIT; cat > \"$tmp\"; got=$(wc -c < \"$tmp\"); \
-         if [ \"$got\" -ne {} ]; then rm -f \"$tmp\"; echo \"incomplete copy: $got of \"{}\" bytes arrived\" >&2; exit 1; fi; \
+         if [ \"$got\" -ne \"$want\" ]; then rm -f \"$tmp\"; echo \"incomplete copy: $got of $want bytes arrived\" >&2; exit 1; fi; \
          chown {} \"$tmp\"; chmod {} \"$tmp\"; mv -f \"$tmp\" {}",
-        &[dir, dir, &len, &len, &owner, &mode_bits, path],
+        &[&len, dir, dir, &owner, &mode_bits, path],
     )
 }
 

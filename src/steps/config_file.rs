@@ -151,7 +151,10 @@ impl Install {
             "note where the journal ends".into(),
             &[&cursor_script(unit)],
         );
-        step(format!("restart: {}", restart_script(unit)), &[]);
+        step(
+            format!("restart {unit}, enabled so that it also comes back after a reboot"),
+            &[&restart_script(unit)],
+        );
         if let Some(file) = &self.file {
             step(
                 format!("once {unit} is active: drop the backup"),
