@@ -117,6 +117,8 @@ pub struct OsRelease {
     pub codename: String,
     /// `dpkg --print-architecture`: amd64, arm64.
     pub arch: String,
+    /// `PRETTY_NAME`, for messages: `Debian GNU/Linux 12 (bookworm)`.
+    pub name: String,
 }
 
 impl OsRelease {
@@ -127,6 +129,7 @@ impl OsRelease {
             version_id: "24.04".into(),
             codename: "noble".into(),
             arch: "amd64".into(),
+            name: "Ubuntu 24.04 LTS (a fresh droplet)".into(),
         }
     }
 
@@ -139,6 +142,7 @@ impl OsRelease {
                 "version_id" => os.version_id = value,
                 "codename" => os.codename = value,
                 "arch" => os.arch = value,
+                "name" => os.name = value,
                 _ => {}
             }
         }
@@ -390,6 +394,7 @@ mod tests {
             version_id: version_id.into(),
             codename: codename.into(),
             arch: arch.into(),
+            name: String::new(),
         }
     }
 

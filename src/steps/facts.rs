@@ -29,7 +29,8 @@ pub fn os_release() -> Fact<OsRelease> {
 echo "id=$ID"
 echo "version_id=$VERSION_ID"
 echo "codename=$VERSION_CODENAME"
-echo "arch=$(dpkg --print-architecture 2>/dev/null)""#,
+echo "arch=$(dpkg --print-architecture 2>/dev/null)"
+echo "name=$PRETTY_NAME""#,
         ),
         |out| OsRelease::parse(&out.stdout_str()),
     )

@@ -493,4 +493,74 @@ mod tests {
         assert_eq!(p.changes.len(), 1);
         assert_eq!(p.changes[0].summary, "upgrade Nomad 1.9.0 → 1.10.5");
     }
+
+    #[test]
+    fn the_plan_shows_every_command_with_the_sum_to_come() {
+        let plan = plan(&Facts::fresh(), &Settings::example());
+        let change = plan
+            .changes
+            .iter()
+            .find(|c| c.summary == "install Nomad 1.10.5")
+            .unwrap();
+        let detail = change.detail.as_deref().unwrap();
+        let zip = "nomad_1.10.5_linux_amd64.zip";
+        let order = [
+            "rm -rf /var/tmp/pdsup-nomad && mkdir -p /var/tmp/pdsup-nomad",
+            "$ curl -fsSL --retry 3 -o /var/tmp/pdsup-nomad/nomad_1.10.5_linux_amd64.zip https://releases.hashicorp.com/nomad/1.10.5/nomad_1.10.5_linux_amd64.zip",
+            "echo '<sha256 of nomad_1.10.5_linux_amd64.zip from the signed SHA256SUMS>  nomad_1.10.5_linux_amd64.zip' | sha256sum -c --quiet -",
+            "unzip -o -q nomad_1.10.5_linux_amd64.zip nomad",
+            "install -m 0755 -o root -g root nomad /usr/local/bin/nomad.new",
+            "mv -f /usr/local/bin/nomad.new /usr/local/bin/nomad",
+            "systemctl try-restart nomad || true",
+            "$ /usr/local/bin/nomad version | head -n1",
+        ];
+        let mut at = 0;
+        for needle in order {
+            let found = detail[at..]
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not after byte {at} in\n{detail}"));
+            at += found + needle.len();
+        }
+        assert!(detail.contains(&format!("SHA-256 of {zip}")), "{detail}");
+
+        // At apply time the placeholder becomes the verified sum, inside its quotes.
+        let Action::InstallNomad(install) = &change.action else {
+            panic!("{:?}", change.action)
+        };
+        let RemoteAction::Run(script) = &install.commands[2].action else {
+            panic!("{:?}", install.commands[2])
+        };
+        let sum = "ab".repeat(32);
+        let filled = with_sum(script, zip, &sum).unwrap();
+        assert!(
+            filled
+                .script
+                .contains(&format!("echo '{sum}  {zip}' | sha256sum -c")),
+            "{}",
+            filled.script
+        );
+        assert!(with_sum(script, zip, "not hex; reboot").is_err());
+    }
+
+    #[test]
+    fn a_local_zip_is_uploaded_instead_of_downloaded() {
+        let zip = PathBuf::from("/home/me/nomad_1.10.5_linux_arm64.zip");
+        let commands = remote_commands(
+            "1.10.5",
+            release::Arch::Arm64,
+            &Source::LocalZip(zip.clone()),
+        );
+        assert_eq!(
+            commands[1].action,
+            RemoteAction::Upload {
+                local: zip,
+                path: "/var/tmp/pdsup-nomad/nomad_1.10.5_linux_arm64.zip".into(),
+                mode: FileMode::root(0o600),
+            }
+        );
+        assert!(commands.iter().all(|c| !matches!(
+            &c.action,
+            RemoteAction::Run(cmd) if cmd.script.contains("curl")
+        )));
+    }
 }
