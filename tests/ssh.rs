@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use pdsup::host::dest::Destination;
 use pdsup::host::ssh::{LocalEnv, SshError, SshHost, SshOptions};
-use pdsup::host::{Cmd, FileMode, Host};
+use pdsup::host::{Cmd, FileMode, Host, Script};
 use pdsup::secret::Secret;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -874,7 +874,7 @@ async fn upload_streams_a_big_file_with_mode() {
         .unwrap();
     assert_eq!(stat.stdout_str().trim(), format!("600 root {}", data.len()));
     let sum = host
-        .run(&Cmd::sh(format!("sha256sum < {remote} | cut -d' ' -f1")))
+        .run(&Script::of("sha256sum < {} | cut -d' ' -f1", &[remote]).cmd())
         .await
         .unwrap();
     assert_eq!(sum.stdout_str().trim(), sha256_hex(&data));

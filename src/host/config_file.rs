@@ -12,7 +12,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::host::{quote, Cmd, FileMode, Host};
+use crate::host::{write_script, FileMode, Host, Script};
 
 /// How many journal lines of the unit a failure quotes.
 const JOURNAL_LINES: u32 = 30;
@@ -33,7 +33,7 @@ pub struct NewFile {
     pub mode: FileMode,
     /// A script that exits non-zero when the candidate (at [`candidate_path`])
     /// would not work; `None` when it was checked locally already.
-    pub validate: Option<String>,
+    pub validate: Option<Script>,
 }
 
 /// Where the new file is written before it is checked and moved into place.
@@ -49,35 +49,44 @@ pub fn backup_path(path: &str) -> String {
 
 /// Keeps a copy of the current file (or notes that there was none, by removing a
 /// stale backup) and moves the candidate into place.
-pub fn swap_script(path: &str) -> String {
-    let (p, b, c) = (
-        quote(path),
-        quote(&backup_path(path)),
-        quote(&candidate_path(path)),
-    );
-    format!("set -e; if [ -e {p} ]; then cp -p {p} {b}; else rm -f {b}; fi; mv -f {c} {p}")
+pub fn swap_script(path: &str) -> Script {
+    let (b, c) = (&backup_path(path), &candidate_path(path));
+    Script::of(
+        "set -e; if [ -e {} ]; then cp -p {} {}; else rm -f {}; fi; mv -f {} {}",
+        &[path, path, b, b, c, path],
+    )
 }
 
 /// Puts the previous file back, or removes the new one when there was none.
-pub fn restore_script(path: &str) -> String {
-    let (p, b) = (quote(path), quote(&backup_path(path)));
-    format!("set -e; if [ -e {b} ]; then mv -f {b} {p}; else rm -f {p}; fi")
+pub fn restore_script(path: &str) -> Script {
+    let b = &backup_path(path);
+    Script::of(
+        "set -e; if [ -e {} ]; then mv -f {} {}; else rm -f {}; fi",
+        &[b, b, path, path],
+    )
+}
+
+/// Removes a file (the refused candidate, the backup once the unit runs).
+pub fn remove_script(path: &str) -> Script {
+    Script::of("rm -f {}", &[path])
 }
 
 /// Restarts the unit (enabled, so it also comes back after a reboot) and
 /// succeeds only when it is active afterwards. Both units pdsup manages are
 /// `Type=notify`: `restart` returns once the service is ready, or failed.
-pub fn restart_script(unit: &str) -> String {
-    let u = quote(unit);
-    format!("systemctl enable {u} >/dev/null 2>&1; systemctl restart {u} && systemctl is-active --quiet {u}")
+pub fn restart_script(unit: &str) -> Script {
+    Script::of(
+        "systemctl enable {} >/dev/null 2>&1; systemctl restart {} && systemctl is-active --quiet {}",
+        &[unit, unit, unit],
+    )
 }
 
 /// Prints the journal's cursor after the unit's last entry (`-- cursor: ...`),
 /// so that a failure can quote only what was logged after it.
-pub fn cursor_script(unit: &str) -> String {
-    format!(
+pub fn cursor_script(unit: &str) -> Script {
+    Script::of(
         "journalctl -u {} -n 1 --show-cursor --no-pager -o cat",
-        quote(unit)
+        &[unit],
     )
 }
 
@@ -93,42 +102,82 @@ pub fn parse_cursor(output: &str) -> Option<String> {
 
 /// The unit's journal lines after `cursor` (its last lines without one): the
 /// service's own words for why it did not start.
-pub fn journal_script(unit: &str, cursor: Option<&str>) -> String {
-    let after = cursor
-        .map(|c| format!(" --after-cursor={}", quote(c)))
-        .unwrap_or_default();
-    format!(
-        "journalctl -u {}{after} -n {JOURNAL_LINES} --no-pager -o cat",
-        quote(unit)
-    )
+pub fn journal_script(unit: &str, cursor: Option<&str>) -> Script {
+    let lines = JOURNAL_LINES.to_string();
+    match cursor {
+        Some(cursor) => Script::of(
+            "journalctl -u {} --after-cursor={} -n {} --no-pager -o cat",
+            &[unit, cursor, &lines],
+        ),
+        None => Script::of("journalctl -u {} -n {} --no-pager -o cat", &[unit, &lines]),
+    }
 }
 
 impl Install {
-    /// What the change runs, in order, for the plan's detail.
+    /// What the change runs, in order, with each command in full, for the
+    /// plan's detail (the file's contents go on stdin, shown as the diff).
     pub fn describe(&self) -> String {
-        let mut lines = Vec::new();
-        if let Some(file) = &self.file {
-            lines.push(format!(
-                "write the new file to {}",
-                candidate_path(&file.path)
-            ));
-            if let Some(check) = &file.validate {
-                lines.push(format!("check it: {check}"));
+        let unit = &self.unit;
+        let mut lines: Vec<String> = Vec::new();
+        let mut step = |what: String, cmds: &[&str]| {
+            lines.push(format!("  - {what}"));
+            for cmd in cmds {
+                lines.push(format!("      $ {cmd}"));
             }
-            lines.push(format!(
-                "keep the current file as {} and move the new one into place",
-                backup_path(&file.path)
-            ));
-        }
-        lines.push(format!("restart: {}", restart_script(&self.unit)));
+        };
         if let Some(file) = &self.file {
-            lines.push(format!(
-                "if {} does not come up: quote its journal, put the previous {} back and restart it",
-                self.unit, file.path
-            ));
+            let candidate = candidate_path(&file.path);
+            let write = write_script(&candidate, &file.mode, file.contents.len() as u64);
+            step(
+                format!("write the new file to {candidate} (contents on stdin)"),
+                &[&write],
+            );
+            if let Some(check) = &file.validate {
+                step(format!("check it: {check}"), &[]);
+                step(
+                    "if the check fails: remove the candidate and stop, changing nothing".into(),
+                    &[&remove_script(&candidate)],
+                );
+            }
+            step(
+                format!(
+                    "keep the current file as {} and move the new one into place",
+                    backup_path(&file.path)
+                ),
+                &[&swap_script(&file.path)],
+            );
         }
-        let steps: Vec<String> = lines.iter().map(|l| format!("  - {l}")).collect();
-        format!("on the droplet:\n{}", steps.join("\n"))
+        step(
+            "note where the journal ends".into(),
+            &[&cursor_script(unit)],
+        );
+        step(
+            format!("restart {unit}, enabled so that it also comes back after a reboot"),
+            &[&restart_script(unit)],
+        );
+        if let Some(file) = &self.file {
+            step(
+                format!("once {unit} is active: drop the backup"),
+                &[&remove_script(&backup_path(&file.path))],
+            );
+            step(
+                format!(
+                    "if {unit} does not come up: quote its journal, put the previous {} back and restart it",
+                    file.path
+                ),
+                &[
+                    &journal_script(unit, Some("<the cursor noted above>")),
+                    &restore_script(&file.path),
+                    &restart_script(unit),
+                ],
+            );
+        } else {
+            step(
+                format!("if {unit} does not come up: quote its journal"),
+                &[&journal_script(unit, Some("<the cursor noted above>"))],
+            );
+        }
+        format!("on the droplet:\n{}", lines.join("\n"))
     }
 }
 
@@ -141,10 +190,9 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
         host.write_file(&candidate, file.contents.as_bytes(), &file.mode)
             .await?;
         if let Some(check) = &file.validate {
-            let out = host.exec(&Cmd::sh(check)).await?;
+            let out = host.exec(&check.clone().cmd()).await?;
             if !out.success() {
-                host.exec(&Cmd::sh(format!("rm -f {}", quote(&candidate))))
-                    .await?;
+                host.exec(&remove_script(&candidate).cmd()).await?;
                 bail!(
                     "the new {} did not pass `{check}`; the current file was left as it was and {unit} was not restarted:\n{}",
                     file.path,
@@ -152,27 +200,24 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
                 );
             }
         }
-        host.run(&Cmd::sh(swap_script(&file.path))).await?;
+        host.run(&swap_script(&file.path).cmd()).await?;
     }
     let cursor = host
-        .exec(&Cmd::sh(cursor_script(unit)))
+        .exec(&cursor_script(unit).cmd())
         .await
         .ok()
         .and_then(|o| parse_cursor(&o.stdout_str()));
-    let started = host.exec(&Cmd::sh(restart_script(unit))).await?;
+    let started = host.exec(&restart_script(unit).cmd()).await?;
     if started.success() {
         if let Some(file) = &install.file {
-            host.run(&Cmd::sh(format!(
-                "rm -f {}",
-                quote(&backup_path(&file.path))
-            )))
-            .await?;
+            host.run(&remove_script(&backup_path(&file.path)).cmd())
+                .await?;
         }
         return Ok(());
     }
     // The journal is read before the restore, so that it tells of the new file.
     let journal = host
-        .exec(&Cmd::sh(journal_script(unit, cursor.as_deref())))
+        .exec(&journal_script(unit, cursor.as_deref()).cmd())
         .await
         .map(|o| indent(&o.stdout_str()))
         .unwrap_or_else(|e| format!("  (could not read the journal: {e:#})"));
@@ -181,8 +226,8 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
             "{unit} did not start. Its journal (journalctl -u {unit}):\n{journal}\nFix the cause, then run pdsup again"
         );
     };
-    host.run(&Cmd::sh(restore_script(&file.path))).await?;
-    let again = host.exec(&Cmd::sh(restart_script(unit))).await?;
+    host.run(&restore_script(&file.path).cmd()).await?;
+    let again = host.exec(&restart_script(unit).cmd()).await?;
     let now = if again.success() {
         format!(
             "the previous {} was put back and {unit} runs on it again",
@@ -223,7 +268,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::host::Output;
+    use crate::host::{Cmd, Output};
 
     #[test]
     fn scripts_keep_the_old_file_until_the_unit_runs_on_the_new_one() {
@@ -262,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.conf");
         let p = path.to_str().unwrap();
-        let sh = |script: String| {
+        let sh = |script: Script| {
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(script)
@@ -349,14 +394,14 @@ mod tests {
         }
     }
 
-    fn install(validate: Option<&str>) -> Install {
+    fn install(validate: Option<&'static str>) -> Install {
         Install {
             unit: "nomad".into(),
             file: Some(NewFile {
                 path: "/etc/nomad.d/nomad.hcl".into(),
                 contents: "client {}\n".into(),
                 mode: FileMode::root(0o640),
-                validate: validate.map(str::to_string),
+                validate: validate.map(|v| Script::of(v, &[])),
             }),
         }
     }

@@ -8,9 +8,13 @@
 pub mod config_file;
 pub mod dest;
 pub mod error;
+pub mod facts;
 pub mod known_hosts;
 pub mod local;
+mod script;
 pub mod ssh;
+
+pub use script::{fill, Script};
 
 use std::net::SocketAddr;
 
@@ -18,7 +22,9 @@ use anyhow::{bail, Result};
 use async_trait::async_trait;
 
 /// A command for the remote shell. `script` is a POSIX `sh` script; it may hold
-/// paths and flags but never a secret (those go to `stdin`).
+/// paths and flags but never a secret (those go to `stdin`). Built from a fixed
+/// script ([`Cmd::sh`]), an argv ([`Cmd::argv`]) or a [`Script`], so that every
+/// value in it is quoted by [`quote`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cmd {
     pub script: String,
@@ -26,9 +32,10 @@ pub struct Cmd {
 }
 
 impl Cmd {
-    pub fn sh(script: impl Into<String>) -> Self {
+    /// A fixed script, written in pdsup's source: values go through [`Script`].
+    pub fn sh(script: &'static str) -> Self {
         Cmd {
-            script: script.into(),
+            script: script.to_string(),
             stdin: Vec::new(),
         }
     }
@@ -40,7 +47,10 @@ impl Cmd {
         S: AsRef<str>,
     {
         let quoted: Vec<String> = words.into_iter().map(|w| quote(w.as_ref())).collect();
-        Cmd::sh(quoted.join(" "))
+        Cmd {
+            script: quoted.join(" "),
+            stdin: Vec::new(),
+        }
     }
 
     pub fn with_stdin(mut self, stdin: impl Into<Vec<u8>>) -> Self {
@@ -145,23 +155,23 @@ pub trait Host: Send + Sync {
 
     /// The file's bytes, or `None` when it does not exist.
     async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let q = quote(path);
-        let out = self
-            .run(&Cmd::sh(format!(
-                "if [ -e {q} ]; then printf y; cat {q}; else printf n; fi"
-            )))
-            .await?;
-        match out.stdout.split_first() {
-            Some((b'y', rest)) => Ok(Some(rest.to_vec())),
-            _ => Ok(None),
-        }
+        facts::file_bytes(path).read_checked(self).await
+    }
+
+    /// The file's text (invalid UTF-8 replaced), or `None` when it does not exist.
+    async fn read_text(&self, path: &str) -> Result<Option<String>> {
+        facts::file_text(path).read_checked(self).await
     }
 
     /// Writes `contents` to `path` atomically with the given mode and owner,
     /// creating parent directories. The bytes go on stdin, never in arguments.
     async fn write_file(&self, path: &str, contents: &[u8], mode: &FileMode) -> Result<()> {
-        self.run(&Cmd::sh(write_script(path, mode, contents.len() as u64)).with_stdin(contents))
-            .await?;
+        self.run(
+            &write_script(path, mode, contents.len() as u64)
+                .cmd()
+                .with_stdin(contents),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -170,22 +180,19 @@ pub trait Host: Send + Sync {
 /// `len` is the number of bytes stdin carries: when fewer arrive (the connection
 /// dropped mid-upload, and `cat` took the end of the channel for the end of the
 /// file) the partial copy is removed instead of being renamed into place.
-pub fn write_script(path: &str, mode: &FileMode, len: u64) -> String {
-    let q = quote(path);
-    let dir = quote(
-        std::path::Path::new(path)
-            .parent()
-            .and_then(|p| p.to_str())
-            .unwrap_or("/"),
-    );
-    format!(
-        "set -e; umask 077; mkdir -p {dir}; tmp=$(mktemp {dir}/.pdsup.XXXXXX); \
+pub fn write_script(path: &str, mode: &FileMode, len: u64) -> Script {
+    let dir = std::path::Path::new(path)
+        .parent()
+        .and_then(|p| p.to_str())
+        .unwrap_or("/");
+    let (len, mode_bits) = (len.to_string(), format!("{:o}", mode.mode));
+    let owner = format!("{}:{}", mode.owner, mode.group);
+    Script::of(
+        "set -e; umask 077; want={}; mkdir -p {}; tmp=$(mktemp {}/.pdsup.XXXXXX); \
          trap 'rm -f \"$tmp\"' EXIT; cat > \"$tmp\"; got=$(wc -c < \"$tmp\"); \
-         if [ \"$got\" -ne {len} ]; then rm -f \"$tmp\"; echo \"incomplete copy: $got of {len} bytes arrived\" >&2; exit 1; fi; \
-         chown {owner}:{group} \"$tmp\"; chmod {mode:o} \"$tmp\"; mv -f \"$tmp\" {q}",
-        owner = quote(&mode.owner),
-        group = quote(&mode.group),
-        mode = mode.mode,
+         if [ \"$got\" -ne \"$want\" ]; then rm -f \"$tmp\"; echo \"incomplete copy: $got of $want bytes arrived\" >&2; exit 1; fi; \
+         chown {} \"$tmp\"; chmod {} \"$tmp\"; mv -f \"$tmp\" {}",
+        &[&len, dir, dir, &owner, &mode_bits, path],
     )
 }
 

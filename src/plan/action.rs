@@ -30,7 +30,7 @@ pub enum Action {
     /// previous file back when the service does not come up on the new one.
     InstallConfig(config_file::Install),
     /// Download (or upload), verify and install the pinned Nomad release.
-    InstallNomad(crate::steps::nomad_install::Install),
+    InstallNomad(crate::nomad::install::Install),
     /// Generate the site's secrets, or rewrite `pds.env` around the existing ones.
     SaveEnvFile,
     /// Wait until the Nomad node is ready with these host volumes.

@@ -65,9 +65,14 @@ impl StepPlan {
     }
 
     pub fn change(&mut self, summary: impl Into<String>, action: Action) -> &mut Change {
+        // A command is shown as it will run, unless the step details it otherwise.
+        let detail = match &action {
+            Action::Run(cmd) | Action::Apt(cmd) => Some(cmd.script.trim_end().to_string()),
+            _ => None,
+        };
         self.changes.push(Change {
             summary: summary.into(),
-            detail: None,
+            detail,
             action,
         });
         self.changes.last_mut().expect("just pushed")

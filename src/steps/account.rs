@@ -40,9 +40,9 @@
 
 use anyhow::{bail, Result};
 
-use super::docker::APT;
+use super::docker::apt_get;
 use super::{AccountOutcome, Action, Ctx, StepId, StepPlan};
-use crate::host::{quote, Cmd, FileMode};
+use crate::host::{FileMode, Script};
 use crate::settings::{Settings, PDS_VOLUME_PATH};
 use crate::state::secrets::account_password;
 use crate::state::{AccountIntent, SiteRecord};
@@ -96,25 +96,9 @@ impl DataDir {
 }
 
 pub async fn gather_data_dir(ctx: &Ctx<'_>) -> Result<DataDir> {
-    let out = ctx
-        .probe(&format!(
-            "cat {id} 2>/dev/null; echo; \
-             [ -z \"$(find {dir} -mindepth 1 -maxdepth 1 ! -name .pdsup-site-id ! -name '.pdsup.*' 2>/dev/null | head -n1)\" ] && echo empty; true",
-            id = quote(DATA_ID_PATH),
-            dir = quote(PDS_VOLUME_PATH),
-        ))
-        .await?;
-    let text = out.stdout_str();
-    let mut lines = text.lines();
-    let site_id = lines
-        .next()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string);
-    Ok(DataDir {
-        site_id,
-        empty: lines.any(|l| l == "empty"),
-    })
+    super::facts::data_dir(DATA_ID_PATH, PDS_VOLUME_PATH)
+        .read(ctx.host)
+        .await
 }
 
 /// A new random site id (128 bits, hex).
@@ -430,14 +414,9 @@ fn checked_did(ctx: &Ctx<'_>) -> Result<String> {
 
 async fn email_confirmed_on_droplet(ctx: &Ctx<'_>, did: &str) -> Result<bool> {
     let sql = format!("select emailConfirmedAt is not null and emailConfirmedAt != '' from account where did = '{did}';");
-    let out = ctx
-        .probe(&format!(
-            "command -v sqlite3 >/dev/null && sqlite3 {} {}",
-            quote(&format!("{PDS_VOLUME_PATH}/account.sqlite")),
-            quote(&sql)
-        ))
-        .await?;
-    Ok(out.success() && out.stdout_str().trim() == "1")
+    super::facts::sqlite_says_yes(&format!("{PDS_VOLUME_PATH}/account.sqlite"), &sql)
+        .read(ctx.host)
+        .await
 }
 
 pub async fn confirm_email(ctx: &mut Ctx<'_>, _handle: &str) -> Result<()> {
@@ -446,11 +425,19 @@ pub async fn confirm_email(ctx: &mut Ctx<'_>, _handle: &str) -> Result<()> {
         "update account set emailConfirmedAt = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') where did = '{did}' and (emailConfirmedAt is null or emailConfirmedAt = '');"
     );
     ctx.host
-        .run(&Cmd::sh(format!(
-            "set -e; command -v sqlite3 >/dev/null || {{ {APT} update && {APT} install sqlite3; }}; sqlite3 {} {}",
-            quote(&format!("{PDS_VOLUME_PATH}/account.sqlite")),
-            quote(&sql)
-        )))
+        .run(
+            &Script::of(
+                concat!(
+                    "set -e; command -v sqlite3 >/dev/null || { ",
+                    apt_get!(),
+                    " update && ",
+                    apt_get!(),
+                    " install sqlite3; }; sqlite3 {} {}"
+                ),
+                &[&format!("{PDS_VOLUME_PATH}/account.sqlite"), &sql],
+            )
+            .cmd(),
+        )
         .await?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::{packages, pds_job, PlanInput};
-use crate::host::{config_file, Cmd, Host};
+use crate::host::{config_file, Host};
 use crate::nomad::api::NomadApi;
 use crate::pds::xrpc::Xrpc;
 use crate::plan::{Action, Progress};
@@ -125,12 +125,6 @@ impl<'a> Ctx<'a> {
             self.pds = Some(Xrpc::new(addr));
         }
         Ok(self.pds.as_ref().expect("just set"))
-    }
-
-    /// Runs a read-only probe and returns its stdout; failure to run it at all
-    /// (connection lost) is an error, a non-zero exit is not.
-    pub async fn probe(&self, script: &str) -> Result<crate::host::Output> {
-        self.host.exec(&Cmd::sh(script)).await
     }
 
     /// Carries out the actions every step shares. A step's own actions reach

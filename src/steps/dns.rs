@@ -47,14 +47,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         Some(ip) => Some(ip.to_string()),
         None => {
             // The source address of the default route: a local lookup, no traffic.
-            let out = ctx
-                .probe(
-                    "ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'",
-                )
-                .await?
-                .stdout_str();
-            let ip = out.trim().to_string();
-            (!ip.is_empty()).then_some(ip)
+            super::facts::default_route_ipv4().read(ctx.host).await?
         }
     };
     let facts = Facts {

@@ -11,17 +11,36 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::facts;
 use super::packages::{self, DpkgFacts};
 use super::{Action, Contents, Ctx, StepId, StepPlan};
-use crate::host::{Cmd, FileMode};
+use crate::host::facts as host_facts;
+use crate::host::{Cmd, FileMode, Script};
 use crate::nomad::release;
 use crate::settings::{AptKey, DockerApt, DockerSource, Settings, DOCKER_APT_URL};
 
 pub const ID: StepId = StepId::new("docker", "docker");
 
-/// apt-get that waits for a fresh droplet's unattended-upgrades instead of failing.
-pub const APT: &str =
-    "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -o Dpkg::Options::=--force-confold -y -q";
+/// apt-get that waits for a fresh droplet's unattended-upgrades instead of failing
+/// (a macro, so that scripts can `concat!` it into their static templates).
+macro_rules! apt_get {
+    () => {
+        "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -o Dpkg::Options::=--force-confold -y -q"
+    };
+}
+pub(crate) use apt_get;
+
+/// The same apt-get prefix, as a value.
+pub const APT: &str = apt_get!();
+
+/// `apt-get update`, then `apt-get install` of `packages`.
+pub fn apt_install(packages: &[&str]) -> Script {
+    Script::new()
+        .line("set -e", &[])
+        .line(concat!(apt_get!(), " update"), &[])
+        .push(concat!(apt_get!(), " install"), &[])
+        .words(packages)
+}
 
 /// Packages that provide a Docker engine (the distribution's or Docker's).
 const ENGINE_PACKAGES: [&str; 2] = ["docker.io", "docker-ce"];
@@ -58,19 +77,11 @@ impl Facts {
 }
 
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let out = ctx
-        .probe(&format!(
-            "{}\n\
-             systemctl is-active --quiet docker && echo service=active; \
-             systemctl is-enabled --quiet docker 2>/dev/null && echo service=enabled; true",
-            packages::status_probe(&[])
-        ))
-        .await?
-        .stdout_str();
+    let host = ctx.host;
     Ok(Facts {
-        dpkg: DpkgFacts::parse(&out),
-        active: out.lines().any(|l| l == "service=active"),
-        enabled: out.lines().any(|l| l == "service=enabled"),
+        dpkg: facts::dpkg_status(&[]).read(host).await?,
+        active: host_facts::unit_active("docker").read(host).await?,
+        enabled: host_facts::unit_enabled("docker").read(host).await?,
         os: gather_os(ctx).await?,
     })
 }
@@ -108,13 +119,9 @@ pub struct OsRelease {
     pub codename: String,
     /// `dpkg --print-architecture`: amd64, arm64.
     pub arch: String,
+    /// `PRETTY_NAME`, for messages: `Debian GNU/Linux 12 (bookworm)`.
+    pub name: String,
 }
-
-const OS_PROBE: &str = r#". /etc/os-release 2>/dev/null
-echo "id=$ID"
-echo "version_id=$VERSION_ID"
-echo "codename=$VERSION_CODENAME"
-echo "arch=$(dpkg --print-architecture 2>/dev/null)""#;
 
 impl OsRelease {
     /// What `pdsup plan` assumes without a droplet (preflight's fresh droplet).
@@ -124,6 +131,7 @@ impl OsRelease {
             version_id: "24.04".into(),
             codename: "noble".into(),
             arch: "amd64".into(),
+            name: "Ubuntu 24.04 LTS (a fresh droplet)".into(),
         }
     }
 
@@ -136,6 +144,7 @@ impl OsRelease {
                 "version_id" => os.version_id = value,
                 "codename" => os.codename = value,
                 "arch" => os.arch = value,
+                "name" => os.name = value,
                 _ => {}
             }
         }
@@ -144,7 +153,7 @@ impl OsRelease {
 }
 
 pub async fn gather_os(ctx: &mut Ctx<'_>) -> Result<OsRelease> {
-    Ok(OsRelease::parse(&ctx.probe(OS_PROBE).await?.stdout_str()))
+    facts::os_release().read(ctx.host).await
 }
 
 /// Docker's repository (or a mirror of it) as one droplet uses it.
@@ -257,74 +266,92 @@ fn plan_repo_install(plan: &mut StepPlan, repo: &AptRepo, apt: &DockerApt) {
             "check that {} {} is signed by that key",
             repo.url, repo.suite
         ),
-        Action::Apt(Cmd::sh(check.clone())),
+        Action::Apt(check.clone().cmd()),
     )
-    .detail(check);
+    .detail(check.to_string());
     let install = repo_install_script(repo);
     plan.change(
         format!(
             "install Docker Engine from Docker's apt repository: {}",
             repo.sources_line(DOCKER_APT_KEY_PATH)
         ),
-        Action::Apt(Cmd::sh(install.clone())),
+        Action::Apt(install.clone().cmd()),
     )
-    .detail(install);
+    .detail(install.to_string());
 }
 
 /// Fetches the repository's signed index with the staged key only; on failure the
 /// staging directory goes and nothing of apt's configuration has changed.
-pub fn check_script(repo: &AptRepo, key_name: &str) -> String {
-    let line = repo.sources_line(&format!("{STAGING}/docker.asc"));
+pub fn check_script(repo: &AptRepo, key_name: &str) -> Script {
+    let key = format!("{STAGING}/docker.asc");
+    let list = format!("{STAGING}/docker.list");
+    let none = format!("{STAGING}/none");
+    let log = format!("{STAGING}/check.log");
     let (url, suite) = (&repo.url, repo.suite);
-    format!(
-        r#"# check {url} {suite} against {key_name}
-set -e
-{APT} update
-{APT} install ca-certificates
-chmod 0755 {STAGING}
-echo '{line}' > {STAGING}/docker.list
-mkdir -p {STAGING}/none
-if ! apt-get -q -o Dir::Etc::SourceList={STAGING}/docker.list -o Dir::Etc::SourceParts={STAGING}/none -o APT::Get::List-Cleanup=0 update > {STAGING}/check.log 2>&1; then
-  grep -E '^(E|W|Err):' {STAGING}/check.log >&2 || tail -n 5 {STAGING}/check.log >&2
-  if grep -qiE 'NO_PUBKEY|not signed|BADSIG|EXPKEYSIG|signature' {STAGING}/check.log; then
-    echo "pdsup: refused {url} {suite}: it is not signed by {key_name}. Nothing was changed. For a mirror of your own, give its key with --docker-apt-key FILE; otherwise the mirror (--docker-apt-url) may be tampered with." >&2
-  else
-    echo "pdsup: apt could not fetch {url} {suite}. Nothing was changed. Check --docker-apt-url: a mirror laid out like {DOCKER_APT_URL}, without the /debian or /ubuntu pdsup appends." >&2
-  fi
-  rm -rf {STAGING}
-  exit 1
-fi
-"#
-    )
+    let refused = format!(
+        "pdsup: refused {url} {suite}: it is not signed by {key_name}. Nothing was changed. For a mirror of your own, give its key with --docker-apt-key FILE; otherwise the mirror (--docker-apt-url) may be tampered with."
+    );
+    let unreachable = format!(
+        "pdsup: apt could not fetch {url} {suite}. Nothing was changed. Check --docker-apt-url: a mirror laid out like {DOCKER_APT_URL}, without the /debian or /ubuntu pdsup appends."
+    );
+    Script::new()
+        .line("# check the repository against the staged key alone", &[])
+        .line("set -e", &[])
+        .line(concat!(apt_get!(), " update"), &[])
+        .line(concat!(apt_get!(), " install ca-certificates"), &[])
+        .line("chmod 0755 {}", &[STAGING])
+        .line("echo {} > {}", &[&repo.sources_line(&key), &list])
+        .line("mkdir -p {}", &[&none])
+        .line(
+            "if ! apt-get -q -o Dir::Etc::SourceList={} -o Dir::Etc::SourceParts={} -o APT::Get::List-Cleanup=0 update > {} 2>&1; then",
+            &[&list, &none, &log],
+        )
+        .line("  grep -E '^(E|W|Err):' {} >&2 || tail -n 5 {} >&2", &[&log, &log])
+        .line(
+            "  if grep -qiE 'NO_PUBKEY|not signed|BADSIG|EXPKEYSIG|signature' {}; then",
+            &[&log],
+        )
+        .line("    echo {} >&2", &[&refused])
+        .line("  else", &[])
+        .line("    echo {} >&2", &[&unreachable])
+        .line("  fi", &[])
+        .line("  rm -rf {}", &[STAGING])
+        .line("  exit 1", &[])
+        .line("fi", &[])
 }
 
 /// Installs the checked key and source for apt, then Docker Engine.
-pub fn repo_install_script(repo: &AptRepo) -> String {
+pub fn repo_install_script(repo: &AptRepo) -> Script {
     let line = repo.sources_line(DOCKER_APT_KEY_PATH);
-    format!(
-        r#"# install Docker Engine from {url} {suite}
-set -e
-install -d -m 0755 /etc/apt/keyrings
-install -m 0644 {STAGING}/docker.asc {DOCKER_APT_KEY_PATH}
-echo '{line}' > {DOCKER_APT_LIST_PATH}
-rm -rf {STAGING}
-{APT} update
-{APT} install docker-ce docker-ce-cli containerd.io
-"#,
-        url = repo.url,
-        suite = repo.suite,
-    )
+    Script::new()
+        .line(
+            "# install the checked key and source, then Docker Engine",
+            &[],
+        )
+        .line("set -e", &[])
+        .line("install -d -m 0755 /etc/apt/keyrings", &[])
+        .line(
+            "install -m 0644 {} {}",
+            &[&format!("{STAGING}/docker.asc"), DOCKER_APT_KEY_PATH],
+        )
+        .line("echo {} > {}", &[&line, DOCKER_APT_LIST_PATH])
+        .line("rm -rf {}", &[STAGING])
+        .line(concat!(apt_get!(), " update"), &[])
+        .line(
+            concat!(apt_get!(), " install docker-ce docker-ce-cli containerd.io"),
+            &[],
+        )
 }
 
-pub fn distro_install_script() -> String {
-    format!("set -e\n{APT} update\n{APT} install docker.io\n")
+pub fn distro_install_script() -> Script {
+    apt_install(&["docker.io"]).line("", &[])
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     let mut plan = StepPlan::new(ID);
     // Before any apt call of this run (the Docker step is the first to use apt).
     if let Some((summary, detail, script)) = packages::repair(&facts.dpkg) {
-        plan.change(summary, Action::Apt(Cmd::sh(script)))
+        plan.change(summary, Action::Apt(script.cmd()))
             .detail(detail);
     }
     let installed = facts.engine_installed() || facts.engine_interrupted();
@@ -343,9 +370,9 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
                 let script = distro_install_script();
                 plan.change(
                     "install docker.io from the distribution",
-                    Action::Apt(Cmd::sh(script.clone())),
+                    Action::Apt(script.clone().cmd()),
                 )
-                .detail(script);
+                .detail(script.to_string());
             }
         }
     }
@@ -393,6 +420,7 @@ mod tests {
             version_id: version_id.into(),
             codename: codename.into(),
             arch: arch.into(),
+            name: String::new(),
         }
     }
 

@@ -15,6 +15,7 @@
 pub mod account;
 pub mod dns;
 pub mod docker;
+pub mod facts;
 pub mod nomad_config;
 pub mod nomad_install;
 pub mod packages;

@@ -7,7 +7,8 @@ use anyhow::Result;
 
 use super::{Action, Ctx, StepId, StepPlan};
 use crate::host::config_file;
-use crate::host::{quote, Cmd, FileMode};
+use crate::host::facts as host_facts;
+use crate::host::{FileMode, Script};
 use crate::nomad::config::{self, HostVolume, TaskInterface};
 use crate::settings::{Proxy, Settings, IO_VOLUME_PATH, NOMAD_CONFIG_PATH, PDS_VOLUME_PATH};
 
@@ -47,15 +48,8 @@ pub fn wanted_volumes(settings: &Settings) -> Vec<HostVolume> {
 }
 
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let config = ctx
-        .host
-        .read_file(NOMAD_CONFIG_PATH)
-        .await?
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let mut script = format!(
-        "systemctl is-active --quiet nomad && echo active; [ -e {} ] && echo interrupted; ",
-        quote(&config_file::backup_path(NOMAD_CONFIG_PATH))
-    );
+    let host = ctx.host;
+    let config = host.read_text(NOMAD_CONFIG_PATH).await?;
     let mut dirs: Vec<String> = wanted_volumes(ctx.settings)
         .into_iter()
         .map(|v| v.path)
@@ -69,20 +63,19 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     }
     dirs.sort();
     dirs.dedup();
+    let mut existing_dirs = Vec::new();
     for dir in dirs {
-        script.push_str(&format!("[ -d {p} ] && echo dir={p}; ", p = quote(&dir)));
+        if host_facts::is_dir(&dir).read(host).await? {
+            existing_dirs.push(dir);
+        }
     }
-    script.push_str("true");
-    let out = ctx.probe(&script).await?.stdout_str();
     Ok(Facts {
         config,
-        existing_dirs: out
-            .lines()
-            .filter_map(|l| l.strip_prefix("dir="))
-            .map(str::to_string)
-            .collect(),
-        active: out.lines().any(|l| l == "active"),
-        install_interrupted: out.lines().any(|l| l == "interrupted"),
+        existing_dirs,
+        active: host_facts::unit_active("nomad").read(host).await?,
+        install_interrupted: host_facts::exists(&config_file::backup_path(NOMAD_CONFIG_PATH))
+            .read(host)
+            .await?,
     })
 }
 
@@ -142,13 +135,13 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
             continue;
         }
         let script = if volumes.iter().any(|v| v.name == name) {
-            format!("mkdir -p {p} && chmod 700 {p}", p = quote(&path))
+            Script::of("mkdir -p {} && chmod 700 {}", &[&path, &path])
         } else {
-            format!("mkdir -p {}", quote(&path))
+            Script::of("mkdir -p {}", &[&path])
         };
         plan.change(
             format!("create the host volume directory {path} ({name})"),
-            Action::Run(Cmd::sh(script)),
+            Action::Run(script.cmd()),
         );
     }
     let unit = "nomad".to_string();

@@ -8,15 +8,15 @@
 //! finds its SHA256SUMS and .sig beside it, for droplets without internet.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::docker::APT;
-use super::packages;
+use super::facts;
 use super::{Action, Contents, Ctx, StepId, StepPlan};
-use crate::host::{quote, Cmd, FileMode};
+use crate::host::facts as host_facts;
+use crate::host::{Cmd, FileMode, Script};
 use crate::nomad::{config, release};
 use crate::settings::Settings;
 
@@ -49,57 +49,150 @@ impl Facts {
 const TOOLS: [&str; 3] = ["unzip", "curl", "ca-certificates"];
 
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let out = ctx
-        .probe(&format!(
-            "echo arch=$(uname -m); \
-             if [ -x /usr/local/bin/nomad ]; then echo version=$(/usr/local/bin/nomad version 2>/dev/null | head -n1); fi; \
-             id nomad >/dev/null 2>&1 && echo user=yes; \
-             systemctl is-enabled --quiet nomad 2>/dev/null && echo enabled=yes\n{}",
-            packages::status_probe(&TOOLS)
-        ))
-        .await?
-        .stdout_str();
-    let mut facts = Facts::default();
-    let dpkg = packages::DpkgFacts::parse(&out);
-    facts.has_tools = TOOLS.iter().all(|p| dpkg.installed(p));
-    for line in out.lines() {
-        match line.split_once('=') {
-            Some(("arch", v)) => facts.uname_arch = v.to_string(),
-            Some(("version", v)) => facts.version = parse_version(v),
-            Some(("user", _)) => facts.has_user = true,
-            Some(("enabled", _)) => facts.enabled = true,
-            _ => {}
+    let host = ctx.host;
+    Ok(Facts {
+        uname_arch: host_facts::uname_arch().read(host).await?,
+        version: facts::nomad_version().read(host).await?,
+        has_user: facts::user_exists("nomad").read(host).await?,
+        enabled: host_facts::unit_enabled("nomad").read(host).await?,
+        has_tools: {
+            let dpkg = facts::dpkg_status(&TOOLS).read(host).await?;
+            TOOLS.iter().all(|p| dpkg.installed(p))
+        },
+        unit: host.read_text(UNIT_PATH).await?,
+    })
+}
+
+pub use crate::nomad::install::{Install, Remote, RemoteAction, Source};
+
+/// Stands for the zip's SHA-256 in the commands until the signed SHA256SUMS has
+/// been verified at apply time.
+pub fn sum_placeholder(zip: &str) -> String {
+    format!("<sha256 of {zip} from the signed SHA256SUMS>")
+}
+
+/// The droplet's part of installing `version` from `source`, in order.
+pub fn remote_commands(version: &str, arch: release::Arch, source: &Source) -> Vec<Remote> {
+    let zip = release::zip_name(version, arch);
+    let remote_zip = format!("{STAGING}/{zip}");
+    let run = |cmd: Cmd| Remote {
+        progress: None,
+        action: RemoteAction::Run(cmd),
+        on_failure: None,
+    };
+    let mut commands = vec![run(Script::of(
+        "rm -rf {} && mkdir -p {}",
+        &[STAGING, STAGING],
+    )
+    .cmd())];
+    commands.push(match source {
+        Source::Download { base_url } => {
+            let url = release::url(base_url, version, &zip);
+            Remote {
+                progress: Some(format!("downloading {zip} on the droplet")),
+                action: RemoteAction::Run(Cmd::argv([
+                    "curl",
+                    "-fsSL",
+                    "--retry",
+                    "3",
+                    "-o",
+                    &remote_zip,
+                    &url,
+                ])),
+                on_failure: Some(format!(
+                    "the droplet could not download {url}; use --nomad-zip FILE to upload a release instead"
+                )),
+            }
         }
+        Source::LocalZip(path) => Remote {
+            progress: Some(format!("uploading {}", path.display())),
+            action: RemoteAction::Upload {
+                local: path.clone(),
+                path: remote_zip,
+                mode: FileMode::root(0o600),
+            },
+            on_failure: None,
+        },
+    });
+    let check = format!("{}  {zip}", sum_placeholder(&zip));
+    commands.push(Remote {
+        progress: Some("verifying and installing the nomad binary".into()),
+        ..run(
+            Script::new()
+                .line("set -e", &[])
+                .line("cd {}", &[STAGING])
+                .line(
+                    "echo {} | sha256sum -c --quiet - || { echo 'checksum mismatch: the downloaded zip is not the signed release' >&2; exit 1; }",
+                    &[&check],
+                )
+                .line("unzip -o -q {} nomad", &[&zip])
+                .line(
+                    "install -m 0755 -o root -g root nomad /usr/local/bin/nomad.new",
+                    &[],
+                )
+                .line("mv -f /usr/local/bin/nomad.new /usr/local/bin/nomad", &[])
+                .line("cd / && rm -rf {}", &[STAGING])
+                .line("systemctl try-restart nomad || true", &[])
+                .cmd(),
+        )
+    });
+    commands.push(Remote {
+        progress: None,
+        action: RemoteAction::ExpectVersion {
+            cmd: Cmd::sh("/usr/local/bin/nomad version | head -n1"),
+            version: version.to_string(),
+        },
+        on_failure: None,
+    });
+    commands
+}
+
+impl Install {
+    /// The plan's detail: the checks here, then every command on the droplet.
+    pub fn describe(&self) -> String {
+        let zip = release::zip_name(&self.version, self.arch);
+        let sums = release::sums_name(&self.version);
+        let from = match &self.source {
+            Source::Download { base_url } => release::url(base_url, &self.version, &zip),
+            Source::LocalZip(p) => format!("{} (uploaded)", p.display()),
+        };
+        let mut out = format!(
+            "from {from}\nSHA256SUMS signature checked against {}\n",
+            key_name(self.key.as_deref())
+        );
+        match &self.source {
+            Source::Download { base_url } => out.push_str(&format!(
+                "here: fetch {} and its .sig, check the signature, take the SHA-256 of {zip} from it\n",
+                release::url(base_url, &self.version, &sums),
+            )),
+            Source::LocalZip(p) => out.push_str(&format!(
+                "here: read {sums} and its .sig beside {}, check the signature, check the zip's SHA-256 against it\n",
+                p.display()
+            )),
+        }
+        out.push_str("on the droplet:");
+        for remote in &self.commands {
+            let text = match &remote.action {
+                RemoteAction::Run(cmd) => cmd.script.trim_end().to_string(),
+                RemoteAction::Upload { local, path, mode } => format!(
+                    "(upload {} to {path}, mode {:o})",
+                    local.display(),
+                    mode.mode
+                ),
+                RemoteAction::ExpectVersion { cmd, version } => {
+                    format!("{}   (expect Nomad v{version})", cmd.script)
+                }
+            };
+            let mut lines = text.lines();
+            if let Some(first) = lines.next() {
+                out.push_str(&format!("\n  $ {first}"));
+            }
+            for line in lines {
+                out.push_str(&format!("\n    {line}"));
+            }
+        }
+        out
     }
-    facts.unit = ctx
-        .host
-        .read_file(UNIT_PATH)
-        .await?
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
-    Ok(facts)
-}
-
-/// `Nomad v1.10.5` (possibly followed by more words) → `1.10.5`.
-fn parse_version(line: &str) -> Option<String> {
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.strip_prefix('v'))
-        .map(str::to_string)
-}
-
-/// Where the release comes from; decided at plan time, carried out by `apply`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Install {
-    pub version: String,
-    pub arch: release::Arch,
-    pub source: Source,
-    pub key: Option<PathBuf>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
-    Download { base_url: String },
-    LocalZip(PathBuf),
 }
 
 pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
@@ -115,10 +208,7 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     if !facts.has_tools {
         plan.change(
             "install unzip and curl (to fetch and unpack the Nomad release)",
-            Action::Apt(Cmd::sh(format!(
-                "set -e\n{APT} update\n{APT} install {}",
-                TOOLS.join(" ")
-            ))),
+            Action::Apt(super::docker::apt_install(&TOOLS).cmd()),
         );
     }
     if !facts.has_user {
@@ -137,29 +227,20 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
                 base_url: settings.nomad.release_url.clone(),
             },
         };
-        let from = match &source {
-            Source::Download { base_url } => {
-                release::url(base_url, wanted, &release::zip_name(wanted, arch))
-            }
-            Source::LocalZip(p) => format!("{} (uploaded)", p.display()),
-        };
         let verb = match &facts.version {
             Some(v) => format!("upgrade Nomad {v} → {wanted}"),
             None => format!("install Nomad {wanted}"),
         };
-        plan.change(
-            verb,
-            Action::InstallNomad(Install {
-                version: wanted.clone(),
-                arch,
-                source,
-                key: settings.nomad.release_key.clone(),
-            }),
-        )
-        .detail(format!(
-            "from {from}\nSHA256SUMS signature checked against {}",
-            key_name(settings.nomad.release_key.as_deref())
-        ));
+        let install = Install {
+            version: wanted.clone(),
+            arch,
+            commands: remote_commands(wanted, arch, &source),
+            source,
+            key: settings.nomad.release_key.clone(),
+        };
+        let detail = install.describe();
+        plan.change(verb, Action::InstallNomad(install))
+            .detail(detail);
     }
     let unit = config::systemd_unit();
     if facts.unit.as_deref() != Some(unit) {
@@ -194,14 +275,15 @@ fn key_name(key: Option<&Path>) -> String {
     }
 }
 
-/// Fetches and verifies the checksums here, then installs on the droplet.
-pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
+/// The zip's SHA-256 from the release's signed SHA256SUMS: fetched (or read
+/// beside `--nomad-zip`) and verified here, before anything runs on the
+/// droplet; a local zip is checked against it too.
+async fn verified_sum(install: &Install, progress: &dyn Fn(&str)) -> Result<String> {
     let v = &install.version;
     let zip = release::zip_name(v, install.arch);
     let (sums, sig) = match &install.source {
         Source::Download { base_url } => {
-            ctx.progress
-                .progress("fetching SHA256SUMS and its signature");
+            progress("fetching SHA256SUMS and its signature");
             let client = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
                 .build()?;
@@ -246,63 +328,59 @@ pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
     };
     release::verify_sums(&sums, &sig, &key)?;
     let expected = release::expected_sha256(&String::from_utf8_lossy(&sums), &zip)?;
-    let remote_zip = format!("{STAGING}/{zip}");
-    ctx.host
-        .run(&Cmd::sh(format!("rm -rf {STAGING} && mkdir -p {STAGING}")))
-        .await?;
-    match &install.source {
-        Source::Download { base_url } => {
-            let url = release::url(base_url, v, &zip);
-            ctx.progress
-                .progress(&format!("downloading {zip} on the droplet"));
-            ctx.host
-                .run(&Cmd::sh(format!(
-                    "curl -fsSL --retry 3 -o {} {}",
-                    quote(&remote_zip),
-                    quote(&url)
-                )))
-                .await
-                .with_context(|| format!("the droplet could not download {url}; use --nomad-zip FILE to upload a release instead"))?;
-        }
-        Source::LocalZip(path) => {
-            let local = sha256_file(path)?;
-            if local != expected {
-                bail!(
-                    "{} does not match the signed SHA256SUMS (expected {expected}, got {local}): the file is corrupt or not the release it claims to be",
-                    path.display()
-                );
-            }
-            ctx.progress
-                .progress(&format!("uploading {}", path.display()));
-            ctx.host
-                .upload(path, &remote_zip, &FileMode::root(0o600))
-                .await?;
+    if let Source::LocalZip(path) = &install.source {
+        let local = sha256_file(path)?;
+        if local != expected {
+            bail!(
+                "{} does not match the signed SHA256SUMS (expected {expected}, got {local}): the file is corrupt or not the release it claims to be",
+                path.display()
+            );
         }
     }
-    ctx.progress
-        .progress("verifying and installing the nomad binary");
-    let script = format!(
-        "set -e\ncd {STAGING}\n\
-         echo {check} | sha256sum -c --quiet - || {{ echo 'checksum mismatch: the downloaded zip is not the signed release' >&2; exit 1; }}\n\
-         unzip -o -q {zip} nomad\n\
-         install -m 0755 -o root -g root nomad /usr/local/bin/nomad.new\n\
-         mv -f /usr/local/bin/nomad.new /usr/local/bin/nomad\n\
-         cd / && rm -rf {STAGING}\n\
-         systemctl try-restart nomad || true\n",
-        check = quote(&format!("{expected}  {zip}")),
-        zip = quote(&zip),
-    );
-    ctx.host.run(&Cmd::sh(script)).await?;
-    let got = ctx
-        .host
-        .run(&Cmd::sh("/usr/local/bin/nomad version | head -n1"))
-        .await?;
-    let installed = parse_version(&got.stdout_str());
-    if installed.as_deref() != Some(v.as_str()) {
-        bail!(
-            "after installing, `nomad version` says {:?}, expected {v}",
-            got.stdout_str().trim()
-        );
+    Ok(expected)
+}
+
+/// `cmd` with the placeholder replaced by the verified sum. The sum is 64 hex
+/// digits, so it stays inside the quoted word the placeholder was in.
+pub fn with_sum(cmd: &Cmd, zip: &str, sum: &str) -> Result<Cmd> {
+    if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("the SHA-256 of {zip} from SHA256SUMS is not 64 hex digits");
+    }
+    Ok(Cmd {
+        script: cmd.script.replace(&sum_placeholder(zip), sum),
+        stdin: cmd.stdin.clone(),
+    })
+}
+
+/// Verifies the release here, then runs the droplet's commands in order.
+pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
+    let zip = release::zip_name(&install.version, install.arch);
+    let ui = ctx.progress;
+    let sum = verified_sum(install, &|m| ui.progress(m)).await?;
+    for remote in &install.commands {
+        if let Some(progress) = &remote.progress {
+            ui.progress(progress);
+        }
+        let done = match &remote.action {
+            RemoteAction::Run(cmd) => ctx.host.run(&with_sum(cmd, &zip, &sum)?).await.map(drop),
+            RemoteAction::Upload { local, path, mode } => ctx.host.upload(local, path, mode).await,
+            RemoteAction::ExpectVersion { cmd, version } => {
+                let got = ctx.host.run(cmd).await?;
+                let installed = facts::parse_nomad_version(&got.stdout_str());
+                if installed.as_deref() != Some(version.as_str()) {
+                    bail!(
+                        "after installing, `nomad version` says {:?}, expected {version}",
+                        got.stdout_str().trim()
+                    );
+                }
+                Ok(())
+            }
+        };
+        match (&remote.on_failure, done) {
+            (Some(hint), Err(e)) => return Err(e.context(hint.clone())),
+            (None, Err(e)) => return Err(e),
+            (_, Ok(())) => {}
+        }
     }
     Ok(())
 }
@@ -359,6 +437,7 @@ mod tests {
 
     #[test]
     fn versions_parse_from_nomad_and_the_double() {
+        let parse_version = facts::parse_nomad_version;
         assert_eq!(parse_version("Nomad v1.10.5").as_deref(), Some("1.10.5"));
         assert_eq!(
             parse_version("Nomad v1.10.5 (pdsup test double, not HashiCorp Nomad)").as_deref(),
@@ -404,5 +483,75 @@ mod tests {
         let p = plan(&old, &Settings::example());
         assert_eq!(p.changes.len(), 1);
         assert_eq!(p.changes[0].summary, "upgrade Nomad 1.9.0 → 1.10.5");
+    }
+
+    #[test]
+    fn the_plan_shows_every_command_with_the_sum_to_come() {
+        let plan = plan(&Facts::fresh(), &Settings::example());
+        let change = plan
+            .changes
+            .iter()
+            .find(|c| c.summary == "install Nomad 1.10.5")
+            .unwrap();
+        let detail = change.detail.as_deref().unwrap();
+        let zip = "nomad_1.10.5_linux_amd64.zip";
+        let order = [
+            "rm -rf /var/tmp/pdsup-nomad && mkdir -p /var/tmp/pdsup-nomad",
+            "$ curl -fsSL --retry 3 -o /var/tmp/pdsup-nomad/nomad_1.10.5_linux_amd64.zip https://releases.hashicorp.com/nomad/1.10.5/nomad_1.10.5_linux_amd64.zip",
+            "echo '<sha256 of nomad_1.10.5_linux_amd64.zip from the signed SHA256SUMS>  nomad_1.10.5_linux_amd64.zip' | sha256sum -c --quiet -",
+            "unzip -o -q nomad_1.10.5_linux_amd64.zip nomad",
+            "install -m 0755 -o root -g root nomad /usr/local/bin/nomad.new",
+            "mv -f /usr/local/bin/nomad.new /usr/local/bin/nomad",
+            "systemctl try-restart nomad || true",
+            "$ /usr/local/bin/nomad version | head -n1",
+        ];
+        let mut at = 0;
+        for needle in order {
+            let found = detail[at..]
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not after byte {at} in\n{detail}"));
+            at += found + needle.len();
+        }
+        assert!(detail.contains(&format!("SHA-256 of {zip}")), "{detail}");
+
+        // At apply time the placeholder becomes the verified sum, inside its quotes.
+        let Action::InstallNomad(install) = &change.action else {
+            panic!("{:?}", change.action)
+        };
+        let RemoteAction::Run(script) = &install.commands[2].action else {
+            panic!("{:?}", install.commands[2])
+        };
+        let sum = "ab".repeat(32);
+        let filled = with_sum(script, zip, &sum).unwrap();
+        assert!(
+            filled
+                .script
+                .contains(&format!("echo '{sum}  {zip}' | sha256sum -c")),
+            "{}",
+            filled.script
+        );
+        assert!(with_sum(script, zip, "not hex; reboot").is_err());
+    }
+
+    #[test]
+    fn a_local_zip_is_uploaded_instead_of_downloaded() {
+        let zip = std::path::PathBuf::from("/home/me/nomad_1.10.5_linux_arm64.zip");
+        let commands = remote_commands(
+            "1.10.5",
+            release::Arch::Arm64,
+            &Source::LocalZip(zip.clone()),
+        );
+        assert_eq!(
+            commands[1].action,
+            RemoteAction::Upload {
+                local: zip,
+                path: "/var/tmp/pdsup-nomad/nomad_1.10.5_linux_arm64.zip".into(),
+                mode: FileMode::root(0o600),
+            }
+        );
+        assert!(commands.iter().all(|c| !matches!(
+            &c.action,
+            RemoteAction::Run(cmd) if cmd.script.contains("curl")
+        )));
     }
 }

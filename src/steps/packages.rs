@@ -17,26 +17,30 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::docker::APT;
+use super::docker::apt_get;
 use super::Ctx;
-use crate::host::{quote, Cmd};
+use crate::host::{Cmd, Script};
 
 /// One line per package: `status <name> <want> <flag> <state>` (quoted for `sh`).
-const STATUS_FORMAT: &str = "'status ${Package} ${Status}\\n'";
+macro_rules! status_format {
+    () => {
+        "'status ${Package} ${Status}\\n'"
+    };
+}
 
 /// A probe printing dpkg's status of `packages` (every package when empty) and,
 /// for every package, `dpkg --audit`'s findings, in the form [`DpkgFacts::parse`] reads.
-pub fn status_probe(packages: &[&str]) -> String {
-    let names: Vec<String> = packages.iter().map(|p| quote(p)).collect();
-    let audit = if packages.is_empty() {
-        "\ndpkg --audit 2>/dev/null | sed 's/^/audit /'"
+pub fn status_probe(packages: &[&str]) -> Script {
+    let query = Script::new()
+        .push(concat!("dpkg-query -W -f=", status_format!()), &[])
+        .words(packages)
+        .line(" 2>/dev/null", &[]);
+    let query = if packages.is_empty() {
+        query.line("dpkg --audit 2>/dev/null | sed 's/^/audit /'", &[])
     } else {
-        ""
+        query
     };
-    format!(
-        "dpkg-query -W -f={STATUS_FORMAT} {} 2>/dev/null{audit}\ntrue",
-        names.join(" ")
-    )
+    query.push("true", &[])
 }
 
 /// A package's entry in dpkg's status database (`${Status}`: want, flag, state).
@@ -132,11 +136,15 @@ impl DpkgFacts {
 /// `dpkg --configure -a` fails for packages whose dependencies were never
 /// unpacked (the run was cut short before them); `apt-get -f install` then
 /// fetches those and configures the rest, and its outcome is the repair's.
-pub fn repair_script() -> String {
-    format!(
-        "set -e\nexport DEBIAN_FRONTEND=noninteractive\n\
-         dpkg --force-confdef --force-confold --configure -a || echo 'some packages need apt-get -f install' >&2\n\
-         {APT} -f install\n"
+pub fn repair_script() -> Script {
+    Script::of(
+        concat!(
+            "set -e\nexport DEBIAN_FRONTEND=noninteractive\n",
+            "dpkg --force-confdef --force-confold --configure -a || echo 'some packages need apt-get -f install' >&2\n",
+            apt_get!(),
+            " -f install\n"
+        ),
+        &[],
     )
 }
 
@@ -144,7 +152,7 @@ pub fn repair_script() -> String {
 /// `(summary, detail, script)`. `dpkg --audit` findings that `--configure -a`
 /// cannot fix (a package missing its md5sums file) are not a reason to run it,
 /// or every run would; they are shown with a real repair.
-pub fn repair(facts: &DpkgFacts) -> Option<(String, String, String)> {
+pub fn repair(facts: &DpkgFacts) -> Option<(String, String, Script)> {
     let half_done = facts.half_done();
     if half_done.is_empty() {
         return None;
@@ -274,7 +282,7 @@ pub fn lock_holder(probe: &str) -> Option<LockHolder> {
 }
 
 pub async fn gather_lock_holder(ctx: &Ctx<'_>) -> Result<Option<LockHolder>> {
-    Ok(lock_holder(&ctx.probe(LOCK_PROBE).await?.stdout_str()))
+    super::facts::dpkg_lock_holder().read(ctx.host).await
 }
 
 /// How long pdsup waits for another program's package work (as `APT` does).

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::account::{self, DataDir, SiteFacts};
 use super::{Action, Ctx, StepId, StepPlan};
-use crate::host::{quote, Cmd, FileMode};
+use crate::host::{fill, FileMode, Script};
 use crate::nomad::job::pds_job;
 use crate::pds::env::pds_environment;
 use crate::settings::Settings;
@@ -45,13 +45,9 @@ impl Facts {
 
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let image = &ctx.settings.pds_image;
-    let image_present = ctx
-        .probe(&format!(
-            "docker image inspect {} >/dev/null 2>&1",
-            quote(image)
-        ))
-        .await?
-        .success();
+    let image_present = super::facts::docker_image_present(image)
+        .read(ctx.host)
+        .await?;
     let env = pds_environment(ctx.settings, ctx.secrets()?)?;
     let job = pds_job(image, env);
     let job_unchanged = super::proxy::job_unchanged(ctx, &job).await;
@@ -98,11 +94,14 @@ pub fn plan(facts: &Facts, settings: &Settings, secrets: &PdsSecrets) -> Result<
         );
         plan.change(
             format!("load it into Docker as {}", settings.pds_image),
-            Action::Run(Cmd::sh(load_script(
-                IMAGE_STAGING,
-                &archive.display().to_string(),
-                &settings.pds_image,
-            ))),
+            Action::Run(
+                load_script(
+                    IMAGE_STAGING,
+                    &archive.display().to_string(),
+                    &settings.pds_image,
+                )
+                .cmd(),
+            ),
         );
     }
     if !facts.job_unchanged {
@@ -130,20 +129,23 @@ pub fn plan(facts: &Facts, settings: &Settings, secrets: &PdsSecrets) -> Result<
 /// Loads the uploaded archive and removes it whatever happens: a tarball the
 /// size of an image must not stay in /var/tmp after a failed load (the next
 /// run uploads it again anyway). A failure names the local archive.
-fn load_script(staged: &str, archive: &str, image: &str) -> String {
-    format!(
-        "trap \"rm -f {staged}\" EXIT\n\
-         docker load -i {staged} || {{ echo {load_failed} >&2; exit 1; }}\n\
-         docker image inspect {image} >/dev/null 2>&1 || {{ echo {missing} >&2; exit 1; }}\n",
-        staged = quote(staged),
-        image = quote(image),
-        load_failed = quote(&format!(
-            "docker could not load {archive}: is it a `docker save` tarball?"
-        )),
-        missing = quote(&format!(
-            "{archive} was loaded but holds no image {image}: check --pds-image (the name it was saved under)"
-        )),
-    )
+fn load_script(staged: &str, archive: &str, image: &str) -> Script {
+    let load_failed = format!("docker could not load {archive}: is it a `docker save` tarball?");
+    let missing = format!(
+        "{archive} was loaded but holds no image {image}: check --pds-image (the name it was saved under)"
+    );
+    Script::new()
+        // The trap's action is a command of its own: the path is quoted in it,
+        // and the action quoted as one word.
+        .line("trap {} EXIT", &[&fill("rm -f {}", &[staged])])
+        .line(
+            "docker load -i {} || { echo {} >&2; exit 1; }",
+            &[staged, &load_failed],
+        )
+        .line(
+            "docker image inspect {} >/dev/null 2>&1 || { echo {} >&2; exit 1; }",
+            &[image, &missing],
+        )
 }
 
 async fn pds_health(ctx: &mut Ctx<'_>) -> Result<String> {

@@ -12,13 +12,9 @@ use crate::settings::{Proxy, Settings};
 
 pub const ID: StepId = StepId::new("preflight", "preflight");
 
-/// Probes whose output `parse` reads; one round trip for the whole step.
-const PROBE: &str = r#"
-. /etc/os-release 2>/dev/null
-echo "os_id=$ID"
-echo "os_version=$VERSION_ID"
-echo "os_name=$PRETTY_NAME"
-echo "arch=$(uname -m)"
+/// The probe of the machine's resources, whose output `parse` reads (the
+/// release and the CPU come from their own facts, shared with other steps).
+pub const PROBE: &str = r#"
 echo "systemd=$(cat /proc/1/comm 2>/dev/null)"
 echo "disk_free_mb=$(df -Pm / | awk 'NR==2 {print $4}')"
 echo "mem_total_mb=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)"
@@ -64,6 +60,9 @@ impl Facts {
                 continue;
             };
             match key {
+                // The release and CPU lines are not in PROBE (`gather` takes them
+                // from their facts); read here too, so that one text describes a
+                // whole droplet in the tests.
                 "os_id" => f.os_id = value.into(),
                 "os_version" => f.os_version = value.into(),
                 "os_name" => f.os_name = value.into(),
@@ -98,8 +97,11 @@ fn parse_listener(line: &str) -> Option<(u16, String)> {
 }
 
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let out = ctx.host.run(&crate::host::Cmd::sh(PROBE)).await?;
-    let mut facts = Facts::parse(&out.stdout_str());
+    let host = ctx.host;
+    let mut facts = super::facts::preflight().read_checked(host).await?;
+    let os = super::facts::os_release().read(host).await?;
+    (facts.os_id, facts.os_version, facts.os_name) = (os.id, os.version_id, os.name);
+    facts.arch = crate::host::facts::uname_arch().read(host).await?;
     facts.dpkg_lock = packages::gather_lock_holder(ctx).await?;
     Ok(facts)
 }

@@ -9,12 +9,11 @@ use anyhow::{anyhow, Result};
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::CertificateDer;
 
-use super::docker::APT;
-use super::packages::{self, DpkgFacts};
-use super::{Action, Contents, Ctx, StepId, StepPlan};
+use super::{facts, Action, Contents, Ctx, StepId, StepPlan};
 use crate::assets;
 use crate::host::config_file;
-use crate::host::{quote, Cmd, FileMode};
+use crate::host::facts as host_facts;
+use crate::host::{FileMode, Script};
 use crate::nomad::api::JobHealth;
 use crate::nomad::job::{io_job, Job};
 use crate::settings::{Proxy, Settings, PDS_PORT};
@@ -123,23 +122,22 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let mut facts = Facts::default();
     match settings.proxy {
         Proxy::Caddy => {
-            let out = ctx
-                .probe(&format!(
-                    "{}\nsystemctl is-active --quiet caddy && echo active; [ -e {} ] && echo interrupted; true",
-                    packages::status_probe(&["caddy"]),
-                    quote(&config_file::backup_path(CADDYFILE_PATH))
-                ))
-                .await?
-                .stdout_str();
+            let host = ctx.host;
             // dpkg's word, not a binary on PATH: a cut install leaves one unconfigured.
-            facts.caddy_installed = DpkgFacts::parse(&out).installed("caddy");
-            facts.caddy_active = out.lines().any(|l| l == "active");
-            facts.caddyfile_install_interrupted = out.lines().any(|l| l == "interrupted");
-            facts.caddyfile = read_text(ctx, CADDYFILE_PATH).await?;
-            facts.acme_root = read_text(ctx, CADDY_ACME_ROOT).await?;
+            facts.caddy_installed = facts::dpkg_status(&["caddy"])
+                .read(host)
+                .await?
+                .installed("caddy");
+            facts.caddy_active = host_facts::unit_active("caddy").read(host).await?;
+            facts.caddyfile_install_interrupted =
+                host_facts::exists(&config_file::backup_path(CADDYFILE_PATH))
+                    .read(host)
+                    .await?;
+            facts.caddyfile = host.read_text(CADDYFILE_PATH).await?;
+            facts.acme_root = host.read_text(CADDY_ACME_ROOT).await?;
         }
         Proxy::Io => {
-            facts.io_ingress = read_text(ctx, &io_ingress_path(settings)).await?;
+            facts.io_ingress = ctx.host.read_text(&io_ingress_path(settings)).await?;
             let job = io_job(&settings.io.image);
             facts.io_job_unchanged = job_unchanged(ctx, &job).await;
             facts.io_healthy = facts.io_job_unchanged && job_healthy(ctx, &job.id).await;
@@ -185,14 +183,6 @@ pub async fn job_healthy(ctx: &mut Ctx<'_>, id: &str) -> bool {
     }
 }
 
-async fn read_text(ctx: &Ctx<'_>, path: &str) -> Result<Option<String>> {
-    Ok(ctx
-        .host
-        .read_file(path)
-        .await?
-        .map(|b| String::from_utf8_lossy(&b).into_owned()))
-}
-
 pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
     let mut plan = StepPlan::new(ID);
     match settings.proxy {
@@ -206,9 +196,7 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
     if !facts.caddy_installed {
         plan.change(
             "install Caddy from the distribution",
-            Action::Apt(Cmd::sh(format!(
-                "set -e\n{APT} update\n{APT} install caddy"
-            ))),
+            Action::Apt(super::docker::apt_install(&["caddy"]).cmd()),
         );
     }
     let mut reload = false;
@@ -268,10 +256,10 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
 
 /// `caddy validate` on a candidate Caddyfile. Caddy may set up its storage while
 /// validating: a throwaway HOME keeps that away from root's and the service's.
-fn caddy_validate(candidate: &str) -> String {
-    format!(
+fn caddy_validate(candidate: &str) -> Script {
+    Script::of(
         "d=$(mktemp -d) && trap 'rm -rf \"$d\"' EXIT && HOME=\"$d\" XDG_DATA_HOME=\"$d\" XDG_CONFIG_HOME=\"$d\" caddy validate --config {} --adapter caddyfile",
-        quote(candidate)
+        &[candidate],
     )
 }
 
