@@ -84,7 +84,7 @@ pub async fn plan(args: PlanArgs, global: &Global) -> Result<()> {
         return run(args.dest, false, true, &args.site, &args.ssh, global).await;
     }
     let (site, previous) = open_site(&args.site, global)?;
-    let settings = args::settings(&args.site, previous.as_ref())?;
+    let settings = args::settings_at(&args.site, previous.as_ref(), Some(&site.site_file()))?;
     check_secrets(&site, previous.as_ref())?;
     let secrets = site.load_secrets()?.unwrap_or_else(PdsSecrets::generate);
     let mut report = RunReport::default();
@@ -138,7 +138,7 @@ async fn run(
     // any connection: a broken site.toml or pds.env stops the run here, not
     // after the installs.
     let (site, previous) = open_site(site_args, global)?;
-    let settings = args::settings(site_args, previous.as_ref())?;
+    let settings = args::settings_at(site_args, previous.as_ref(), Some(&site.site_file()))?;
     check_secrets(&site, previous.as_ref())?;
     let destination: Option<Destination> = match (&dest, local) {
         (Some(d), false) => Some(d.parse()?),
@@ -165,7 +165,7 @@ async fn run(
             Box::new(SshHost::connect(d, &opts).await?)
         }
     };
-    let record = args::record(&settings, previous, dest.clone());
+    let record = args::record(&settings, previous);
     if !dry_run {
         site.save_record(&record)?;
     }
