@@ -376,12 +376,8 @@ pub fn settings_at(
             pair[0]
         );
     }
-    let confirm_email = value(&table::CONFIRM_EMAIL);
-    // A flag's value is "true"; an environment variable is read as clap reads one.
-    let confirm_email = !matches!(
-        confirm_email.one().to_ascii_lowercase().as_str(),
-        "" | "0" | "false" | "no" | "off" | "n" | "f"
-    );
+    // clap takes "true" or "false", from the flag or its variable.
+    let confirm_email = value(&table::CONFIRM_EMAIL).one() == "true";
     let acme_ca = match layers.resolve(&table::ACME_CA) {
         Some(ca) => Some(parse_as(&ca, str::parse::<HttpUrl>)?.to_string()),
         None => None,

@@ -3,7 +3,7 @@
 //! ```text
 //! <state dir>/sites/<hostname>/
 //!   pds.env       the PDS environment with its secrets (0600, pdsadmin-compatible)
-//!   site.toml     the droplet address and choices of the last run
+//!   site.toml     the remembered settings of the last run, and the account
 //!   known_hosts   the droplet's pinned SSH host key
 //! ```
 //!
