@@ -583,3 +583,45 @@ fn a_nomad_zip_that_is_no_release_is_refused_before_connecting() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("beside it"));
 }
+
+/// `pdsup plan` for a fresh droplet with these PDSUP_* variables set.
+fn plan_with_env(args: &[&str], vars: &[(&str, &str)], state_dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdsup"))
+        .arg("plan")
+        .args(args)
+        .env("PDSUP_STATE_DIR", state_dir)
+        .env_remove("PDSUP_HOSTNAME")
+        .envs(vars.iter().copied())
+        .output()
+        .expect("run pdsup")
+}
+
+#[test]
+fn settings_come_from_pdsup_variables_and_a_flag_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every value from the environment.
+    let out = plan_with_env(
+        &[],
+        &[
+            ("PDSUP_HOSTNAME", "pds.example.com"),
+            ("PDSUP_EMAIL", "me@example.com"),
+            ("PDSUP_HANDLE", "alice"),
+            ("PDSUP_PLC_URL", "http://10.0.0.1:2582"),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("http://10.0.0.1:2582"));
+    // A bad value names the variable it came from.
+    let out = plan_with_env(SITE, &[("PDSUP_PLC_URL", "ftp://plc.example")], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("PDSUP_PLC_URL: "), "{stderr}");
+    // The flag wins over the variable.
+    let mut args = SITE.to_vec();
+    args.extend(["--plc-url", "http://10.0.0.2:2582"]);
+    let out = plan_with_env(&args, &[("PDSUP_PLC_URL", "ftp://plc.example")], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("http://10.0.0.2:2582"));
+    assert!(!dir.path().join("sites").exists(), "plan wrote state");
+}

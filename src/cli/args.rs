@@ -1,101 +1,115 @@
-//! Flags shared by `up` and `plan`, and their resolution into `Settings`:
-//! flags win, then the site's saved `site.toml`, then defaults. Every value is
-//! validated here, before any connection is made.
+//! Flags shared by `up` and `plan`, and their resolution into `Settings`
+//! through the table of site settings (`settings::table`): flag, then its
+//! environment variable, then the site's saved `site.toml` (for remembered
+//! settings), then the default. Every value is validated here, with where it
+//! came from, before any connection is made.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
 
-use crate::inputs::{Handle, Hostname, HttpUrl, ImageRef, Timezone};
+use crate::inputs::{Email, Handle, Hostname, HttpUrl, ImageRef, Timezone};
+use crate::settings::table::{self, Given, Layers, Resolved, Setting};
 use crate::settings::{self, Acme, DockerApt, DockerSource, Io, NomadSource, Proxy, Settings};
 use crate::state::SiteRecord;
 
+/// The site flags, as the user sees them. Their values are read raw, with
+/// their source, by [`SiteArgs`]; each field's id, flag, environment variable
+/// and default are the ones in `settings::table` (a test holds them equal).
+#[allow(dead_code)] // the fields declare the flags; nothing reads them
 #[derive(Debug, Clone, Args)]
-pub struct SiteArgs {
+struct SiteFlags {
     /// The PDS's public DNS name (e.g. pds.example.com); names the site's local state
     #[arg(long, env = "PDSUP_HOSTNAME")]
-    pub hostname: String,
+    hostname: String,
 
     /// Email address of the first account [remembered from the last run]
-    #[arg(long)]
-    pub email: Option<String>,
+    #[arg(long, env = "PDSUP_EMAIL")]
+    email: Option<String>,
 
     /// The first account's handle: a name under the hostname (alice → alice.<hostname>) or a domain you own [remembered]
-    #[arg(long)]
-    pub handle: Option<String>,
+    #[arg(long, env = "PDSUP_HANDLE")]
+    handle: Option<String>,
 
-    /// The proxy in front of the PDS
-    #[arg(long, value_enum)]
-    pub proxy: Option<Proxy>,
+    /// The proxy in front of the PDS [default: io; remembered]
+    #[arg(long, value_enum, env = "PDSUP_PROXY")]
+    proxy: Option<Proxy>,
 
     /// Where Docker comes from when it is not installed yet
-    #[arg(long, value_enum, default_value = "docker")]
-    pub docker_source: DockerSource,
+    #[arg(
+        long,
+        value_enum,
+        default_value = "docker",
+        env = "PDSUP_DOCKER_SOURCE"
+    )]
+    docker_source: DockerSource,
 
     /// Base URL of Docker's apt repository or a mirror laid out like it; pdsup appends /debian or /ubuntu [default: https://download.docker.com/linux; remembered]
-    #[arg(long, value_name = "URL")]
-    pub docker_apt_url: Option<String>,
+    #[arg(long, value_name = "URL", env = "PDSUP_DOCKER_APT_URL")]
+    docker_apt_url: Option<String>,
 
     /// Trust this armored OpenPGP key for that repository instead of Docker's [remembered with the URL]
-    #[arg(long, value_name = "FILE")]
-    pub docker_apt_key: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", env = "PDSUP_DOCKER_APT_KEY")]
+    docker_apt_key: Option<PathBuf>,
 
-    /// Nomad release to install
-    #[arg(long, default_value = settings::NOMAD_VERSION, value_name = "VERSION")]
-    pub nomad_version: String,
+    /// Nomad release to install [remembered]
+    #[arg(long, default_value = settings::NOMAD_VERSION, value_name = "VERSION", env = "PDSUP_NOMAD_VERSION")]
+    nomad_version: String,
 
     /// Base URL of the Nomad releases (a mirror laid out like releases.hashicorp.com)
-    #[arg(long, default_value = settings::NOMAD_RELEASES, value_name = "URL")]
-    pub nomad_release_url: String,
+    #[arg(long, default_value = settings::NOMAD_RELEASES, value_name = "URL", env = "PDSUP_NOMAD_RELEASE_URL")]
+    nomad_release_url: String,
 
     /// Install from this local release zip (its SHA256SUMS and .sig must sit beside it)
-    #[arg(long, value_name = "FILE")]
-    pub nomad_zip: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", env = "PDSUP_NOMAD_ZIP")]
+    nomad_zip: Option<PathBuf>,
 
     /// Trust this armored OpenPGP key for the release signature instead of HashiCorp's
-    #[arg(long, value_name = "FILE")]
-    pub nomad_release_key: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", env = "PDSUP_NOMAD_RELEASE_KEY")]
+    nomad_release_key: Option<PathBuf>,
 
     /// The PDS image the job runs [default: ghcr.io/bluesky-social/pds:0.4; remembered]
-    #[arg(long, value_name = "IMAGE")]
-    pub pds_image: Option<String>,
+    #[arg(long, value_name = "IMAGE", env = "PDSUP_PDS_IMAGE")]
+    pds_image: Option<String>,
 
     /// Load the PDS image from this `docker save` tarball instead of pulling it
-    #[arg(long, value_name = "FILE")]
-    pub pds_image_archive: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", env = "PDSUP_PDS_IMAGE_ARCHIVE")]
+    pds_image_archive: Option<PathBuf>,
 
     /// PLC directory the PDS registers DIDs with [default: https://plc.directory; remembered]
-    #[arg(long, value_name = "URL")]
-    pub plc_url: Option<String>,
+    #[arg(long, value_name = "URL", env = "PDSUP_PLC_URL")]
+    plc_url: Option<String>,
 
     /// ACME directory for Caddy (e.g. Let's Encrypt staging or a private CA)
-    #[arg(long, value_name = "URL")]
-    pub acme_ca: Option<String>,
+    #[arg(long, value_name = "URL", env = "PDSUP_ACME_CA")]
+    acme_ca: Option<String>,
 
     /// PEM root certificate of that ACME CA
-    #[arg(long, value_name = "FILE")]
-    pub acme_ca_root: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", env = "PDSUP_ACME_CA_ROOT")]
+    acme_ca_root: Option<PathBuf>,
 
     /// The IO image
-    #[arg(long, default_value = settings::IO_IMAGE, value_name = "IMAGE")]
-    pub io_image: String,
+    #[arg(long, default_value = settings::IO_IMAGE, value_name = "IMAGE", env = "PDSUP_IO_IMAGE")]
+    io_image: String,
 
     /// Directory on the droplet where IO reads its config (inside the io volume)
-    #[arg(long, default_value = settings::IO_VOLUME_PATH, value_name = "DIR")]
-    pub io_config_dir: String,
+    #[arg(long, default_value = settings::IO_VOLUME_PATH, value_name = "DIR", env = "PDSUP_IO_CONFIG_DIR")]
+    io_config_dir: String,
 
     /// Mark the first account's email as confirmed (for PDSes that send no mail)
-    #[arg(long)]
-    pub confirm_email: bool,
+    #[arg(long, env = "PDSUP_CONFIRM_EMAIL")]
+    confirm_email: bool,
 
     /// Extra PDS environment, repeatable (e.g. PDS_EMAIL_SMTP_URL=smtps://...) [remembered: giving any replaces the saved set]
     #[arg(long = "pds-env", value_name = "KEY=VALUE")]
-    pub pds_env: Vec<String>,
+    pds_env: Vec<String>,
 
     /// The PDS's time zone (TZ) [default: UTC; remembered]
-    #[arg(long)]
-    pub timezone: Option<String>,
+    #[arg(long, env = "PDSUP_TIMEZONE")]
+    timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -113,70 +127,145 @@ pub struct SshArgs {
     pub ssh_config: Option<PathBuf>,
 }
 
+/// The site flags as given to this run: each one's raw values and whether they
+/// came from the flag or its environment variable (clap's defaults are left
+/// out: the table's apply, after `site.toml`).
+#[derive(Debug, Clone, Default)]
+pub struct SiteArgs {
+    given: BTreeMap<&'static str, (Given, Vec<String>)>,
+}
+
+impl Args for SiteArgs {
+    fn group_id() -> Option<clap::Id> {
+        SiteFlags::group_id()
+    }
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        SiteFlags::augment_args(cmd)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        SiteFlags::augment_args_for_update(cmd)
+    }
+}
+
+impl FromArgMatches for SiteArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut given = BTreeMap::new();
+        for setting in table::ALL {
+            let from = match matches.value_source(setting.id) {
+                Some(ValueSource::CommandLine) => Given::Flag,
+                Some(ValueSource::EnvVariable) => Given::Env,
+                _ => continue,
+            };
+            let raw = matches
+                .try_get_raw(setting.id)
+                .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))?;
+            let values = raw
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    v.to_str().map(str::to_string).ok_or_else(|| {
+                        clap::Error::raw(
+                            clap::error::ErrorKind::InvalidUtf8,
+                            format!("{}: the value is not valid UTF-8\n", setting.flag),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            given.insert(setting.id, (from, values));
+        }
+        Ok(SiteArgs { given })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl SiteArgs {
+    /// The layers of this run, over the site's record (if it has one) read
+    /// from `site_file`.
+    fn layers(&self, record: Option<&SiteRecord>, site_file: Option<&Path>) -> Layers {
+        Layers {
+            given: self.given.clone(),
+            site: record
+                .map(|r| toml::Table::try_from(r).expect("a SiteRecord is a TOML table"))
+                .unwrap_or_default(),
+            site_file: site_file
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "site.toml".into()),
+        }
+    }
+}
+
 pub fn hostname(args: &SiteArgs) -> Result<Hostname> {
-    Ok(args.hostname.parse()?)
+    let given = args
+        .layers(None, None)
+        .given(&table::HOSTNAME)
+        .context("--hostname is required (the PDS's DNS name)")?;
+    Ok(given.one().parse()?)
 }
 
-fn readable(path: &Path, flag: &str) -> Result<()> {
-    std::fs::File::open(path)
-        .with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
-    Ok(())
-}
-
-/// Parses a value with its type's parser; the error names where it came from
-/// (the flag, or the site.toml field it was remembered in).
-fn parse_as<T>(value: &str, origin: &str) -> Result<T>
+/// Parses a value with its parser; the error names where the value came from.
+fn parse_as<T, E>(value: &Resolved, parse: impl FnOnce(&str) -> Result<T, E>) -> Result<T>
 where
-    T: std::str::FromStr<Err = crate::inputs::InputError>,
+    E: std::fmt::Display,
 {
-    value.parse().map_err(|e| anyhow!("{origin}: {e}"))
+    parse(value.one()).map_err(|e| anyhow!("{}: {e}", value.origin))
+}
+
+/// A local file given for this run: it must be readable now.
+fn readable_file(layers: &Layers, setting: &'static Setting) -> Result<Option<PathBuf>> {
+    let Some(value) = layers.resolve(setting) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(value.one());
+    std::fs::File::open(&path)
+        .with_context(|| format!("{} {}: cannot read it", value.origin, path.display()))?;
+    Ok(Some(path))
 }
 
 /// Docker's apt repository and the key to trust for it. The key is remembered
 /// with the URL it was given for: a new `--docker-apt-url` alone means Docker's key.
-fn docker_apt(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<DockerApt> {
-    let saved_url = record.and_then(|r| r.docker_apt_url.clone());
-    let saved_key = record.and_then(|r| r.docker_apt_key.as_ref().map(PathBuf::from));
-    let (raw_url, key_path, remembered_key) = match (&args.docker_apt_url, &args.docker_apt_key) {
-        (Some(url), key) => (url.clone(), key.clone(), false),
-        (None, Some(key)) => (saved_url.unwrap_or_default(), Some(key.clone()), false),
-        (None, None) => (saved_url.unwrap_or_default(), saved_key, true),
-    };
-    let raw_url = if raw_url.is_empty() {
-        settings::DOCKER_APT_URL.to_string()
+fn docker_apt(layers: &Layers) -> Result<DockerApt> {
+    let raw_url = layers
+        .resolve(&table::DOCKER_APT_URL)
+        .expect("the table has a default");
+    let key = if raw_url.origin.is_given() {
+        layers.given(&table::DOCKER_APT_KEY)
     } else {
-        raw_url
+        layers.resolve(&table::DOCKER_APT_KEY)
     };
-    let url = parse_as::<HttpUrl>(&raw_url, "--docker-apt-url")?.to_string();
+    let origin = &raw_url.origin;
+    let url = parse_as(&raw_url, str::parse::<HttpUrl>)?.to_string();
     // The URL goes into apt's sources line and a shell command on the droplet.
     if let Some(c) = url
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "-._~:/%@+=,".contains(*c)))
     {
-        bail!(
-            "--docker-apt-url {url:?}: the character {c:?} has no place in an apt repository URL"
-        );
+        bail!("{origin} {url:?}: the character {c:?} has no place in an apt repository URL");
     }
     if let Some(os) = ["/debian", "/ubuntu"]
         .into_iter()
         .find(|os| url.ends_with(os))
     {
         bail!(
-            "--docker-apt-url {url:?} ends with {os}: give the base without the OS, like {}; pdsup appends /debian or /ubuntu for the droplet's OS",
+            "{origin} {url:?} ends with {os}: give the base without the OS, like {}; pdsup appends /debian or /ubuntu for the droplet's OS",
             settings::DOCKER_APT_URL
         );
     }
-    let key = match key_path {
+    let key = match key {
         None => None,
-        Some(path) => Some(
-            crate::steps::docker::read_apt_key(&path).map_err(|e| {
-                if remembered_key {
-                    anyhow::anyhow!(
-                        "{e:#} (remembered with --docker-apt-url {url}): give --docker-apt-key FILE again, or --docker-apt-url {} for Docker's own repository and key",
+        Some(key) => Some(
+            crate::steps::docker::read_apt_key(Path::new(key.one())).map_err(|e| {
+                if key.origin.is_given() {
+                    e
+                } else {
+                    anyhow!(
+                        "{e:#} ({}, remembered with --docker-apt-url {url}): give --docker-apt-key FILE again, or --docker-apt-url {} for Docker's own repository and key",
+                        key.origin,
                         settings::DOCKER_APT_URL
                     )
-                } else {
-                    e
                 }
             })?,
         ),
@@ -184,106 +273,79 @@ fn docker_apt(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<DockerApt>
     Ok(DockerApt { url, key })
 }
 
-/// Validates flags and merges them with the site's saved record.
-pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings> {
-    let hostname = hostname(args)?;
-    let email_raw = args
-        .email
-        .clone()
-        .or_else(|| record.and_then(|r| r.email.clone()))
-        .context("--email is required on the first run (the first account's address)")?;
-    let handle_raw = args
-        .handle
-        .clone()
-        .or_else(|| record.and_then(|r| r.handle.clone()))
-        .context("--handle is required on the first run (e.g. --handle alice)")?;
-    let proxy = args
-        .proxy
-        .or_else(|| {
-            record
-                .and_then(|r| r.proxy.as_deref())
-                .and_then(|p| <Proxy as clap::ValueEnum>::from_str(p, true).ok())
+/// The value of a `ValueEnum` setting (`--proxy`, `--docker-source`).
+fn choice<T: clap::ValueEnum>(layers: &Layers, setting: &'static Setting) -> Result<T> {
+    let value = layers.resolve(setting).expect("the table has a default");
+    parse_as(&value, |v| {
+        T::from_str(v, true).map_err(|_| {
+            let names: Vec<String> = T::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+                .collect();
+            format!("{v:?}: expected one of {}", names.join(", "))
         })
-        .unwrap_or(Proxy::Io);
-    for (path, flag) in [
-        (&args.nomad_zip, "--nomad-zip"),
-        (&args.nomad_release_key, "--nomad-release-key"),
-        (&args.pds_image_archive, "--pds-image-archive"),
-        (&args.acme_ca_root, "--acme-ca-root"),
-    ] {
-        if let Some(p) = path {
-            readable(p, flag)?;
-        }
-    }
-    if let Some(root) = &args.acme_ca_root {
+    })
+}
+
+/// Validates this run's flags and merges them with the site's saved record.
+pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings> {
+    settings_at(args, record, None)
+}
+
+/// As [`settings`], with errors about a remembered value naming `site_file`,
+/// the file `record` was read from.
+pub fn settings_at(
+    args: &SiteArgs,
+    record: Option<&SiteRecord>,
+    site_file: Option<&Path>,
+) -> Result<Settings> {
+    let layers = args.layers(record, site_file);
+    let value = |setting: &'static Setting| layers.resolve(setting).expect("a default");
+    let hostname = hostname(args)?;
+    let email = layers
+        .resolve(&table::EMAIL)
+        .context("--email is required on the first run (the first account's address)")?;
+    let handle = layers
+        .resolve(&table::HANDLE)
+        .context("--handle is required on the first run (e.g. --handle alice)")?;
+    let nomad_zip = readable_file(&layers, &table::NOMAD_ZIP)?;
+    let nomad_release_key = readable_file(&layers, &table::NOMAD_RELEASE_KEY)?;
+    let pds_image_archive = readable_file(&layers, &table::PDS_IMAGE_ARCHIVE)?;
+    let acme_ca_root = readable_file(&layers, &table::ACME_CA_ROOT)?;
+    if let Some(root) = &acme_ca_root {
         crate::steps::proxy::check_pem_roots(root)?;
     }
-    if args.nomad_version.is_empty()
-        || !args
-            .nomad_version
+    let nomad_version = value(&table::NOMAD_VERSION);
+    let version = nomad_version.one();
+    if version.is_empty()
+        || !version
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
     {
         bail!(
-            "--nomad-version {:?}: expected a version like {}",
-            args.nomad_version,
+            "{} {version:?}: expected a version like {}",
+            nomad_version.origin,
             settings::NOMAD_VERSION
         );
     }
     // A local Nomad zip is checked here, before any connection: a file that is
     // no release must not get as far as creating the nomad user.
-    let nomad_zip = match &args.nomad_zip {
+    let nomad_zip = match nomad_zip {
         Some(path) => {
-            let key = crate::nomad::release::TrustedKey::load(args.nomad_release_key.as_deref())?;
+            let key = crate::nomad::release::TrustedKey::load(nomad_release_key.as_deref())?;
             Some(crate::nomad::release::check_local_zip(
-                path,
-                &args.nomad_version,
-                &key,
+                &path, version, &key,
             )?)
         }
         None => None,
     };
-    // Values that shape what is deployed are remembered, so a later run (or a
-    // rebuild) without the flag deploys the same thing rather than the default.
-    // Each comes back with where it came from, for the error if it is invalid.
-    let remembered = |flag: &Option<String>,
-                      flag_name: &str,
-                      saved: Option<&String>,
-                      field: &str,
-                      default: &str| {
-        match (flag, saved) {
-            (Some(v), _) => (v.clone(), flag_name.to_string()),
-            (None, Some(v)) => (v.clone(), format!("{field} in site.toml")),
-            (None, None) => (default.to_string(), flag_name.to_string()),
-        }
-    };
-    let (pds_image, origin) = remembered(
-        &args.pds_image,
-        "--pds-image",
-        record.and_then(|r| r.pds_image.as_ref()),
-        "pds_image",
-        settings::PDS_IMAGE,
-    );
-    let pds_image = parse_as::<ImageRef>(&pds_image, &origin)?.to_string();
-    let (plc_url, origin) = remembered(
-        &args.plc_url,
-        "--plc-url",
-        record.and_then(|r| r.plc_url.as_ref()),
-        "plc_url",
-        settings::PLC_URL,
-    );
-    let plc_url = parse_as::<HttpUrl>(&plc_url, &origin)?.to_string();
-    let (timezone, origin) = remembered(
-        &args.timezone,
-        "--timezone",
-        record.and_then(|r| r.timezone.as_ref()),
-        "timezone",
-        "UTC",
-    );
-    let timezone = parse_as::<Timezone>(&timezone, &origin)?.to_string();
-    let io_image = parse_as::<ImageRef>(&args.io_image, "--io-image")?.to_string();
+    let pds_image = parse_as(&value(&table::PDS_IMAGE), str::parse::<ImageRef>)?.to_string();
+    let plc_url = parse_as(&value(&table::PLC_URL), str::parse::<HttpUrl>)?.to_string();
+    let timezone = parse_as(&value(&table::TIMEZONE), str::parse::<Timezone>)?.to_string();
+    let io_image = parse_as(&value(&table::IO_IMAGE), str::parse::<ImageRef>)?.to_string();
     // It lands in shell commands and the IO job: a plain absolute path only.
-    let dir = &args.io_config_dir;
+    let io_config_dir = value(&table::IO_CONFIG_DIR);
+    let dir = io_config_dir.one();
     if !dir.starts_with('/')
         || dir.split('/').any(|part| part == "..")
         || !dir
@@ -291,94 +353,116 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c))
     {
         bail!(
-            "--io-config-dir {dir:?}: expected an absolute path on the droplet of letters, \
+            "{} {dir:?}: expected an absolute path on the droplet of letters, \
              digits, '/', '_', '.' and '-', without '..', e.g. {}",
+            io_config_dir.origin,
             settings::IO_VOLUME_PATH
         );
     }
-    let docker_apt = docker_apt(args, record)?;
-    let (pds_env_raw, origin) = match (&args.pds_env, record) {
-        (given, _) if !given.is_empty() => (given.clone(), "--pds-env"),
-        (_, Some(r)) => (r.pds_env.clone(), "site.toml pds_env"),
-        _ => (Vec::new(), "--pds-env"),
+    let docker_apt = docker_apt(&layers)?;
+    let (pds_env, pds_env_origin) = match layers.resolve(&table::PDS_ENV) {
+        Some(Resolved { values, origin }) => (values, origin.of_entries()),
+        None => (Vec::new(), table::PDS_ENV.flag.to_string()),
     };
-    let pds_env = pds_env_raw
+    let pds_env = pds_env
         .iter()
-        .map(|raw| crate::pds::env::parse_extra_from(raw, origin))
+        .map(|raw| crate::pds::env::parse_extra_from(raw, &pds_env_origin))
         .collect::<Result<Vec<_>>>()?;
     let mut keys: Vec<&str> = pds_env.iter().map(|(k, _)| k.as_str()).collect();
     keys.sort_unstable();
     if let Some(pair) = keys.windows(2).find(|w| w[0] == w[1]) {
-        bail!("{origin} sets {} twice; give each name once", pair[0]);
+        bail!(
+            "{pds_env_origin} sets {} twice; give each name once",
+            pair[0]
+        );
     }
+    // clap takes "true" or "false", from the flag or its variable.
+    let confirm_email = value(&table::CONFIRM_EMAIL).one() == "true";
+    let acme_ca = match layers.resolve(&table::ACME_CA) {
+        Some(ca) => Some(parse_as(&ca, str::parse::<HttpUrl>)?.to_string()),
+        None => None,
+    };
     Ok(Settings {
-        handle: Handle::parse(&handle_raw, &hostname)?,
-        email: email_raw.parse()?,
+        handle: parse_as(&handle, |h| Handle::parse(h, &hostname))?,
+        email: parse_as(&email, str::parse::<Email>)?,
         hostname,
-        proxy,
-        docker_source: args.docker_source,
+        proxy: choice(&layers, &table::PROXY)?,
+        docker_source: choice(&layers, &table::DOCKER_SOURCE)?,
         docker_apt,
         nomad: NomadSource {
-            version: args.nomad_version.clone(),
-            release_url: parse_as::<HttpUrl>(&args.nomad_release_url, "--nomad-release-url")?
+            version: version.to_string(),
+            release_url: parse_as(&value(&table::NOMAD_RELEASE_URL), str::parse::<HttpUrl>)?
                 .to_string(),
             zip: nomad_zip,
-            release_key: args.nomad_release_key.clone(),
+            release_key: nomad_release_key,
         },
         pds_image,
-        pds_image_archive: args.pds_image_archive.clone(),
+        pds_image_archive,
         plc_url,
         acme: Acme {
-            ca: args
-                .acme_ca
-                .as_deref()
-                .map(|u| parse_as::<HttpUrl>(u, "--acme-ca").map(|u| u.to_string()))
-                .transpose()?,
-            ca_root: args.acme_ca_root.clone(),
+            ca: acme_ca,
+            ca_root: acme_ca_root,
         },
         io: Io {
             image: io_image,
-            config_dir: args.io_config_dir.clone(),
+            config_dir: dir.to_string(),
         },
-        confirm_email: args.confirm_email,
+        confirm_email,
         pds_env,
         timezone,
     })
 }
 
-/// The record saved for the next run.
-pub fn record(
-    settings: &Settings,
-    previous: Option<SiteRecord>,
-    destination: Option<String>,
-) -> SiteRecord {
-    let mut record = previous.unwrap_or_default();
-    record.hostname = settings.hostname.to_string();
-    if destination.is_some() {
-        record.destination = destination;
+/// The record saved for the next run: `previous` with every remembered
+/// setting (the table's) set to this run's value.
+pub fn record(settings: &Settings, previous: Option<SiteRecord>) -> SiteRecord {
+    let mut site =
+        toml::Table::try_from(previous.unwrap_or_default()).expect("a SiteRecord is a TOML table");
+    site.insert(
+        table::HOSTNAME.id.into(),
+        settings.hostname.to_string().into(),
+    );
+    for setting in table::remembered() {
+        match remembered_value(settings, setting) {
+            Some(value) => site.insert(setting.id.into(), value),
+            None => site.remove(setting.id),
+        };
     }
-    record.email = Some(settings.email.as_str().to_string());
-    record.handle = Some(settings.handle.initial().to_string());
-    if let crate::inputs::Handle::Custom { domain, .. } = &settings.handle {
-        record.handle = Some(domain.clone());
+    site.try_into()
+        .expect("every remembered setting is a SiteRecord field of its type")
+}
+
+/// What `site.toml` keeps of a remembered setting, in the form its parser reads back.
+fn remembered_value(settings: &Settings, setting: &'static Setting) -> Option<toml::Value> {
+    let text = |s: &str| Some(toml::Value::String(s.to_string()));
+    match setting.id {
+        "email" => text(settings.email.as_str()),
+        "handle" => match &settings.handle {
+            // A domain of the user's own is saved as given; a name under the
+            // hostname as the full handle (which parses back to itself).
+            Handle::Custom { domain, .. } => text(domain),
+            handle => text(handle.initial()),
+        },
+        "proxy" => text(&format!("{:?}", settings.proxy).to_lowercase()),
+        "docker_apt_url" => text(&settings.docker_apt.url),
+        "docker_apt_key" => settings
+            .docker_apt
+            .key
+            .as_ref()
+            .and_then(|k| text(&k.path.display().to_string())),
+        "nomad_version" => text(&settings.nomad.version),
+        "pds_image" => text(&settings.pds_image),
+        "plc_url" => text(&settings.plc_url),
+        "timezone" => text(&settings.timezone),
+        "pds_env" => Some(toml::Value::Array(
+            settings
+                .pds_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}").into())
+                .collect(),
+        )),
+        other => unreachable!("the remembered setting {other} has no saved form in record()"),
     }
-    record.proxy = Some(format!("{:?}", settings.proxy).to_lowercase());
-    record.nomad_version = Some(settings.nomad.version.clone());
-    record.pds_image = Some(settings.pds_image.clone());
-    record.plc_url = Some(settings.plc_url.clone());
-    record.docker_apt_url = Some(settings.docker_apt.url.clone());
-    record.docker_apt_key = settings
-        .docker_apt
-        .key
-        .as_ref()
-        .map(|k| k.path.display().to_string());
-    record.timezone = Some(settings.timezone.clone());
-    record.pds_env = settings
-        .pds_env
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    record
 }
 
 #[cfg(test)]
@@ -414,7 +498,7 @@ mod tests {
             "--pds-image",
             "example/pds:1",
         ]);
-        let saved = record(&settings(&first, None).unwrap(), None, None);
+        let saved = record(&settings(&first, None).unwrap(), None);
         let later = settings(&parse(&["--hostname", "pds.example.com"]), Some(&saved)).unwrap();
         assert_eq!(later.plc_url, "http://10.0.0.1:2582");
         assert_eq!(
@@ -478,7 +562,7 @@ mod tests {
         assert_eq!(s.docker_apt.url, "http://10.0.0.1:8080/docker/linux");
         let fpr = "5968A284C69DB5AABD29FA9DD0488F1CD634191D";
         assert_eq!(s.docker_apt.key.as_ref().unwrap().fingerprint, fpr);
-        let saved = record(&s, None, None);
+        let saved = record(&s, None);
         assert_eq!(saved.docker_apt_key.as_deref(), Some(key));
 
         // A later run without the flags: the same mirror, the same key.
@@ -547,5 +631,271 @@ mod tests {
             assert!(err(&["--io-config-dir", dir], None).contains("--io-config-dir"));
         }
         assert!(err(&["--nomad-release-url", "file:///x"], None).contains("--nomad-release-url"));
+    }
+    #[test]
+    fn the_table_and_the_flags_agree() {
+        let cmd = <Flags as clap::CommandFactory>::command();
+        let mut flags: Vec<&str> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .filter(|id| *id != "help")
+            .collect();
+        flags.sort_unstable();
+        let mut ids: Vec<&str> = table::ALL.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        assert_eq!(
+            flags, ids,
+            "every site flag is in the table, and only those"
+        );
+        for setting in table::ALL {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == setting.id)
+                .unwrap();
+            assert_eq!(
+                arg.get_long().map(|l| format!("--{l}")).as_deref(),
+                Some(setting.flag)
+            );
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                setting.env,
+                "{}",
+                setting.id
+            );
+            // A default clap shows in --help is the table's.
+            if let [default] = arg.get_default_values() {
+                assert_eq!(default.to_str(), setting.default, "{}", setting.id);
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert_eq!(
+                help.contains("[remembered") || help.contains("; remembered"),
+                setting.remembered,
+                "{}'s help says whether it is remembered: {help}",
+                setting.id
+            );
+        }
+    }
+
+    #[test]
+    fn the_nomad_version_is_remembered() {
+        let first = parse(&[
+            "--hostname",
+            "pds.example.com",
+            "--email",
+            "me@example.com",
+            "--handle",
+            "alice",
+            "--nomad-version",
+            "1.9.7",
+        ]);
+        let saved = record(&settings(&first, None).unwrap(), None);
+        assert_eq!(saved.nomad_version.as_deref(), Some("1.9.7"));
+        let later = settings(&parse(&["--hostname", "pds.example.com"]), Some(&saved)).unwrap();
+        assert_eq!(later.nomad.version, "1.9.7");
+        let flag = parse(&["--hostname", "pds.example.com", "--nomad-version", "1.10.5"]);
+        assert_eq!(
+            settings(&flag, Some(&saved)).unwrap().nomad.version,
+            "1.10.5"
+        );
+    }
+
+    /// Site args as clap would hand them over, each value from the flag or its variable.
+    fn given(values: &[(&'static str, Given, &str)]) -> SiteArgs {
+        let mut args = SiteArgs::default();
+        for (id, from, value) in [
+            ("hostname", Given::Flag, "pds.example.com"),
+            ("email", Given::Flag, "a@b.co"),
+            ("handle", Given::Flag, "bob"),
+        ]
+        .iter()
+        .chain(values)
+        {
+            args.given.insert(id, (*from, vec![value.to_string()]));
+        }
+        args
+    }
+
+    #[test]
+    fn an_error_says_where_the_value_came_from() {
+        let site_file = Path::new("/state/sites/pds.example.com/site.toml");
+        let bad_plc = SiteRecord {
+            plc_url: Some("ftp://plc.example".into()),
+            ..Default::default()
+        };
+        let bad_version = SiteRecord {
+            nomad_version: Some("1.10 .5".into()),
+            ..Default::default()
+        };
+        let bad_env = SiteRecord {
+            pds_env: vec!["PDS_FOO=a\rb".into()],
+            ..Default::default()
+        };
+        let flag = Given::Flag;
+        let env = Given::Env;
+        let cases: Vec<(SiteArgs, Option<&SiteRecord>, &str)> = vec![
+            (given(&[("plc_url", flag, "ftp://x")]), None, "--plc-url: "),
+            (
+                given(&[("plc_url", env, "ftp://x")]),
+                Some(&bad_plc),
+                "PDSUP_PLC_URL: ",
+            ),
+            (
+                given(&[]),
+                Some(&bad_plc),
+                "plc_url in /state/sites/pds.example.com/site.toml: ",
+            ),
+            (
+                given(&[("nomad_version", env, "")]),
+                None,
+                "PDSUP_NOMAD_VERSION \"\": expected a version",
+            ),
+            (
+                given(&[]),
+                Some(&bad_version),
+                "nomad_version in /state/sites/pds.example.com/site.toml \"1.10 .5\"",
+            ),
+            (
+                given(&[("email", env, "me@")]),
+                None,
+                "PDSUP_EMAIL: invalid email",
+            ),
+            (
+                given(&[("proxy", env, "nginx")]),
+                None,
+                "PDSUP_PROXY: \"nginx\": expected one of io, caddy",
+            ),
+            (
+                given(&[]),
+                Some(&bad_env),
+                "invalid value for /state/sites/pds.example.com/site.toml pds_env PDS_FOO:",
+            ),
+            (
+                given(&[("io_config_dir", env, "srv")]),
+                None,
+                "PDSUP_IO_CONFIG_DIR \"srv\": expected an absolute path",
+            ),
+            (
+                given(&[("nomad_zip", env, "/nonexistent.zip")]),
+                None,
+                "PDSUP_NOMAD_ZIP /nonexistent.zip: cannot read it",
+            ),
+            (
+                given(&[("docker_apt_url", env, "https://m.example/debian")]),
+                None,
+                "PDSUP_DOCKER_APT_URL \"https://m.example/debian\" ends with /debian",
+            ),
+        ];
+        for (args, record, want) in cases {
+            let err = format!(
+                "{:#}",
+                settings_at(&args, record, Some(site_file)).unwrap_err()
+            );
+            assert!(
+                err.starts_with(want),
+                "expected {want:?} at the start of {err:?}"
+            );
+        }
+        // The default is named too, when it is what an error is about.
+        let layers = given(&[]).layers(None, None);
+        let image = layers.resolve(&table::PDS_IMAGE).unwrap();
+        let err = parse_as(&image, |_| Err::<(), _>("refused")).unwrap_err();
+        assert_eq!(err.to_string(), "default: refused");
+    }
+
+    #[test]
+    fn a_flag_beats_the_site_file_and_the_environment_is_a_flag() {
+        let saved = SiteRecord {
+            timezone: Some("Europe/Berlin".into()),
+            proxy: Some("caddy".into()),
+            ..Default::default()
+        };
+        let cases = [
+            (given(&[]), "Europe/Berlin", Proxy::Caddy),
+            (
+                given(&[("timezone", Given::Env, "Asia/Tokyo")]),
+                "Asia/Tokyo",
+                Proxy::Caddy,
+            ),
+            (
+                given(&[
+                    ("timezone", Given::Flag, "UTC"),
+                    ("proxy", Given::Env, "io"),
+                ]),
+                "UTC",
+                Proxy::Io,
+            ),
+        ];
+        for (args, timezone, proxy) in cases {
+            let s = settings(&args, Some(&saved)).unwrap();
+            assert_eq!((s.timezone.as_str(), s.proxy), (timezone, proxy));
+        }
+        let defaults = settings(&given(&[]), None).unwrap();
+        assert_eq!(
+            (defaults.timezone.as_str(), defaults.proxy),
+            ("UTC", Proxy::Io)
+        );
+    }
+
+    /// The remembered part of `Settings`, comparable.
+    fn remembered_part(s: &Settings) -> impl PartialEq + std::fmt::Debug {
+        (
+            s.email.as_str().to_string(),
+            s.handle.clone(),
+            s.proxy,
+            s.nomad.version.clone(),
+            s.pds_image.clone(),
+            s.plc_url.clone(),
+            s.docker_apt.clone(),
+            s.timezone.clone(),
+            s.pds_env.clone(),
+        )
+    }
+
+    fn a_url() -> impl proptest::strategy::Strategy<Value = String> {
+        "https?://[a-z]{1,8}(\\.[a-z]{2,5}){1,2}(:[1-9][0-9]{1,3})?(/[a-z0-9]{1,6}){0,2}"
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+        /// Every remembered setting survives site.toml: render, parse, and a
+        /// run with no flags resolves the same settings.
+        #[test]
+        fn remembered_settings_round_trip_through_site_toml(
+            email in "[a-z][a-z0-9]{0,8}(\\.[a-z0-9]{1,4})?@[a-z]{1,8}\\.(com|org|co)",
+            handle in proptest::prop_oneof!["[a-z][a-z0-9]{2,12}", "[a-z][a-z0-9]{2,8}\\.(com|net)"],
+            proxy in proptest::prop_oneof!["io", "caddy"],
+            nomad_version in "[0-9]\\.[0-9]{1,2}\\.[0-9]{1,2}(-rc[0-9])?",
+            pds_image in "[a-z]{1,8}(\\.[a-z]{2,4}(:[0-9]{4})?)?/[a-z][a-z0-9]{0,4}(-[a-z0-9]{1,4})?:[0-9][0-9a-z]{0,4}(\\.[0-9]{1,2})?",
+            plc_url in a_url(),
+            docker_apt_url in a_url(),
+            mirror_key in proptest::bool::ANY,
+            timezone in proptest::prop_oneof!["UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires", "Etc/GMT+3"],
+            pds_env in proptest::collection::btree_map("PDS_[A-Z][A-Z0-9_]{0,10}", "[A-Za-z0-9:/@.=,;$ -]{0,16}", 0..4),
+        ) {
+            let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/docker-apt/mirror-key.asc");
+            let mut args = vec![
+                "--hostname".to_string(), "pds.example.com".into(),
+                "--email".into(), email, "--handle".into(), handle,
+                "--proxy".into(), proxy, "--nomad-version".into(), nomad_version,
+                "--pds-image".into(), pds_image, "--plc-url".into(), plc_url,
+                "--docker-apt-url".into(), docker_apt_url,
+                "--timezone".into(), timezone,
+            ];
+            if mirror_key {
+                args.extend(["--docker-apt-key".to_string(), key.to_string()]);
+            }
+            for (k, v) in &pds_env {
+                args.extend(["--pds-env".to_string(), format!("{k}={v}")]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let first = settings(&parse(&args), None).unwrap();
+            let text = toml::to_string_pretty(&record(&first, None)).unwrap();
+            let saved: SiteRecord = toml::from_str(&text).unwrap();
+            saved.check(&first.hostname).unwrap();
+            let later = settings(&parse(&["--hostname", "pds.example.com"]), Some(&saved)).unwrap();
+            proptest::prop_assert_eq!(remembered_part(&later), remembered_part(&first), "{}", text);
+            // And saving again changes nothing.
+            proptest::prop_assert_eq!(record(&later, Some(saved.clone())), saved);
+        }
     }
 }

@@ -89,7 +89,7 @@ pub async fn plan(args: PlanArgs, global: &Global) -> Result<()> {
         return run(args.dest, false, true, &args.site, &args.ssh, global).await;
     }
     let (site, previous) = open_site(&args.site, global)?;
-    let settings = args::settings(&args.site, previous.as_ref())?;
+    let settings = args::settings_at(&args.site, previous.as_ref(), Some(&site.site_file()))?;
     ops::check_secrets(&site, previous.as_ref())?;
     ops::plan::fresh(&site, &settings, global.output())
 }
@@ -116,7 +116,7 @@ async fn run(
     // any connection: a broken site.toml or pds.env stops the run here, not
     // after the installs.
     let (site, previous) = open_site(site_args, global)?;
-    let settings = args::settings(site_args, previous.as_ref())?;
+    let settings = args::settings_at(site_args, previous.as_ref(), Some(&site.site_file()))?;
     ops::check_secrets(&site, previous.as_ref())?;
     let target = match (&dest, local) {
         (Some(d), false) => Target::Ssh {
@@ -138,6 +138,6 @@ async fn run(
         std::fs::File::open(identity)
             .with_context(|| format!("-i {}: cannot read the key file", identity.display()))?;
     }
-    let record = args::record(&settings, previous, dest);
+    let record = args::record(&settings, previous);
     ops::up::converge(&site, &settings, record, target, dry_run, global.output()).await
 }

@@ -85,12 +85,7 @@ pub enum ReleaseError {
     },
 }
 
-/// The CPU architectures pdsup installs Nomad for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Arch {
-    Amd64,
-    Arm64,
-}
+pub use crate::settings::{Arch, LocalZip};
 
 impl Arch {
     /// From `uname -m` (`x86_64`, `aarch64`, ...) or `dpkg --print-architecture` (`amd64`, `arm64`).
@@ -100,20 +95,6 @@ impl Arch {
             "aarch64" | "arm64" | "armv8l" | "armv8b" => Ok(Arch::Arm64),
             other => Err(ReleaseError::UnsupportedArch(other.to_string())),
         }
-    }
-
-    /// The name HashiCorp uses in release file names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -395,23 +376,6 @@ pub fn sha256_reader(mut reader: impl Read) -> io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
-}
-
-/// A `--nomad-zip` checked on this machine: a zip holding `nomad`, whose
-/// SHA-256 the signed SHA256SUMS beside it lists for these architectures.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalZip {
-    pub path: std::path::PathBuf,
-    pub sha256: String,
-    pub arches: Vec<Arch>,
-}
-
-impl LocalZip {
-    /// `the linux_amd64 release`, for messages.
-    pub fn describe_arches(&self) -> String {
-        let names: Vec<String> = self.arches.iter().map(|a| format!("linux_{a}")).collect();
-        format!("the {} release", names.join(" and "))
-    }
 }
 
 /// Checks a `--nomad-zip` before anything happens on a droplet: it is a zip

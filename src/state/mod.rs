@@ -3,7 +3,7 @@
 //! ```text
 //! <state dir>/sites/<hostname>/
 //!   pds.env       the PDS environment with its secrets (0600, pdsadmin-compatible)
-//!   site.toml     the droplet address and choices of the last run
+//!   site.toml     the remembered settings of the last run, and the account
 //!   known_hosts   the droplet's pinned SSH host key
 //! ```
 //!
@@ -32,13 +32,14 @@ pub struct SiteDir {
     hostname: Hostname,
 }
 
-/// What `site.toml` remembers between runs.
+/// What `site.toml` remembers between runs: the remembered settings of
+/// `settings::table` (under the same keys), and what the steps record.
+/// Unknown keys are ignored, so a file written by an older pdsup (which also
+/// saved `destination`, the last droplet address) still loads.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct SiteRecord {
     pub hostname: String,
-    /// The last droplet address pdsup reached (`user@host:port` or alias).
-    pub destination: Option<String>,
     pub email: Option<String>,
     pub handle: Option<String>,
     pub proxy: Option<String>,
@@ -208,7 +209,7 @@ pub struct BadField {
 impl SiteRecord {
     /// Checks every saved value with the parser of its flag.
     pub fn check(&self, hostname: &Hostname) -> Result<(), BadField> {
-        use crate::inputs::{check_one_line, Email, Handle, HttpUrl, ImageRef, Timezone};
+        use crate::inputs::{Email, Handle, HttpUrl, ImageRef, Timezone};
         let bad = |field: &'static str, value: &str, why: String| BadField {
             field,
             why: format!("{value:?}: {why}"),
@@ -220,13 +221,6 @@ impl SiteRecord {
                 format!("the file sits in the directory of the site {hostname}"),
             ));
         }
-        let one_line = |field: &'static str, value: &Option<String>| -> Result<(), BadField> {
-            match value {
-                Some(v) => check_one_line(field, v).map_err(|e| bad(field, v, e.to_string())),
-                None => Ok(()),
-            }
-        };
-        one_line("destination", &self.destination)?;
         if let Some(v) = &self.email {
             v.parse::<Email>()
                 .map_err(|e| bad("email", v, e.to_string()))?;
@@ -320,5 +314,22 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let dir_mode = fs::metadata(site.path()).unwrap().permissions().mode();
         assert_eq!(dir_mode & 0o777, 0o700);
+    }
+    #[test]
+    fn a_site_file_from_an_older_pdsup_still_loads() {
+        // Older versions saved the last droplet address, which nothing read.
+        let dir = tempfile::tempdir().unwrap();
+        let site = SiteDir::new(dir.path(), &"pds.example.com".parse().unwrap());
+        fs::create_dir_all(site.path()).unwrap();
+        fs::write(
+            site.site_file(),
+            "hostname = \"pds.example.com\"\ndestination = \"root@203.0.113.7\"\nnomad_version = \"1.9.7\"\n",
+        )
+        .unwrap();
+        let record = site.load_record().unwrap().unwrap();
+        assert_eq!(record.nomad_version.as_deref(), Some("1.9.7"));
+        site.save_record(&record).unwrap();
+        let text = fs::read_to_string(site.site_file()).unwrap();
+        assert!(!text.contains("destination"), "{text}");
     }
 }

@@ -1,6 +1,10 @@
 //! `Settings`: everything a run needs to know about the site, resolved once from
-//! flags and the site's saved state, validated, and then read-only.
+//! flags, the environment and the site's saved state, validated, and then read-only.
+//! Which setting comes from where is the table in [`table`].
 
+pub mod table;
+
+use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -47,9 +51,51 @@ pub struct NomadSource {
     pub release_url: String,
     /// A local release zip to upload instead of downloading, already checked
     /// against the signed SHA256SUMS beside it.
-    pub zip: Option<crate::nomad::release::LocalZip>,
+    pub zip: Option<LocalZip>,
     /// An armored OpenPGP key to trust instead of HashiCorp's (for a private mirror).
     pub release_key: Option<PathBuf>,
+}
+
+/// The CPU architectures pdsup installs Nomad for. (Reading one from `uname -m`
+/// is Nomad's business: `Arch::from_uname` lives in `nomad::release`.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    /// The name HashiCorp uses in release file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `--nomad-zip` checked on this machine (`nomad::release::check_local_zip`):
+/// a zip holding `nomad`, whose SHA-256 the signed SHA256SUMS beside it lists
+/// for these architectures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalZip {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub arches: Vec<Arch>,
+}
+
+impl LocalZip {
+    /// `the linux_amd64 release`, for messages.
+    pub fn describe_arches(&self) -> String {
+        let names: Vec<String> = self.arches.iter().map(|a| format!("linux_{a}")).collect();
+        format!("the {} release", names.join(" and "))
+    }
 }
 
 /// Where `--docker-source docker` installs from.
