@@ -17,6 +17,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The exit code of bad input (README "Exit codes").
+const BAD_INPUT: i32 = 2;
+
 const SITE: &[&str] = &[
     "--hostname",
     "pds.example.com",
@@ -311,7 +314,7 @@ fn bad_input_is_refused_before_anything_happens() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = pdsup(&args, dir.path());
         let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(BAD_INPUT), "{args:?}: {stderr}");
         assert!(
             stderr.contains(needle),
             "{args:?}: expected {needle:?} in:\n{stderr}"
@@ -467,7 +470,7 @@ fn broken_local_state_is_refused_before_connecting() {
             let args: Vec<&str> = command.iter().map(String::as_str).collect();
             let out = pdsup(&args, dir.path());
             let stderr = text(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+            assert_eq!(out.status.code(), Some(BAD_INPUT), "{what}: {stderr}");
             for needle in needles {
                 assert!(
                     stderr.contains(needle),
@@ -563,7 +566,7 @@ fn a_nomad_zip_that_is_no_release_is_refused_before_connecting() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = pdsup(&args, state.path());
         let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert_eq!(out.status.code(), Some(BAD_INPUT), "{what}: {stderr}");
         for needle in needles.iter().chain([&zip_arg.as_str()]) {
             assert!(
                 stderr.contains(needle),
@@ -580,6 +583,40 @@ fn a_nomad_zip_that_is_no_release_is_refused_before_connecting() {
     let mut args = vec!["plan", "--nomad-zip", &zip_arg];
     args.extend_from_slice(SITE);
     let out = pdsup(&args, state.path());
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("beside it"));
+}
+
+/// The README's "Exit codes" table, row by row, is the code's table: it can never drift.
+#[test]
+fn the_readme_documents_every_exit_code() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let section = readme
+        .split("\n## Exit codes\n")
+        .nth(1)
+        .expect("README.md has an \"## Exit codes\" section");
+    let section = section.split("\n## ").next().unwrap();
+    let rows: Vec<(u8, String, String)> = section
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(2) // the header and its rule
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 3, "README exit-code row {l:?}");
+            let code = cells[0].parse().unwrap_or_else(|_| panic!("row {l:?}"));
+            (
+                code,
+                cells[1].trim_matches('`').to_string(),
+                cells[2].to_string(),
+            )
+        })
+        .collect();
+    let mut expected = vec![(0u8, String::new(), "success".to_string())];
+    expected.extend(
+        pdsup::error::EXIT_CODES
+            .iter()
+            .map(|(kind, code, meaning)| (*code, kind.name().to_string(), meaning.to_string())),
+    );
+    assert_eq!(rows, expected);
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{bail, err, Context, ErrorKind, Result};
 use clap::Args;
 
 use crate::inputs::{Handle, Hostname, HttpUrl, ImageRef, Timezone};
@@ -119,7 +119,8 @@ pub fn hostname(args: &SiteArgs) -> Result<Hostname> {
 
 fn readable(path: &Path, flag: &str) -> Result<()> {
     std::fs::File::open(path)
-        .with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
+        .with_context(|| format!("{flag} {}: cannot read it", path.display()))
+        .kind(ErrorKind::BadInput)?;
     Ok(())
 }
 
@@ -129,7 +130,7 @@ fn parse_as<T>(value: &str, origin: &str) -> Result<T>
 where
     T: std::str::FromStr<Err = crate::inputs::InputError>,
 {
-    value.parse().map_err(|e| anyhow!("{origin}: {e}"))
+    value.parse().map_err(|e| err!(BadInput, "{origin}: {e}"))
 }
 
 /// Docker's apt repository and the key to trust for it. The key is remembered
@@ -154,6 +155,7 @@ fn docker_apt(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<DockerApt>
         .find(|c| !(c.is_ascii_alphanumeric() || "-._~:/%@+=,".contains(*c)))
     {
         bail!(
+            BadInput,
             "--docker-apt-url {url:?}: the character {c:?} has no place in an apt repository URL"
         );
     }
@@ -162,6 +164,7 @@ fn docker_apt(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<DockerApt>
         .find(|os| url.ends_with(os))
     {
         bail!(
+            BadInput,
             "--docker-apt-url {url:?} ends with {os}: give the base without the OS, like {}; pdsup appends /debian or /ubuntu for the droplet's OS",
             settings::DOCKER_APT_URL
         );
@@ -171,7 +174,8 @@ fn docker_apt(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<DockerApt>
         Some(path) => Some(
             crate::steps::docker::read_apt_key(&path).map_err(|e| {
                 if remembered_key {
-                    anyhow::anyhow!(
+                    crate::err!(
+                        BadInput,
                         "{e:#} (remembered with --docker-apt-url {url}): give --docker-apt-key FILE again, or --docker-apt-url {} for Docker's own repository and key",
                         settings::DOCKER_APT_URL
                     )
@@ -191,12 +195,14 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
         .email
         .clone()
         .or_else(|| record.and_then(|r| r.email.clone()))
-        .context("--email is required on the first run (the first account's address)")?;
+        .context("--email is required on the first run (the first account's address)")
+        .kind(ErrorKind::BadInput)?;
     let handle_raw = args
         .handle
         .clone()
         .or_else(|| record.and_then(|r| r.handle.clone()))
-        .context("--handle is required on the first run (e.g. --handle alice)")?;
+        .context("--handle is required on the first run (e.g. --handle alice)")
+        .kind(ErrorKind::BadInput)?;
     let proxy = args
         .proxy
         .or_else(|| {
@@ -225,6 +231,7 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
     {
         bail!(
+            BadInput,
             "--nomad-version {:?}: expected a version like {}",
             args.nomad_version,
             settings::NOMAD_VERSION
@@ -291,6 +298,7 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
             .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c))
     {
         bail!(
+            BadInput,
             "--io-config-dir {dir:?}: expected an absolute path on the droplet of letters, \
              digits, '/', '_', '.' and '-', without '..', e.g. {}",
             settings::IO_VOLUME_PATH
@@ -309,7 +317,11 @@ pub fn settings(args: &SiteArgs, record: Option<&SiteRecord>) -> Result<Settings
     let mut keys: Vec<&str> = pds_env.iter().map(|(k, _)| k.as_str()).collect();
     keys.sort_unstable();
     if let Some(pair) = keys.windows(2).find(|w| w[0] == w[1]) {
-        bail!("{origin} sets {} twice; give each name once", pair[0]);
+        bail!(
+            BadInput,
+            "{origin} sets {} twice; give each name once",
+            pair[0]
+        );
     }
     Ok(Settings {
         handle: Handle::parse(&handle_raw, &hostname)?,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, ErrorKind, Result};
 use clap::Args;
 
 use super::args::{self, SiteArgs, SshArgs};
@@ -143,11 +143,15 @@ async fn run(
     let destination: Option<Destination> = match (&dest, local) {
         (Some(d), false) => Some(d.parse()?),
         (None, true) => None,
-        _ => bail!("give either DEST (the droplet, e.g. root@203.0.113.7) or --local"),
+        _ => bail!(
+            BadInput,
+            "give either DEST (the droplet, e.g. root@203.0.113.7) or --local"
+        ),
     };
     if let Some(identity) = &ssh_args.identity {
         std::fs::File::open(identity)
-            .with_context(|| format!("-i {}: cannot read the key file", identity.display()))?;
+            .with_context(|| format!("-i {}: cannot read the key file", identity.display()))
+            .kind(ErrorKind::BadInput)?;
     }
     let ui = Ui::new(global.json, global.quiet);
     let host: Box<dyn Host> = match &destination {
@@ -191,6 +195,7 @@ fn check_secrets(site: &SiteDir, record: Option<&crate::state::SiteRecord>) -> R
     if site.load_secrets()?.is_none() {
         if let Some(did) = record.and_then(|r| r.account_did.as_deref()) {
             bail!(
+                BadInput,
                 "{} is missing, but {} records the account {did}: its secrets and PLC rotation \
                  key are in that file. Restore it from your backup; pdsup will not generate new \
                  secrets for a site that already has an identity",

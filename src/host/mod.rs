@@ -12,7 +12,7 @@ pub mod ssh;
 
 use std::net::SocketAddr;
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use async_trait::async_trait;
 
 /// A command for the remote shell. `script` is a POSIX `sh` script; it may hold

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{bail, err, Context, Result};
 use async_trait::async_trait;
 use russh::client::{self, AuthResult};
 use russh::keys::agent::client::AgentClient;
@@ -94,7 +94,7 @@ impl LocalEnv {
 }
 
 /// Connection and login failures, each saying what to do next. They reach the
-/// caller inside `anyhow::Error`; `err.downcast_ref::<SshError>()` finds them.
+/// caller inside `crate::error::Error`; `err.downcast_ref::<SshError>()` finds them.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error(
@@ -518,7 +518,7 @@ where
                         // No EOF: stop the command before it can use a truncated input.
                         let _ = writer.signal(Sig::TERM).await;
                         let _ = writer.close().await;
-                        return Err(anyhow!(e).context("reading the input for the remote command"));
+                        return Err(err!(e).context("reading the input for the remote command"));
                     }
                 }
             }
@@ -1061,6 +1061,25 @@ impl Login<'_> {
                 path: path.to_path_buf(),
             }),
         }
+    }
+}
+
+impl From<SshError> for crate::error::Error {
+    fn from(e: SshError) -> Self {
+        use crate::error::ErrorKind;
+        let kind = match &e {
+            SshError::HostKeyChanged { .. } => ErrorKind::HostKeyChanged,
+            // A broken state file of the site, not a connection problem.
+            SshError::PinFile { .. } => ErrorKind::Local,
+            SshError::Unreachable { .. }
+            | SshError::Handshake { .. }
+            | SshError::AuthFailed { .. }
+            | SshError::KeyUnreadable { .. }
+            | SshError::WrongPassphrase { .. }
+            | SshError::SudoNeedsPassword { .. }
+            | SshError::NoSudo { .. } => ErrorKind::Ssh,
+        };
+        crate::error::Error::from_source(kind, e)
     }
 }
 

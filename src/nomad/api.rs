@@ -16,7 +16,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use crate::error::bail;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -900,7 +900,7 @@ impl NomadApi {
         volumes: &[&str],
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         loop {
@@ -928,7 +928,7 @@ impl NomadApi {
         job: &str,
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         let Some(spec) = self.job(job).await? else {
             bail!("job {job} is not registered with Nomad");
         };
@@ -948,7 +948,7 @@ impl NomadApi {
         version: u64,
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         let mut unplaced_since: Option<Instant> = None;
@@ -1214,6 +1214,18 @@ fn task_summary(alloc: &AllocStub, images: &BTreeMap<String, String>) -> String 
         }
     }
     out
+}
+
+impl From<ApiError> for crate::error::Error {
+    fn from(e: ApiError) -> Self {
+        let kind = match &e {
+            ApiError::Transport { source, .. } if source.is_timeout() => {
+                crate::error::ErrorKind::TimedOut
+            }
+            _ => crate::error::ErrorKind::Api,
+        };
+        crate::error::Error::from_source(kind, e)
+    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@
 //! Sites made before the site id existed have data without an id and a recorded
 //! DID: they are checked by `listRepos` alone and never need one.
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 
 use super::docker::APT;
 use super::{AccountOutcome, Action, Ctx, StepId, StepPlan};

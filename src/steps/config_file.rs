@@ -10,7 +10,7 @@
 //! [`swap_script`], ...) so that the plan can show them and the tests can check
 //! them; [`apply`] only runs them in order through the `Host`.
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 
 use crate::host::{quote, Cmd, FileMode, Host};
 

@@ -22,7 +22,7 @@ pub mod secrets;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 
 use crate::host::{Cmd, FileMode, Host};
 use crate::nomad::api::NomadApi;
@@ -391,7 +391,7 @@ async fn while_connected<T>(
     };
     tokio::select! {
         result = wait => result,
-        () = lost => Err(anyhow::anyhow!(
+        () = lost => Err(crate::err!(
             "the connection to {} was lost; run the same command again when the droplet is reachable",
             host.describe()
         )),
@@ -431,7 +431,7 @@ pub async fn run(ctx: &mut Ctx<'_>, dry_run: bool) -> Result<RunReport> {
             .with_context(|| format!("{}: gathering facts", step.name()))?;
         ctx.ui.show_plan(&plan, dry_run);
         if !plan.blockers.is_empty() {
-            anyhow::bail!(
+            crate::bail!(
                 "{} found problems; nothing was changed by this step:\n  - {}",
                 step.name(),
                 plan.blockers.join("\n  - ")

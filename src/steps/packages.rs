@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 
 use super::docker::APT;
 use super::Ctx;

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 
 use super::account::{self, DataDir, SiteFacts};
 use super::{Action, Ctx, StepId, StepPlan};
@@ -164,7 +164,7 @@ pub async fn wait_healthy(ctx: &mut Ctx<'_>, job: &str, image: &str) -> Result<(
             } else {
                 "check the image name (--pds-image), the droplet's access to the registry, or load it with --pds-image-archive FILE"
             };
-            anyhow::anyhow!("the image {image} could not be pulled on the droplet: {hint}\n{text}")
+            crate::err!("the image {image} could not be pulled on the droplet: {hint}\n{text}")
         } else {
             e.context(format!("job {job} did not become healthy"))
         }
@@ -187,7 +187,7 @@ pub async fn wait_pds_health(ctx: &mut Ctx<'_>) -> Result<()> {
             .progress("waiting for the PDS to answer /xrpc/_health");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("timed out")))
+    Err(last_err.unwrap_or_else(|| crate::err!("timed out")))
         .context("the PDS did not answer /xrpc/_health within 3 minutes; see `docker logs` of the pds task on the droplet")
 }
 
