@@ -620,3 +620,68 @@ fn the_readme_documents_every_exit_code() {
     );
     assert_eq!(rows, expected);
 }
+
+/// A DEST where nothing listens: the SSH kind's exit code, before any state is saved.
+#[test]
+fn an_unreachable_droplet_exits_with_the_ssh_code() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bind, note the port, and close: nothing listens there any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dest = format!("root@127.0.0.1:{port}");
+    let mut args = vec!["up", &dest];
+    args.extend_from_slice(SITE);
+    let out = pdsup(&args, dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(pdsup::error::ErrorKind::Ssh.exit_code())),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(4), "the README's code for ssh");
+    assert!(stderr.contains("cannot reach 127.0.0.1"), "{stderr}");
+    assert!(!dir.path().join("sites").exists(), "state was saved");
+}
+
+/// With --json an error is one object that names its kind, step, hint and exit code.
+#[test]
+fn a_json_error_carries_its_kind_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pdsup(
+        &[
+            "up",
+            "root@203.0.113.7",
+            "--hostname",
+            "pds_bad.example.com",
+            "--email",
+            "me@example.com",
+            "--handle",
+            "alice",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(BAD_INPUT));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            text(&out.stdout)
+        )
+    });
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["kind"], "bad_input", "{report}");
+    assert_eq!(report["exit_code"], BAD_INPUT, "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid hostname \"pds_bad.example.com\"")),
+        "{report}"
+    );
+    // Refused before any step ran, and nothing to add to the message.
+    assert!(report["step"].is_null(), "{report}");
+    assert!(report["hint"].is_null(), "{report}");
+    assert!(report["caused_by"].is_array(), "{report}");
+}

@@ -93,6 +93,7 @@ impl Host for LocalHost {
         let out = cmd.output().await?;
         if !out.status.success() {
             crate::bail!(
+                RemoteCommand,
                 "copying {} to {path} failed: {}",
                 local.display(),
                 String::from_utf8_lossy(&out.stderr)

@@ -62,7 +62,7 @@ impl Xrpc {
             .await
             .context("asking the PDS for /xrpc/_health")?;
         let status = resp.status();
-        crate::ensure!(status.is_success(), "/xrpc/_health answered {status}");
+        crate::ensure!(status.is_success(), Api, "/xrpc/_health answered {status}");
         let health: Health = resp.json().await?;
         Ok(health.version.unwrap_or_else(|| "unknown".into()))
     }

@@ -146,6 +146,7 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
                 host.exec(&Cmd::sh(format!("rm -f {}", quote(&candidate))))
                     .await?;
                 bail!(
+                    RemoteCommand,
                     "the new {} did not pass `{check}`; the current file was left as it was and {unit} was not restarted:\n{}",
                     file.path,
                     output_tail(&out)
@@ -178,6 +179,7 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
         .unwrap_or_else(|e| format!("  (could not read the journal: {e:#})"));
     let Some(file) = &install.file else {
         bail!(
+            Unhealthy,
             "{unit} did not start. Its journal (journalctl -u {unit}):\n{journal}\nFix the cause, then run pdsup again"
         );
     };
@@ -195,6 +197,7 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
         )
     };
     bail!(
+        Unhealthy,
         "{unit} did not start with the new {}; {now}. Its journal from the failed start (journalctl -u {unit}):\n{journal}\nFix the cause, then run pdsup again",
         file.path
     )

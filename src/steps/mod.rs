@@ -392,6 +392,7 @@ async fn while_connected<T>(
     tokio::select! {
         result = wait => result,
         () = lost => Err(crate::err!(
+            Ssh,
             "the connection to {} was lost; run the same command again when the droplet is reachable",
             host.describe()
         )),
@@ -425,24 +426,32 @@ pub async fn run(ctx: &mut Ctx<'_>, dry_run: bool) -> Result<RunReport> {
     let total = StepId::ALL.len();
     for (i, step) in StepId::ALL.into_iter().enumerate() {
         ctx.ui.step_started(i + 1, total, step);
+        // Errors name their step as `--json` names it in the report.
+        let in_step = |e: crate::error::Error| match serde_json::to_value(step) {
+            Ok(serde_json::Value::String(id)) => e.with_step(id),
+            _ => e.with_step(step.name()),
+        };
         let plan = step
             .plan(ctx)
             .await
-            .with_context(|| format!("{}: gathering facts", step.name()))?;
+            .with_context(|| format!("{}: gathering facts", step.name()))
+            .map_err(in_step)?;
         ctx.ui.show_plan(&plan, dry_run);
         if !plan.blockers.is_empty() {
-            crate::bail!(
+            return Err(in_step(crate::err!(
+                Blocked,
                 "{} found problems; nothing was changed by this step:\n  - {}",
                 step.name(),
                 plan.blockers.join("\n  - ")
-            );
+            )));
         }
         if !dry_run {
             for change in &plan.changes {
                 ctx.ui.change_started(change);
                 ctx.apply(change)
                     .await
-                    .with_context(|| format!("{}: {}", step.name(), change.summary))?;
+                    .with_context(|| format!("{}: {}", step.name(), change.summary))
+                    .map_err(in_step)?;
             }
         }
         ctx.ui.step_finished(step, &plan, dry_run);

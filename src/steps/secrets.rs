@@ -73,6 +73,7 @@ pub fn apply(ctx: &mut Ctx<'_>) -> Result<()> {
         .and_then(|env| PdsSecrets::from_env(&env));
     if !matches!(&reread, Ok(r) if *r == secrets) {
         bail!(
+            Internal,
             "the new {} would not hold the site's secrets unchanged; nothing was written",
             ctx.site.env_file().display()
         );
