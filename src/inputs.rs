@@ -466,6 +466,12 @@ fn check_digest(digest: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+impl From<InputError> for crate::error::Error {
+    fn from(e: InputError) -> Self {
+        crate::error::Error::from_source(crate::error::ErrorKind::BadInput, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 
 pub mod assets;
 pub mod cli;
+pub mod error;
 pub mod host;
 pub mod inputs;
 pub mod nomad;

@@ -17,6 +17,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The exit code of bad input (README "Exit codes").
+const BAD_INPUT: i32 = 2;
+
 const SITE: &[&str] = &[
     "--hostname",
     "pds.example.com",
@@ -311,7 +314,7 @@ fn bad_input_is_refused_before_anything_happens() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = pdsup(&args, dir.path());
         let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(BAD_INPUT), "{args:?}: {stderr}");
         assert!(
             stderr.contains(needle),
             "{args:?}: expected {needle:?} in:\n{stderr}"
@@ -467,7 +470,7 @@ fn broken_local_state_is_refused_before_connecting() {
             let args: Vec<&str> = command.iter().map(String::as_str).collect();
             let out = pdsup(&args, dir.path());
             let stderr = text(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+            assert_eq!(out.status.code(), Some(BAD_INPUT), "{what}: {stderr}");
             for needle in needles {
                 assert!(
                     stderr.contains(needle),
@@ -563,7 +566,7 @@ fn a_nomad_zip_that_is_no_release_is_refused_before_connecting() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = pdsup(&args, state.path());
         let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert_eq!(out.status.code(), Some(BAD_INPUT), "{what}: {stderr}");
         for needle in needles.iter().chain([&zip_arg.as_str()]) {
             assert!(
                 stderr.contains(needle),
@@ -580,7 +583,7 @@ fn a_nomad_zip_that_is_no_release_is_refused_before_connecting() {
     let mut args = vec!["plan", "--nomad-zip", &zip_arg];
     args.extend_from_slice(SITE);
     let out = pdsup(&args, state.path());
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("beside it"));
 }
 
@@ -614,7 +617,7 @@ fn settings_come_from_pdsup_variables_and_a_flag_wins() {
     assert!(text(&out.stdout).contains("http://10.0.0.1:2582"));
     // A bad value names the variable it came from.
     let out = plan_with_env(SITE, &[("PDSUP_PLC_URL", "ftp://plc.example")], dir.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("PDSUP_PLC_URL: "), "{stderr}");
     // The flag wins over the variable.
@@ -624,4 +627,103 @@ fn settings_come_from_pdsup_variables_and_a_flag_wins() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("http://10.0.0.2:2582"));
     assert!(!dir.path().join("sites").exists(), "plan wrote state");
+}
+
+/// The README's "Exit codes" table, row by row, is the code's table: it can never drift.
+#[test]
+fn the_readme_documents_every_exit_code() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let section = readme
+        .split("\n## Exit codes\n")
+        .nth(1)
+        .expect("README.md has an \"## Exit codes\" section");
+    let section = section.split("\n## ").next().unwrap();
+    let rows: Vec<(u8, String, String)> = section
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(2) // the header and its rule
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 3, "README exit-code row {l:?}");
+            let code = cells[0].parse().unwrap_or_else(|_| panic!("row {l:?}"));
+            (
+                code,
+                cells[1].trim_matches('`').to_string(),
+                cells[2].to_string(),
+            )
+        })
+        .collect();
+    let mut expected = vec![(0u8, String::new(), "success".to_string())];
+    expected.extend(
+        pdsup::error::EXIT_CODES
+            .iter()
+            .map(|(kind, code, meaning)| (*code, kind.name().to_string(), meaning.to_string())),
+    );
+    assert_eq!(rows, expected);
+}
+
+/// A DEST where nothing listens: the SSH kind's exit code, before any state is saved.
+#[test]
+fn an_unreachable_droplet_exits_with_the_ssh_code() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bind, note the port, and close: nothing listens there any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dest = format!("root@127.0.0.1:{port}");
+    let mut args = vec!["up", &dest];
+    args.extend_from_slice(SITE);
+    let out = pdsup(&args, dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(pdsup::error::ErrorKind::Ssh.exit_code())),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(4), "the README's code for ssh");
+    assert!(stderr.contains("cannot reach 127.0.0.1"), "{stderr}");
+    assert!(!dir.path().join("sites").exists(), "state was saved");
+}
+
+/// With --json an error is one object that names its kind, step, hint and exit code.
+#[test]
+fn a_json_error_carries_its_kind_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pdsup(
+        &[
+            "up",
+            "root@203.0.113.7",
+            "--hostname",
+            "pds_bad.example.com",
+            "--email",
+            "me@example.com",
+            "--handle",
+            "alice",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(BAD_INPUT));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            text(&out.stdout)
+        )
+    });
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["kind"], "bad_input", "{report}");
+    assert_eq!(report["exit_code"], BAD_INPUT, "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid hostname \"pds_bad.example.com\"")),
+        "{report}"
+    );
+    // Refused before any step ran, and nothing to add to the message.
+    assert!(report["step"].is_null(), "{report}");
+    assert!(report["hint"].is_null(), "{report}");
+    assert!(report["caused_by"].is_array(), "{report}");
 }

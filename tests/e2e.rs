@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use pdsup::error::ErrorKind;
 use serde_json::Value;
 use support::*;
 
@@ -72,7 +73,7 @@ impl Run {
     }
 
     #[track_caller]
-    fn assert_failed(&self, what: &str) -> &Self {
+    fn assert_failed(&self, what: &str, kind: ErrorKind) -> &Self {
         assert!(
             !self.status.success(),
             "{what} succeeded but must fail:\n{}",
@@ -80,8 +81,8 @@ impl Run {
         );
         assert_eq!(
             self.status.code(),
-            Some(1),
-            "{what}: unexpected exit status:\n{}",
+            Some(i32::from(kind.exit_code())),
+            "{what}: unexpected exit status (expected {kind}'s):\n{}",
             self.describe()
         );
         self
@@ -782,7 +783,10 @@ fn a_run_killed_during_the_nomad_install_is_finished_by_the_next_run() {
         op.up_args(&root_dest(&d), &caddy_args()),
         "docker-apt-other-key",
     ));
-    refused.assert_failed("a repository signed by another key");
+    refused.assert_failed(
+        "a repository signed by another key",
+        ErrorKind::RemoteCommand,
+    );
     refused.assert_stderr_has(
         "the refusal",
         &[
@@ -902,7 +906,7 @@ fn sudo_users_and_a_changed_host_key() {
 
     // pwuser logs in, but sudo wants a password: refused before any change.
     let pw = op.run(&op.up_args(&format!("pwuser@127.0.0.1:{}", d.ssh_port), &caddy_args()));
-    pw.assert_failed("pdsup up as pwuser")
+    pw.assert_failed("pdsup up as pwuser", ErrorKind::Ssh)
         .assert_stderr_has("pwuser", &["pwuser", "password", "sudo -n", "NOPASSWD"]);
     assert_untouched(&d, "pdsup up as pwuser");
     assert!(
@@ -1012,7 +1016,10 @@ fn sudo_users_and_a_changed_host_key() {
 
     let refused = op.run(&deploy_args);
     refused
-        .assert_failed("pdsup up against a changed host key")
+        .assert_failed(
+            "pdsup up against a changed host key",
+            ErrorKind::HostKeyChanged,
+        )
         .assert_stderr_has(
             "host key refusal",
             &["host key", "--accept-new-host-key", "SHA256:"],
@@ -1083,11 +1090,14 @@ fn caddy_failing_on_a_new_caddyfile_keeps_the_old_one(
     let hand_edited = d.ssh_ok("root", "cat /etc/caddy/Caddyfile");
 
     let run = op.run(deploy_args);
-    run.assert_failed("pdsup up with Caddy refusing the new Caddyfile")
-        .assert_stderr_has(
-            "the failed Caddy restart",
-            &[REFUSAL, "runs on it again", "/etc/caddy/Caddyfile"],
-        );
+    run.assert_failed(
+        "pdsup up with Caddy refusing the new Caddyfile",
+        ErrorKind::Unhealthy,
+    )
+    .assert_stderr_has(
+        "the failed Caddy restart",
+        &[REFUSAL, "runs on it again", "/etc/caddy/Caddyfile"],
+    );
     // Only what Caddy logged from the failed restart on: not its earlier start.
     assert!(
         !run.stderr.contains("serving initial configuration"),
@@ -1336,7 +1346,7 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
     let bad_zip = tampered.path().join("nomad_1.10.5_linux_amd64.zip");
     fs::write(&bad_zip, bytes).expect("write the tampered zip");
     let bad = op.run(&op.up_args(&root_dest(&d), &["--nomad-zip", bad_zip.to_str().unwrap()]));
-    bad.assert_failed("pdsup up with a tampered --nomad-zip")
+    bad.assert_failed("pdsup up with a tampered --nomad-zip", ErrorKind::BadInput)
         .assert_stderr_has(
             "the checksum refusal",
             &["does not match the signed SHA256SUMS"],
@@ -1349,14 +1359,17 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
     );
 
     let run = op.run(&op.up_args(&root_dest(&d), &["--nomad-zip", zip.to_str().unwrap()]));
-    run.assert_failed("pdsup up with IO (its image cannot be pulled here)")
-        .assert_stderr_has(
-            "the IO failure",
-            &[
-                &format!("the image {IO_IMAGE} could not be pulled"),
-                "--proxy caddy",
-            ],
-        );
+    run.assert_failed(
+        "pdsup up with IO (its image cannot be pulled here)",
+        ErrorKind::Unhealthy,
+    )
+    .assert_stderr_has(
+        "the IO failure",
+        &[
+            &format!("the image {IO_IMAGE} could not be pulled"),
+            "--proxy caddy",
+        ],
+    );
 
     let ingress = d.ssh_ok("root", "cat /srv/nomad/io/pds.hcl");
     assert!(
@@ -1387,9 +1400,19 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
     // IO is still not running, and the run says so again, before the PDS.
     let job_before = nomad_job(&d, "io");
     let again = op.run(&op.up_args(&root_dest(&d), &["--json"]));
-    again.assert_failed("the second IO run");
+    again.assert_failed("the second IO run", ErrorKind::Unhealthy);
     let report = again.json();
     assert_eq!(report["ok"], false, "{report}");
+    // The error says what kind it is, in which step, and what to do next.
+    assert_eq!(report["kind"], "unhealthy", "{report}");
+    assert_eq!(report["step"], "proxy", "{report}");
+    assert_eq!(report["exit_code"], 9, "{report}");
+    assert!(
+        report["hint"]
+            .as_str()
+            .is_some_and(|hint| hint.contains("--proxy caddy")),
+        "no hint in {report}"
+    );
     let text = report.to_string();
     assert!(
         text.contains(&format!("the image {IO_IMAGE} could not be pulled")),
@@ -1428,41 +1451,48 @@ fn bad_input_is_refused_before_anything_changes() {
         args
     };
     let unreachable = format!("cannot reach 127.0.0.1:{closed}");
-    let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
+    let cases: Vec<(&str, Vec<String>, Vec<&str>, ErrorKind)> = vec![
         (
             "hostname",
             with("--hostname", "pds_test.example"),
             vec!["invalid hostname \"pds_test.example\""],
+            ErrorKind::BadInput,
         ),
         (
             "handle",
             with("--handle", "al"),
             vec!["invalid handle \"al\"", "3 to 18 characters"],
+            ErrorKind::BadInput,
         ),
         (
             "email",
             with("--email", "alice-at-example.com"),
             vec!["invalid email \"alice-at-example.com\""],
+            ErrorKind::BadInput,
         ),
         (
             "DEST",
             op.up_args("root@127.0.0.1:70000", NONE),
             vec!["invalid destination `root@127.0.0.1:70000`", "port"],
+            ErrorKind::BadInput,
         ),
         (
             "key file",
             with("-i", "/nonexistent/id_ed25519"),
             vec!["/nonexistent/id_ed25519", "cannot read the key file"],
+            ErrorKind::BadInput,
         ),
         (
             "unreachable host",
             op.up_args(&closed_dest, NONE),
             vec![&unreachable],
+            ErrorKind::Ssh,
         ),
     ];
-    for (what, args, needles) in &cases {
+    for (what, args, needles, kind) in &cases {
         let run = op.run(args);
-        run.assert_failed(what).assert_stderr_has(what, needles);
+        run.assert_failed(what, *kind)
+            .assert_stderr_has(what, needles);
         assert!(
             op.state_files().is_empty(),
             "{what}: state was saved: {:?}",
@@ -1474,7 +1504,7 @@ fn bad_input_is_refused_before_anything_changes() {
     let not_a_key = op.home.path().join("not-a-key");
     fs::write(&not_a_key, "hello\n").unwrap();
     let run = op.run(&with("-i", not_a_key.to_str().unwrap()));
-    run.assert_failed("a key file that is no key")
+    run.assert_failed("a key file that is no key", ErrorKind::Ssh)
         .assert_stderr_has("not a key", &[not_a_key.to_str().unwrap()]);
     assert!(
         !run.stderr.contains("cannot reach"),
@@ -1511,10 +1541,11 @@ fn bad_input_is_refused_before_anything_changes() {
     let i = args.iter().position(|a| a == "-i").unwrap();
     args[i + 1] = encrypted.display().to_string();
     let run = op.run_with(&args, &[("PDSUP_SSH_PASSPHRASE", "wrong")]);
-    run.assert_failed("wrong passphrase").assert_stderr_has(
-        "wrong passphrase",
-        &["wrong passphrase", "PDSUP_SSH_PASSPHRASE"],
-    );
+    run.assert_failed("wrong passphrase", ErrorKind::Ssh)
+        .assert_stderr_has(
+            "wrong passphrase",
+            &["wrong passphrase", "PDSUP_SSH_PASSPHRASE"],
+        );
     assert!(!run.stderr.contains("right passphrase"));
     let state_before: Vec<(PathBuf, Vec<u8>)> = op
         .state_files()
@@ -1542,10 +1573,11 @@ fn bad_input_is_refused_before_anything_changes() {
          rm -f /etc/os-release && mv /etc/os-release.new /etc/os-release",
     );
     let run = op.run(&op.up_args(&dest, NONE));
-    run.assert_failed("Debian 11").assert_stderr_has(
-        "Debian 11",
-        &["unsupported OS", "debian 11", "Debian 12/13"],
-    );
+    run.assert_failed("Debian 11", ErrorKind::Blocked)
+        .assert_stderr_has(
+            "Debian 11",
+            &["unsupported OS", "debian 11", "Debian 12/13"],
+        );
     assert_untouched(&d, "unsupported OS");
     assert!(
         !op.env_file().exists(),
@@ -1567,10 +1599,11 @@ fn bad_input_is_refused_before_anything_changes() {
     d.ssh_ok("root", "mkdir -p /root/www && /root/busybox httpd -p 80 -h /root/www && sleep 0.5 && ss -Hltn 'sport = :80' | grep -q .");
     for proxy in [&["--proxy", "caddy"][..], NONE] {
         let run = op.run(&op.up_args(&dest, proxy));
-        run.assert_failed("port 80 taken").assert_stderr_has(
-            "port 80 taken",
-            &["port 80 is held by \"busybox\"", "preflight"],
-        );
+        run.assert_failed("port 80 taken", ErrorKind::Blocked)
+            .assert_stderr_has(
+                "port 80 taken",
+                &["port 80 is held by \"busybox\"", "preflight"],
+            );
         assert_untouched(&d, "port 80 taken");
     }
 }
@@ -1708,7 +1741,7 @@ fn interrupted_package_work_is_finished_and_the_dpkg_lock_holder_is_named() {
     bad[i + 1] = corrupt.display().to_string();
     bad.extend(strings(&["--pds-image", "example/never-loaded:1"]));
     let run = op.run(&bad);
-    run.assert_failed("a corrupt image archive")
+    run.assert_failed("a corrupt image archive", ErrorKind::RemoteCommand)
         .assert_stderr_has(
             "a corrupt image archive",
             &[&format!("docker could not load {}", corrupt.display())],

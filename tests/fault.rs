@@ -619,7 +619,7 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
         let blocked = op.spawn(&args).wait();
         assert_eq!(
             blocked.status.and_then(|s| s.code()),
-            Some(1),
+            Some(i32::from(pdsup::error::ErrorKind::Blocked.exit_code())),
             "a site with {what} and no data:\n{}",
             blocked.describe()
         );

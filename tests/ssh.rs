@@ -245,7 +245,11 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("connect: {e:#}\nsshd log:\n{}", self.sshd_log()))
     }
 
-    async fn connect_opts(&self, opts: &SshOptions, env: &LocalEnv) -> anyhow::Result<SshHost> {
+    async fn connect_opts(
+        &self,
+        opts: &SshOptions,
+        env: &LocalEnv,
+    ) -> pdsup::error::Result<SshHost> {
         SshHost::connect_with(&self.dest(), opts, env).await
     }
 
@@ -304,7 +308,7 @@ fn wait_listening(sshd: &mut Sshd) -> bool {
     }
 }
 
-fn ssh_error(err: &anyhow::Error) -> &SshError {
+fn ssh_error(err: &pdsup::error::Error) -> &SshError {
     err.downcast_ref::<SshError>()
         .unwrap_or_else(|| panic!("not an SshError: {err:#}"))
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{bail, err, Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 
@@ -211,7 +211,7 @@ fn parse_as<T, E>(value: &Resolved, parse: impl FnOnce(&str) -> Result<T, E>) ->
 where
     E: std::fmt::Display,
 {
-    parse(value.one()).map_err(|e| anyhow!("{}: {e}", value.origin))
+    parse(value.one()).map_err(|e| err!("{}: {e}", value.origin))
 }
 
 /// A local file given for this run: it must be readable now.
@@ -261,7 +261,7 @@ fn docker_apt(layers: &Layers) -> Result<DockerApt> {
                 if key.origin.is_given() {
                     e
                 } else {
-                    anyhow!(
+                    err!(
                         "{e:#} ({}, remembered with --docker-apt-url {url}): give --docker-apt-key FILE again, or --docker-apt-url {} for Docker's own repository and key",
                         key.origin,
                         settings::DOCKER_APT_URL

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::error::Error;
+
 const EXAMPLES: &str = "\
 Examples:
   # Zero to PDS on a fresh droplet (Docker, Nomad, IO, the PDS, the first account):
@@ -84,12 +86,12 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             report_error(&err, json);
-            ExitCode::FAILURE
+            ExitCode::from(err.exit_code())
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> crate::error::Result<()> {
     let global = up::Global {
         json: cli.json,
         quiet: cli.quiet,
@@ -101,19 +103,76 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The one place errors are rendered.
-fn report_error(err: &anyhow::Error, json: bool) {
+/// The one place errors are rendered: `error:`, each `caused by:`, then `hint:`;
+/// with `--json`, one object on stdout as well. The exit code is the kind's.
+fn report_error(err: &Error, json: bool) {
     // For the journal (`--local`); the stderr logger leaves `progress` records to the UI.
     log::error!(target: "progress", "{err:#}");
     if json {
-        let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
-        println!(
-            "{}",
-            serde_json::json!({"ok": false, "error": err.to_string(), "caused_by": causes})
-        );
+        println!("{}", error_json(err));
     }
-    eprintln!("error: {err}");
-    for cause in err.chain().skip(1) {
-        eprintln!("caused by: {cause}");
+    eprint!("{}", error_text(err));
+}
+
+fn error_text(err: &Error) -> String {
+    let mut chain = err.chain();
+    let mut text = format!("error: {}\n", chain.next().unwrap_or_default());
+    for cause in chain {
+        text.push_str(&format!("caused by: {cause}\n"));
+    }
+    if let Some(hint) = err.hint() {
+        text.push_str(&format!("hint: {hint}\n"));
+    }
+    text
+}
+
+fn error_json(err: &Error) -> serde_json::Value {
+    let causes: Vec<String> = err.chain().skip(1).collect();
+    serde_json::json!({
+        "ok": false,
+        "error": err.to_string(),
+        "caused_by": causes,
+        "kind": err.kind(),
+        "step": err.step(),
+        "hint": err.hint(),
+        "exit_code": err.exit_code(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn an_error_renders_as_text_and_json_with_its_kind_step_and_hint() {
+        let err = Error::new(ErrorKind::Blocked, "port 443 is taken")
+            .context("preflight found problems")
+            .with_step("preflight")
+            .with_hint("stop the service on port 443");
+        assert_eq!(
+            error_text(&err),
+            "error: preflight found problems\ncaused by: port 443 is taken\nhint: stop the service on port 443\n"
+        );
+        assert_eq!(
+            error_json(&err),
+            serde_json::json!({
+                "ok": false,
+                "error": "preflight found problems",
+                "caused_by": ["port 443 is taken"],
+                "kind": "blocked",
+                "step": "preflight",
+                "hint": "stop the service on port 443",
+                "exit_code": 3,
+            })
+        );
+        let plain = Error::msg("boom");
+        assert_eq!(error_text(&plain), "error: boom\n");
+        let json = error_json(&plain);
+        assert_eq!(
+            (json["kind"].as_str(), json["exit_code"].as_u64()),
+            (Some("other"), Some(1))
+        );
+        assert!(json["step"].is_null() && json["hint"].is_null(), "{json}");
     }
 }

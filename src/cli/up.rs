@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, ErrorKind, Result};
 use clap::Args;
 
 use super::args::{self, SiteArgs, SshArgs};
@@ -89,7 +89,8 @@ pub async fn plan(args: PlanArgs, global: &Global) -> Result<()> {
         return run(args.dest, false, true, &args.site, &args.ssh, global).await;
     }
     let (site, previous) = open_site(&args.site, global)?;
-    let settings = args::settings_at(&args.site, previous.as_ref(), Some(&site.site_file()))?;
+    let settings = args::settings_at(&args.site, previous.as_ref(), Some(&site.site_file()))
+        .kind(ErrorKind::BadInput)?;
     ops::check_secrets(&site, previous.as_ref())?;
     ops::plan::fresh(&site, &settings, global.output())
 }
@@ -116,7 +117,8 @@ async fn run(
     // any connection: a broken site.toml or pds.env stops the run here, not
     // after the installs.
     let (site, previous) = open_site(site_args, global)?;
-    let settings = args::settings_at(site_args, previous.as_ref(), Some(&site.site_file()))?;
+    let settings = args::settings_at(site_args, previous.as_ref(), Some(&site.site_file()))
+        .kind(ErrorKind::BadInput)?;
     ops::check_secrets(&site, previous.as_ref())?;
     let target = match (&dest, local) {
         (Some(d), false) => Target::Ssh {
@@ -132,11 +134,15 @@ async fn run(
             },
         },
         (None, true) => Target::Local,
-        _ => bail!("give either DEST (the droplet, e.g. root@203.0.113.7) or --local"),
+        _ => bail!(
+            BadInput,
+            "give either DEST (the droplet, e.g. root@203.0.113.7) or --local"
+        ),
     };
     if let Some(identity) = &ssh_args.identity {
         std::fs::File::open(identity)
-            .with_context(|| format!("-i {}: cannot read the key file", identity.display()))?;
+            .with_context(|| format!("-i {}: cannot read the key file", identity.display()))
+            .kind(ErrorKind::BadInput)?;
     }
     let record = args::record(&settings, previous);
     ops::up::converge(&site, &settings, record, target, dry_run, global.output()).await

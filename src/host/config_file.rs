@@ -10,7 +10,7 @@
 //! [`swap_script`], ...) so that the plan can show them and the tests can check
 //! them; [`apply`] only runs them in order through the `Host`.
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 
 use crate::host::{write_script, FileMode, Host, Script};
 
@@ -194,6 +194,7 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
             if !out.success() {
                 host.exec(&remove_script(&candidate).cmd()).await?;
                 bail!(
+                    RemoteCommand,
                     "the new {} did not pass `{check}`; the current file was left as it was and {unit} was not restarted:\n{}",
                     file.path,
                     output_tail(&out)
@@ -223,6 +224,7 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
         .unwrap_or_else(|e| format!("  (could not read the journal: {e:#})"));
     let Some(file) = &install.file else {
         bail!(
+            Unhealthy,
             "{unit} did not start. Its journal (journalctl -u {unit}):\n{journal}\nFix the cause, then run pdsup again"
         );
     };
@@ -240,6 +242,7 @@ pub async fn apply(host: &dyn Host, install: &Install) -> Result<()> {
         )
     };
     bail!(
+        Unhealthy,
         "{unit} did not start with the new {}; {now}. Its journal from the failed start (journalctl -u {unit}):\n{journal}\nFix the cause, then run pdsup again",
         file.path
     )

@@ -13,7 +13,7 @@ use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use ssh2_config::{ParseRule, SshConfig};
 
 pub const DEFAULT_USER: &str = "root";
@@ -241,7 +241,14 @@ fn read_config(path: &Path, home: Option<&Path>) -> Result<SshConfig> {
             &mut BufReader::new(file),
             ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
         )
+        .map_err(|e| crate::error::Error::from_source(crate::error::ErrorKind::BadInput, e))
         .with_context(|| format!("cannot parse the ssh config {}", path.display()))
+}
+
+impl From<DestinationError> for crate::error::Error {
+    fn from(e: DestinationError) -> Self {
+        crate::error::Error::from_source(crate::error::ErrorKind::BadInput, e)
+    }
 }
 
 #[cfg(test)]

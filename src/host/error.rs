@@ -8,7 +8,7 @@ use std::path::PathBuf;
 pub const PASSPHRASE_ENV: &str = "PDSUP_SSH_PASSPHRASE";
 
 /// Connection and login failures, each saying what to do next. They reach the
-/// caller inside `anyhow::Error`; `err.downcast_ref::<SshError>()` finds them.
+/// caller inside `crate::error::Error`; `err.downcast_ref::<SshError>()` finds them.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error(
@@ -96,6 +96,25 @@ fn tried_list(tried: &[String]) -> String {
             .to_string()
     } else {
         tried.join("; ")
+    }
+}
+
+impl From<SshError> for crate::error::Error {
+    fn from(e: SshError) -> Self {
+        use crate::error::ErrorKind;
+        let kind = match &e {
+            SshError::HostKeyChanged { .. } => ErrorKind::HostKeyChanged,
+            // A broken state file of the site, not a connection problem.
+            SshError::PinFile { .. } => ErrorKind::Local,
+            SshError::Unreachable { .. }
+            | SshError::Handshake { .. }
+            | SshError::AuthFailed { .. }
+            | SshError::KeyUnreadable { .. }
+            | SshError::WrongPassphrase { .. }
+            | SshError::SudoNeedsPassword { .. }
+            | SshError::NoSudo { .. } => ErrorKind::Ssh,
+        };
+        crate::error::Error::from_source(kind, e)
     }
 }
 

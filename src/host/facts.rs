@@ -8,7 +8,7 @@
 //! state, the machine's architecture); the steps' own facts are built the same
 //! way in `steps::facts`.
 
-use anyhow::Result;
+use crate::error::Result;
 
 use super::{Cmd, Host, Output, Script};
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -92,7 +92,8 @@ impl Host for LocalHost {
         cmd.stdin(Stdio::from(file));
         let out = cmd.output().await?;
         if !out.status.success() {
-            anyhow::bail!(
+            crate::bail!(
+                RemoteCommand,
                 "copying {} to {path} failed: {}",
                 local.display(),
                 String::from_utf8_lossy(&out.stderr)

@@ -18,7 +18,7 @@ pub use script::{fill, Script};
 
 use std::net::SocketAddr;
 
-use anyhow::{bail, Result};
+use crate::error::{ErrorKind, Result};
 use async_trait::async_trait;
 
 /// A command for the remote shell. `script` is a POSIX `sh` script; it may hold
@@ -94,6 +94,31 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A command on the host that exited non-zero (or without an exit status): the
+/// error of [`Host::run`], of kind [`ErrorKind::RemoteCommand`].
+#[derive(Debug, thiserror::Error)]
+#[error("on {host}: `{command}` failed with {}\n{stderr_tail}", status_text(*status))]
+pub struct CommandFailed {
+    pub host: String,
+    /// The script's first line.
+    pub command: String,
+    pub status: Option<u32>,
+    /// The last lines of its stderr.
+    pub stderr_tail: String,
+}
+
+fn status_text(status: Option<u32>) -> String {
+    status.map_or("no exit status (connection lost?)".to_string(), |s| {
+        format!("exit status {s}")
+    })
+}
+
+impl From<CommandFailed> for crate::error::Error {
+    fn from(e: CommandFailed) -> Self {
+        crate::error::Error::from_source(ErrorKind::RemoteCommand, e)
+    }
+}
+
 /// Ownership and permissions of a written file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileMode {
@@ -138,17 +163,13 @@ pub trait Host: Send + Sync {
     async fn run(&self, cmd: &Cmd) -> Result<Output> {
         let out = self.exec(cmd).await?;
         if !out.success() {
-            let status = out
-                .status
-                .map_or("no exit status (connection lost?)".to_string(), |s| {
-                    format!("exit status {s}")
-                });
-            bail!(
-                "on {}: `{}` failed with {status}\n{}",
-                self.describe(),
-                first_line(&cmd.script),
-                out.stderr_tail()
-            );
+            return Err(CommandFailed {
+                host: self.describe(),
+                command: first_line(&cmd.script),
+                status: out.status,
+                stderr_tail: out.stderr_tail(),
+            }
+            .into());
         }
         Ok(out)
     }

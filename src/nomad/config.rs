@@ -483,6 +483,14 @@ fn is_loopback(address: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The droplet's nomad.hcl cannot be edited safely: the step stops before
+/// changing anything.
+impl From<ConfigError> for crate::error::Error {
+    fn from(e: ConfigError) -> Self {
+        crate::error::Error::from_source(crate::error::ErrorKind::Blocked, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -454,6 +454,31 @@ pub fn sha256_file(path: &Path) -> Result<String, ReleaseError> {
     sha256_reader(io::BufReader::new(file)).map_err(io_err)
 }
 
+impl From<ReleaseError> for crate::error::Error {
+    fn from(e: ReleaseError) -> Self {
+        use crate::error::ErrorKind;
+        let kind = match &e {
+            // The droplet's CPU: preflight's check, nothing changed.
+            ReleaseError::UnsupportedArch(_) => ErrorKind::Blocked,
+            // A flag or a file the user gave.
+            ReleaseError::Key(_)
+            | ReleaseError::NotAZip { .. }
+            | ReleaseError::NoNomadInZip { .. }
+            | ReleaseError::MissingBesideZip { .. }
+            | ReleaseError::ZipNotInSums { .. } => ErrorKind::BadInput,
+            ReleaseError::HashicorpKeyMismatch { .. } => ErrorKind::Internal,
+            // Reading a given --nomad-zip, its SHA256SUMS or --nomad-release-key.
+            ReleaseError::Io { .. } => ErrorKind::BadInput,
+            // What the release mirror served.
+            ReleaseError::SignatureUnreadable(_)
+            | ReleaseError::BadSignature { .. }
+            | ReleaseError::MissingChecksum(_)
+            | ReleaseError::AmbiguousChecksum { .. } => ErrorKind::Other,
+        };
+        crate::error::Error::from_source(kind, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

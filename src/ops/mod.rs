@@ -5,7 +5,7 @@
 pub mod plan;
 pub mod up;
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 
 use crate::state::{SiteDir, SiteRecord};
 
@@ -24,6 +24,7 @@ pub fn check_secrets(site: &SiteDir, record: Option<&SiteRecord>) -> Result<()> 
     if site.load_secrets()?.is_none() {
         if let Some(did) = record.and_then(|r| r.account_did.as_deref()) {
             bail!(
+                BadInput,
                 "{} is missing, but {} records the account {did}: its secrets and PLC rotation \
                  key are in that file. Restore it from your backup; pdsup will not generate new \
                  secrets for a site that already has an identity",

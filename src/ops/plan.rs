@@ -1,7 +1,7 @@
 //! `pdsup plan` without a droplet: every step of `up` planned against the facts
 //! of a fresh droplet. Nothing is contacted and nothing is written.
 
-use anyhow::Result;
+use crate::error::Result;
 
 use super::Output;
 use crate::plan::render_plan;

@@ -1,7 +1,7 @@
 //! `pdsup up` (and `pdsup plan DEST`, which is `up --dry-run`): connect, run the
 //! steps of [`steps::UP`], print the summary.
 
-use anyhow::Result;
+use crate::error::Result;
 
 use super::Output;
 use crate::host::dest::Destination;

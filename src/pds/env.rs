@@ -4,7 +4,7 @@
 //! (`/pds` on the host volume). The file format itself (`pds.env`, read back as
 //! bash reads it) lives in [`crate::state::env_file`].
 
-use anyhow::Result;
+use crate::error::Result;
 
 use crate::inputs::check_one_line;
 use crate::secret::EnvValue;

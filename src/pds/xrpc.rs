@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -62,7 +62,7 @@ impl Xrpc {
             .await
             .context("asking the PDS for /xrpc/_health")?;
         let status = resp.status();
-        anyhow::ensure!(status.is_success(), "/xrpc/_health answered {status}");
+        crate::ensure!(status.is_success(), Api, "/xrpc/_health answered {status}");
         let health: Health = resp.json().await?;
         Ok(health.version.unwrap_or_else(|| "unknown".into()))
     }
@@ -206,5 +206,11 @@ async fn xrpc_error(method: &str, resp: reqwest::Response) -> XrpcError {
         status,
         error: body.error.unwrap_or_else(|| "UnknownError".into()),
         message: body.message,
+    }
+}
+
+impl From<XrpcError> for crate::error::Error {
+    fn from(e: XrpcError) -> Self {
+        crate::error::Error::from_source(crate::error::ErrorKind::Api, e)
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 
 use super::secrets::{ADMIN_PASSWORD, JWT_SECRET, ROTATION_KEY};
 use crate::inputs::check_one_line;
@@ -14,7 +14,7 @@ use crate::secret::EnvValue;
 /// `KEY=VALUE` from `origin` (the flag, or where in site.toml it was saved).
 pub fn parse_extra_from(raw: &str, origin: &str) -> Result<(String, String)> {
     let Some((key, value)) = raw.split_once('=') else {
-        bail!("{origin} {raw:?}: expected KEY=VALUE, e.g. --pds-env PDS_EMAIL_FROM_ADDRESS=admin@example.com");
+        bail!(BadInput, "{origin} {raw:?}: expected KEY=VALUE, e.g. --pds-env PDS_EMAIL_FROM_ADDRESS=admin@example.com");
     };
     check_extra_key(key)?;
     check_one_line(&format!("{origin} {key}"), value)?;
@@ -24,10 +24,16 @@ pub fn parse_extra_from(raw: &str, origin: &str) -> Result<(String, String)> {
 /// A `--pds-env` name: a shell variable name in upper case that pdsup does not manage.
 pub fn check_extra_key(key: &str) -> Result<()> {
     if !valid_key(key) || key.contains(|c: char| c.is_ascii_lowercase()) {
-        bail!("--pds-env {key:?}: names are upper-case letters, digits and '_'");
+        bail!(
+            BadInput,
+            "--pds-env {key:?}: names are upper-case letters, digits and '_'"
+        );
     }
     if [JWT_SECRET, ADMIN_PASSWORD, ROTATION_KEY, "PDS_HOSTNAME"].contains(&key) {
-        bail!("--pds-env cannot set {key}: pdsup manages it (secrets live in the site's pds.env)");
+        bail!(
+            BadInput,
+            "--pds-env cannot set {key}: pdsup manages it (secrets live in the site's pds.env)"
+        );
     }
     Ok(())
 }
@@ -182,6 +188,13 @@ fn ensure_nothing_after(after: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("text follows the closing quote; the shell would join it to the value".into())
+    }
+}
+
+/// A broken `pds.env` (the site's file, read before anything is contacted).
+impl From<EnvFileError> for crate::error::Error {
+    fn from(e: EnvFileError) -> Self {
+        crate::error::Error::from_source(crate::error::ErrorKind::BadInput, e)
     }
 }
 

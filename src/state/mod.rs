@@ -19,7 +19,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{bail, err, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::inputs::Hostname;
@@ -71,9 +71,12 @@ pub struct AccountIntent {
 
 impl SiteDir {
     pub fn default_state_dir() -> Result<PathBuf> {
-        dirs::data_dir()
-            .map(|d| d.join("pdsup"))
-            .ok_or_else(|| anyhow!("no home directory to keep state in; pass --state-dir DIR"))
+        dirs::data_dir().map(|d| d.join("pdsup")).ok_or_else(|| {
+            err!(
+                Local,
+                "no home directory to keep state in; pass --state-dir DIR"
+            )
+        })
     }
 
     /// The site's directory under `state_dir`; not created until something is saved.
@@ -121,7 +124,8 @@ impl SiteDir {
                 .span()
                 .map(|span| format!(" line {}", line_of_offset(&text, span.start)))
                 .unwrap_or_default();
-            anyhow!(
+            err!(
+                BadInput,
                 "{}{line} cannot be read: {}. This is the site's saved state: restore it from your \
                  backup, or correct that line by hand",
                 path.display(),
@@ -130,6 +134,7 @@ impl SiteDir {
         })?;
         if let Err(bad) = record.check(&self.hostname) {
             bail!(
+                BadInput,
                 "{}{}: {} = {}. Correct that line by hand or restore the file from your backup \
                  (a flag does not override a broken saved value)",
                 path.display(),
@@ -144,7 +149,8 @@ impl SiteDir {
     }
 
     pub fn save_record(&self, record: &SiteRecord) -> Result<()> {
-        let text = toml::to_string_pretty(record)?;
+        let text = toml::to_string_pretty(record)
+            .map_err(|e| crate::error::Error::from_source(crate::error::ErrorKind::Internal, e))?;
         self.write_private(&self.site_file(), text.as_bytes())
     }
 
@@ -165,10 +171,10 @@ impl SiteDir {
             }
         };
         let env = env_file::parse_env_file(&text)
-            .map_err(|e| anyhow!("{} {e}. {restore}", path.display()))?;
+            .map_err(|e| err!(BadInput, "{} {e}. {restore}", path.display()))?;
         PdsSecrets::from_env(&env)
             .map(Some)
-            .map_err(|e| anyhow!("{} is incomplete: {e}", path.display()))
+            .map_err(|e| err!(BadInput, "{} is incomplete: {e}", path.display()))
     }
 
     /// Writes `pds.env` (0600). The caller has made sure its secrets are the

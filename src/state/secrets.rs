@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
 use rand::{Rng, RngExt};
@@ -38,7 +38,7 @@ impl PdsSecrets {
         let get = |key: &str| -> Result<Secret> {
             match env.get(key) {
                 Some(v) if !v.is_empty() => Ok(Secret::new(v.clone())),
-                _ => bail!("{key} is missing; restore the file from a backup (pdsup never replaces an existing site's secrets)"),
+                _ => bail!(BadInput, "{key} is missing; restore the file from a backup (pdsup never replaces an existing site's secrets)"),
             }
         };
         let secrets = PdsSecrets {
@@ -48,7 +48,7 @@ impl PdsSecrets {
         };
         let key = secrets.rotation_key_hex.expose();
         if key.len() != 64 || hex::decode(key).is_err() {
-            bail!("{ROTATION_KEY} is not 64 hex characters");
+            bail!(BadInput, "{ROTATION_KEY} is not 64 hex characters");
         }
         Ok(secrets)
     }

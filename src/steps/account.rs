@@ -38,7 +38,7 @@
 //! Sites made before the site id existed have data without an id and a recorded
 //! DID: they are checked by `listRepos` alone and never need one.
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 
 use super::docker::apt_get;
 use super::{AccountOutcome, Action, Ctx, StepId, StepPlan};
@@ -398,7 +398,7 @@ pub fn record_account(ctx: &mut Ctx<'_>, did: &str) -> Result<()> {
 
 fn checked_did(ctx: &Ctx<'_>) -> Result<String> {
     let Some(account) = &ctx.outcome.account else {
-        bail!("no account to confirm");
+        bail!(Internal, "no account to confirm");
     };
     // The DID goes into an SQL statement: accept only did:plc/did:web characters.
     let did = &account.did;
@@ -407,7 +407,7 @@ fn checked_did(ctx: &Ctx<'_>) -> Result<String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ":._-%".contains(c))
     {
-        bail!("unexpected DID {did:?}");
+        bail!(Api, "unexpected DID {did:?}");
     }
     Ok(did.clone())
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 
 use super::{packages, pds_job, PlanInput};
 use crate::host::{config_file, Host};
@@ -165,7 +165,7 @@ impl<'a> Ctx<'a> {
                 let host = self.host;
                 while_connected(host, pds_job::wait_pds_health(self)).await?
             }
-            other => anyhow::bail!("bug: no step carried out {other:?}"),
+            other => crate::bail!(Internal, "bug: no step carried out {other:?}"),
         }
         Ok(())
     }
@@ -185,7 +185,8 @@ async fn while_connected<T>(
     };
     tokio::select! {
         result = wait => result,
-        () = lost => Err(anyhow::anyhow!(
+        () = lost => Err(crate::err!(
+            Ssh,
             "the connection to {} was lost; run the same command again when the droplet is reachable",
             host.describe()
         )),

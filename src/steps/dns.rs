@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use anyhow::Result;
+use crate::error::Result;
 
 use super::{Ctx, StepId, StepPlan};
 use crate::inputs::Handle;

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{bail, err, Context, Result};
 
 use super::facts;
 use super::packages::{self, DpkgFacts};
@@ -209,19 +209,20 @@ impl AptRepo {
 /// public key whose self-signatures hold (apt writes it as an `.asc` keyring).
 pub fn read_apt_key(path: &Path) -> Result<AptKey> {
     let shown = path.display();
-    let bytes =
-        std::fs::read(path).with_context(|| format!("--docker-apt-key {shown}: cannot read it"))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("--docker-apt-key {shown}: cannot read it"))
+        .kind(crate::error::ErrorKind::BadInput)?;
     let text = String::from_utf8(bytes).map_err(|_| {
-        anyhow!("--docker-apt-key {shown}: not ASCII-armored (a binary keyring?); give the armored public key, `gpg --armor --export KEYID`")
+        err!(BadInput, "--docker-apt-key {shown}: not ASCII-armored (a binary keyring?); give the armored public key, `gpg --armor --export KEYID`")
     })?;
     if text.contains("PRIVATE KEY BLOCK") {
-        bail!("--docker-apt-key {shown} holds a secret key: give only the public key (`gpg --armor --export KEYID`)");
+        bail!(BadInput, "--docker-apt-key {shown} holds a secret key: give only the public key (`gpg --armor --export KEYID`)");
     }
     let key = release::parse_key(&text).map_err(|e| {
-        anyhow!("--docker-apt-key {shown}: not an ASCII-armored OpenPGP public key ({e}); export one with `gpg --armor --export KEYID`")
+        err!(BadInput, "--docker-apt-key {shown}: not an ASCII-armored OpenPGP public key ({e}); export one with `gpg --armor --export KEYID`")
     })?;
     key.verify_bindings().map_err(|e| {
-        anyhow!("--docker-apt-key {shown}: the key's self-signatures do not verify ({e}); export the key again from its owner")
+        err!(BadInput, "--docker-apt-key {shown}: the key's self-signatures do not verify ({e}); export the key again from its owner")
     })?;
     Ok(AptKey {
         path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),

@@ -27,7 +27,7 @@ pub mod secrets;
 mod ctx;
 pub mod runner;
 
-use anyhow::Result;
+use crate::error::Result;
 use async_trait::async_trait;
 
 pub use crate::plan::{Action, Change, Contents, StepId, StepPlan};
@@ -96,7 +96,7 @@ pub trait Step: Sync {
             .map(|c| c.summary.as_str())
             .chain(again.blockers.iter().map(String::as_str))
             .collect();
-        anyhow::bail!(
+        crate::bail!(
             "after its changes, {} still finds work to do: {}; run the same command again, and report \
              a bug if this repeats",
             self.id().name(),

@@ -3,7 +3,7 @@
 //! volumes. Nomad restarts only when the file changed (or is not running), and
 //! the step waits until the node is ready with the volumes fingerprinted.
 
-use anyhow::Result;
+use crate::error::Result;
 
 use super::{Action, Ctx, StepId, StepPlan};
 use crate::host::config_file;

@@ -10,7 +10,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{bail, err, Context, ErrorKind, Result};
 use sha2::{Digest, Sha256};
 
 use super::facts;
@@ -299,7 +299,7 @@ async fn verified_sum(install: &Install, progress: &dyn Fn(&str)) -> Result<Stri
                     if !resp.status().is_success() {
                         bail!("downloading {url}: {}", resp.status());
                     }
-                    Ok::<_, anyhow::Error>(resp.bytes().await?.to_vec())
+                    Ok::<_, crate::error::Error>(resp.bytes().await?.to_vec())
                 }
             };
             (
@@ -313,7 +313,7 @@ async fn verified_sum(install: &Install, progress: &dyn Fn(&str)) -> Result<Stri
                 let p = dir.join(&name);
                 std::fs::read(&p).with_context(|| {
                     format!("--nomad-zip needs {name} beside the zip, as published with the release ({} is missing)", p.display())
-                })
+                }).kind(ErrorKind::BadInput)
             };
             (read(release::sums_name(v))?, read(release::sig_name(v))?)
         }
@@ -321,7 +321,8 @@ async fn verified_sum(install: &Install, progress: &dyn Fn(&str)) -> Result<Stri
     let key = match &install.key {
         Some(path) => {
             let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading --nomad-release-key {}", path.display()))?;
+                .with_context(|| format!("reading --nomad-release-key {}", path.display()))
+                .kind(ErrorKind::BadInput)?;
             release::TrustedKey::from_armored(&text)?
         }
         None => release::TrustedKey::hashicorp()?,
@@ -332,6 +333,7 @@ async fn verified_sum(install: &Install, progress: &dyn Fn(&str)) -> Result<Stri
         let local = sha256_file(path)?;
         if local != expected {
             bail!(
+                BadInput,
                 "{} does not match the signed SHA256SUMS (expected {expected}, got {local}): the file is corrupt or not the release it claims to be",
                 path.display()
             );
@@ -387,7 +389,7 @@ pub async fn apply(ctx: &mut Ctx<'_>, install: &Install) -> Result<()> {
 
 fn sha256_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path)
-        .map_err(|e| anyhow!("reading --nomad-zip {}: {e}", path.display()))?;
+        .map_err(|e| err!(BadInput, "reading --nomad-zip {}: {e}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 
 use super::docker::apt_get;
 use super::Ctx;
@@ -322,6 +322,7 @@ pub async fn wait_for_dpkg_lock(ctx: &Ctx<'_>) -> Result<()> {
         let waited = started.elapsed();
         if waited > LOCK_WAIT {
             bail!(
+                TimedOut,
                 "the dpkg lock has been held by {holder} for {} minutes: let it finish (or stop it), then run pdsup again",
                 LOCK_WAIT.as_secs() / 60
             );

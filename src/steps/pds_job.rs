@@ -6,11 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, ErrorKind, Result};
 
 use super::account::{self, DataDir, SiteFacts};
 use super::{Action, Ctx, StepId, StepPlan};
 use crate::host::{fill, FileMode, Script};
+use crate::nomad::api::{JobFailed, StartFailure};
 use crate::nomad::job::pds_job;
 use crate::pds::env::pds_environment;
 use crate::settings::Settings;
@@ -161,14 +162,17 @@ pub async fn wait_healthy(ctx: &mut Ctx<'_>, job: &str, image: &str) -> Result<(
         .wait_job_healthy(job, Duration::from_secs(300), &mut |m| ui.progress(m))
         .await;
     result.map_err(|e| {
-        let text = format!("{e:#}");
-        if text.contains("pull") || text.contains("Failed to pull") {
+        let pull_failed = e
+            .downcast_ref::<JobFailed>()
+            .is_some_and(|f| f.cause == StartFailure::ImagePull);
+        if pull_failed {
             let hint = if job == "io" {
                 "IO is a closed preview: the droplet must be able to pull it (docker login), or use --proxy caddy"
             } else {
                 "check the image name (--pds-image), the droplet's access to the registry, or load it with --pds-image-archive FILE"
             };
-            anyhow::anyhow!("the image {image} could not be pulled on the droplet: {hint}\n{text}")
+            e.context(format!("the image {image} could not be pulled on the droplet"))
+                .with_hint(hint)
         } else {
             e.context(format!("job {job} did not become healthy"))
         }
@@ -191,7 +195,8 @@ pub async fn wait_pds_health(ctx: &mut Ctx<'_>) -> Result<()> {
             .progress("waiting for the PDS to answer /xrpc/_health");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("timed out")))
+    Err(last_err.unwrap_or_else(|| crate::err!("timed out")))
+        .kind(ErrorKind::TimedOut)
         .context("the PDS did not answer /xrpc/_health within 3 minutes; see `docker logs` of the pds task on the droplet")
 }
 

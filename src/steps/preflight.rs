@@ -3,7 +3,7 @@
 //! unattended-upgrades holds for its first minutes (package installs wait for
 //! it, so here it is only reported, with the program that holds it).
 
-use anyhow::Result;
+use crate::error::Result;
 
 use super::packages::{self, LockHolder};
 use super::{Ctx, StepId, StepPlan};

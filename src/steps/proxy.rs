@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use crate::error::{err, Result};
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::CertificateDer;
 
@@ -52,9 +52,11 @@ impl Facts {
 /// cannot load would stop it on its next start, taking the site down.
 pub fn check_pem_roots(path: &Path) -> Result<()> {
     let flag = "--acme-ca-root";
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("{flag} {}: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| err!(BadInput, "{flag} {}: {e}", path.display()))?;
     let refuse = |why: String| {
-        anyhow!(
+        err!(
+            BadInput,
             "{flag} {}: {why}. Give the PEM file of the ACME server's root certificate (\"-----BEGIN CERTIFICATE-----\")",
             path.display()
         )
@@ -202,7 +204,7 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
     let mut reload = false;
     if let Some(root) = &settings.acme.ca_root {
         let pem = std::fs::read_to_string(root)
-            .map_err(|e| anyhow::anyhow!("reading --acme-ca-root {}: {e}", root.display()))?;
+            .map_err(|e| crate::err!(BadInput, "reading --acme-ca-root {}: {e}", root.display()))?;
         if facts.acme_root.as_deref() != Some(pem.as_str()) {
             plan.change(
                 format!("install the ACME CA root at {CADDY_ACME_ROOT}"),

@@ -1,7 +1,7 @@
 //! The runner: plans and applies a list of steps in order, with the same
 //! progress output, `--dry-run` and report whatever the subcommand.
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 
 use super::{AnyStep, Ctx, PlanInput};
 use crate::plan::{StepId, StepPlan};
@@ -44,28 +44,34 @@ pub async fn run(ctx: &mut Ctx<'_>, steps: &[&dyn AnyStep], dry_run: bool) -> Re
     for (i, step) in steps.iter().enumerate() {
         let id = step.id();
         ctx.progress.step_started(i + 1, total, id);
+        // Errors name their step as `--json` names it in the report.
+        let in_step = |e: crate::error::Error| e.with_step(id.key());
         let plan = step
             .plan_live(ctx)
             .await
-            .with_context(|| format!("{}: gathering facts", id.name()))?;
+            .with_context(|| format!("{}: gathering facts", id.name()))
+            .map_err(in_step)?;
         ctx.progress.show_plan(&plan, dry_run);
         if !plan.blockers.is_empty() {
-            anyhow::bail!(
+            return Err(in_step(crate::err!(
+                Blocked,
                 "{} found problems; nothing was changed by this step:\n  - {}",
                 id.name(),
                 plan.blockers.join("\n  - ")
-            );
+            )));
         }
         if !dry_run && !plan.changes.is_empty() {
             for change in &plan.changes {
                 ctx.progress.change_started(change);
                 step.apply(ctx, &change.action)
                     .await
-                    .with_context(|| format!("{}: {}", id.name(), change.summary))?;
+                    .with_context(|| format!("{}: {}", id.name(), change.summary))
+                    .map_err(in_step)?;
             }
             step.recheck(ctx)
                 .await
-                .with_context(|| format!("{}: checking the result", id.name()))?;
+                .with_context(|| format!("{}: checking the result", id.name()))
+                .map_err(in_step)?;
         }
         ctx.progress.step_finished(id, &plan, dry_run);
         report.steps.push(StepReport::of(&plan));

@@ -1,7 +1,7 @@
 //! Secrets: generated here on the first run (never on the droplet), kept in the
 //! site's `pds.env` (0600) and reused on every later run, rebuilds included.
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 
 use super::{Action, Ctx, StepId, StepPlan};
 use crate::pds::env::pds_environment;
@@ -72,10 +72,11 @@ pub fn apply(ctx: &mut Ctx<'_>) -> Result<()> {
     // Secrets change only by an explicit rotation: the file about to be written
     // must read back to exactly these secrets, or nothing is written.
     let reread = parse_env_file(&text)
-        .map_err(anyhow::Error::from)
+        .map_err(crate::error::Error::from)
         .and_then(|env| PdsSecrets::from_env(&env));
     if !matches!(&reread, Ok(r) if *r == secrets) {
         bail!(
+            Internal,
             "the new {} would not hold the site's secrets unchanged; nothing was written",
             ctx.site.env_file().display()
         );

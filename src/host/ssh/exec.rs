@@ -1,7 +1,7 @@
 //! One command on one session channel: stdin fed in chunks while stdout and
 //! stderr are collected and logged line by line at debug level.
 
-use anyhow::{anyhow, Result};
+use crate::error::{err, Result};
 use russh::client;
 use russh::{Channel, ChannelMsg, Sig};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -63,7 +63,7 @@ where
                         // No EOF: stop the command before it can use a truncated input.
                         let _ = writer.signal(Sig::TERM).await;
                         let _ = writer.close().await;
-                        return Err(anyhow!(e).context("reading the input for the remote command"));
+                        return Err(err!(e).context("reading the input for the remote command"));
                     }
                 }
             }

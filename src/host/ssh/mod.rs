@@ -24,7 +24,7 @@ mod connect;
 mod exec;
 mod tunnel;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use async_trait::async_trait;
 use russh::client;
 use tokio::io::AsyncRead;
@@ -144,7 +144,7 @@ impl SshHost {
         let (mut handle, fingerprint) = match (handshake, host_key) {
             (_, Some(Err(refused))) => return Err(refused.into()),
             (Ok(Ok(handle)), Some(Ok(fingerprint))) => (handle, fingerprint),
-            (Ok(Ok(_)), None) => bail!("russh connected without checking the host key"),
+            (Ok(Ok(_)), None) => bail!(Internal, "russh connected without checking the host key"),
             (Ok(Err(e)), _) => {
                 return Err(SshError::Handshake {
                     addr: target.address(),
@@ -321,6 +321,7 @@ impl Host for SshHost {
             .with_context(|| format!("copying {} to {path}", local.display()))?;
         if !out.success() {
             bail!(
+                RemoteCommand,
                 "copying {} to {path} on {} failed ({}):\n{}",
                 local.display(),
                 self.describe(),

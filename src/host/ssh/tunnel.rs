@@ -1,7 +1,7 @@
 //! The TCP side of `Host::forward`: each local connection becomes a
 //! direct-tcpip channel to a port on the droplet's loopback.
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use russh::client;
 use tokio::net::TcpStream;
 

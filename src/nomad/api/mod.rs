@@ -22,7 +22,7 @@ use reqwest::Method;
 
 pub use client::NomadApi;
 pub use types::*;
-pub use wait::{JobHealth, Readiness};
+pub use wait::{JobFailed, JobHealth, Readiness, StartFailure};
 
 /// An error from one API call.
 #[derive(Debug, thiserror::Error)]
@@ -61,3 +61,15 @@ impl ApiError {
 }
 
 pub type ApiResult<T> = std::result::Result<T, ApiError>;
+
+impl From<ApiError> for crate::error::Error {
+    fn from(e: ApiError) -> Self {
+        let kind = match &e {
+            ApiError::Transport { source, .. } if source.is_timeout() => {
+                crate::error::ErrorKind::TimedOut
+            }
+            _ => crate::error::ErrorKind::Api,
+        };
+        crate::error::Error::from_source(kind, e)
+    }
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use crate::error::bail;
 
 use super::client::NomadApi;
 use super::types::*;
@@ -98,7 +98,7 @@ impl NomadApi {
         volumes: &[&str],
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         loop {
@@ -112,6 +112,7 @@ impl NomadApi {
             }
             if Instant::now() >= deadline {
                 bail!(
+                    TimedOut,
                     "the Nomad node was not ready after {}s: {last}",
                     timeout.as_secs()
                 );
@@ -126,9 +127,9 @@ impl NomadApi {
         job: &str,
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         let Some(spec) = self.job(job).await? else {
-            bail!("job {job} is not registered with Nomad");
+            bail!(Api, "job {job} is not registered with Nomad");
         };
         let version = spec["Version"].as_u64().unwrap_or(0);
         self.wait_job_version_healthy(job, version, timeout, progress)
@@ -146,7 +147,7 @@ impl NomadApi {
         version: u64,
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         let mut unplaced_since: Option<Instant> = None;
@@ -157,11 +158,11 @@ impl NomadApi {
             };
             let text = match status {
                 JobHealth::Healthy => return Ok(()),
-                JobHealth::Failed(message) => bail!("{message}"),
+                JobHealth::Failed(failure) => return Err(failure.into()),
                 JobHealth::Unplaceable(why) => {
                     let since = *unplaced_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= PLACEMENT_GRACE {
-                        bail!("Nomad cannot place job {job}: {why}");
+                        bail!(Unhealthy, "Nomad cannot place job {job}: {why}");
                     }
                     format!("Nomad cannot place it yet: {why}")
                 }
@@ -176,6 +177,7 @@ impl NomadApi {
             }
             if Instant::now() >= deadline {
                 bail!(
+                    TimedOut,
                     "job {job} (version {version}) was not healthy after {}s: {last}",
                     timeout.as_secs()
                 );
@@ -205,15 +207,22 @@ impl NomadApi {
                 )
             })?;
             let recovered = events[i + 1..].iter().any(|e| e.kind == "Started");
-            (!recovered).then(|| (task.clone(), events[i].clone()))
+            (!recovered).then(|| {
+                (
+                    task.clone(),
+                    events[i].clone(),
+                    StartFailure::of(&events[..=i]),
+                )
+            })
         });
-        if let Some((task, event)) = fatal {
+        if let Some((task, event, cause)) = fatal {
             let message = format!(
                 "job {job}: allocation {} failed to start task {task}{}: {event}",
                 alloc.short_id(),
                 image_note(&images, &task)
             );
-            return Ok(JobHealth::Failed(self.with_logs(message, alloc).await));
+            let message = self.with_logs(message, alloc).await;
+            return Ok(JobHealth::Failed(JobFailed { message, cause }));
         }
         match alloc.client_status.as_str() {
             "failed" | "lost" | "complete" => {
@@ -224,7 +233,9 @@ impl NomadApi {
                     describe(&alloc.client_description),
                     task_summary(alloc, &images)
                 );
-                return Ok(JobHealth::Failed(self.with_logs(message, alloc).await));
+                return Ok(JobHealth::Failed(JobFailed::other(
+                    self.with_logs(message, alloc).await,
+                )));
             }
             _ => {}
         }
@@ -236,7 +247,9 @@ impl NomadApi {
                     alloc.short_id(),
                     task_summary(alloc, &images)
                 );
-                return Ok(JobHealth::Failed(self.with_logs(message, alloc).await));
+                return Ok(JobHealth::Failed(JobFailed::other(
+                    self.with_logs(message, alloc).await,
+                )));
             }
             _ => {}
         }
@@ -251,13 +264,15 @@ impl NomadApi {
                         describe(&d.status_description),
                         task_summary(alloc, &images)
                     );
-                    return Ok(JobHealth::Failed(self.with_logs(message, alloc).await));
+                    return Ok(JobHealth::Failed(JobFailed::other(
+                        self.with_logs(message, alloc).await,
+                    )));
                 }
                 "cancelled" => {
-                    return Ok(JobHealth::Failed(format!(
+                    return Ok(JobHealth::Failed(JobFailed::other(format!(
                         "job {job}: deployment of version {version} was cancelled{}",
                         describe(&d.status_description)
-                    )))
+                    ))))
                 }
                 _ => {}
             },
@@ -374,10 +389,64 @@ pub enum Readiness {
 pub enum JobHealth {
     Healthy,
     /// Will not get better by waiting.
-    Failed(String),
+    Failed(JobFailed),
     /// The scheduler reported why it cannot place the job.
     Unplaceable(String),
     Waiting(String),
+}
+
+/// A job version that will not become healthy by waiting, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JobFailed {
+    /// Nomad's event or status, with the task's last log lines.
+    pub message: String,
+    pub cause: StartFailure,
+}
+
+impl JobFailed {
+    fn other(message: String) -> Self {
+        JobFailed {
+            message,
+            cause: StartFailure::Other,
+        }
+    }
+}
+
+/// What stopped a task, as far as Nomad's events tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFailure {
+    /// The driver could not pull the task's image.
+    ImagePull,
+    Other,
+}
+
+impl StartFailure {
+    /// Classifies the last of `events` (a fatal one): a `Driver Failure` right
+    /// after the driver's `Downloading image` event, or one the docker driver
+    /// words as a failed pull, is an image that cannot be pulled.
+    pub fn of(events: &[TaskEvent]) -> Self {
+        let Some((failure, before)) = events.split_last() else {
+            return StartFailure::Other;
+        };
+        let downloading = before
+            .last()
+            .is_some_and(|e| e.kind == "Driver" && e.text() == "Downloading image");
+        if failure.kind == "Driver Failure"
+            && (downloading || failure.text().starts_with("Failed to pull"))
+        {
+            StartFailure::ImagePull
+        } else {
+            StartFailure::Other
+        }
+    }
+}
+
+/// A job that did not come up: [`ErrorKind::Unhealthy`](crate::error::ErrorKind::Unhealthy).
+impl From<JobFailed> for crate::error::Error {
+    fn from(e: JobFailed) -> Self {
+        crate::error::Error::from_source(crate::error::ErrorKind::Unhealthy, e)
+    }
 }
 
 fn describe(text: &str) -> String {
