@@ -11,8 +11,8 @@ use pdsup::inputs::InputError;
 use pdsup::nomad::api::{ApiError, JobFailed, StartFailure, TaskEvent};
 use pdsup::nomad::config::ConfigError;
 use pdsup::nomad::release::ReleaseError;
-use pdsup::state::env_file::EnvFileError;
 use pdsup::pds::xrpc::XrpcError;
+use pdsup::state::env_file::EnvFileError;
 
 /// Converts `e`, checks its kind, and that the typed error is still reachable
 /// and its text unchanged.

@@ -113,6 +113,8 @@ pub trait Progress: Sync {
     /// Callers repeat it now and then, so a long wait is never silent.
     fn waiting(&self, message: &str);
     fn step_finished(&self, step: StepId, plan: &StepPlan, dry_run: bool);
+    /// Something found while applying that the user must know (never a secret).
+    fn note(&self, message: &str);
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ use crate::error::{bail, Result};
 use super::docker::apt_get;
 use super::{AccountOutcome, Action, Ctx, StepId, StepPlan};
 use crate::host::{FileMode, Script};
+use crate::pds::xrpc::XrpcError;
 use crate::settings::{Settings, PDS_VOLUME_PATH};
 use crate::state::secrets::account_password;
 use crate::state::{AccountIntent, SiteRecord};
@@ -370,6 +371,11 @@ fn confirm(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
 pub async fn create_account(ctx: &mut Ctx<'_>, handle: &str, email: &str) -> Result<()> {
     let admin = ctx.secrets()?.admin_password.clone();
     let password = account_password();
+    let resumed = ctx
+        .record
+        .account_intent
+        .as_ref()
+        .is_some_and(|intent| intent.handle == handle);
     ctx.record.account_intent = Some(AccountIntent {
         handle: handle.to_string(),
         email: email.to_string(),
@@ -377,9 +383,27 @@ pub async fn create_account(ctx: &mut Ctx<'_>, handle: &str, email: &str) -> Res
     ctx.site.save_record(&ctx.record)?;
     let pds = ctx.pds().await?;
     let invite = pds.create_invite_code(&admin).await?;
-    let created = pds
-        .create_account(email, handle, &password, &invite)
-        .await?;
+    let created = match pds.create_account(email, handle, &password, &invite).await {
+        Ok(created) => created,
+        Err(e) if resumed && handle_taken(&e) => {
+            // The cut-off run's request went on on the PDS after the connection
+            // dropped, and may still be finishing: that account is this site's.
+            let did = wait_for_handle(ctx, handle).await?;
+            record_account(ctx, &did)?;
+            let hint = reset_password_hint(&did, &ctx.site.env_file().display().to_string());
+            ctx.progress.note(&format!(
+                "the account {handle} ({did}) was made by the run that was cut off; its password \
+                 was never shown. To log in, {hint}"
+            ));
+            ctx.outcome.account = Some(AccountOutcome {
+                did,
+                handle: handle.to_string(),
+                password: None,
+            });
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     record_account(ctx, &created.did)?;
     ctx.outcome.account = Some(AccountOutcome {
         did: created.did,
@@ -387,6 +411,37 @@ pub async fn create_account(ctx: &mut Ctx<'_>, handle: &str, email: &str) -> Res
         password: Some(password),
     });
     Ok(())
+}
+
+/// The PDS refused `createAccount` because the handle exists already.
+fn handle_taken(e: &crate::error::Error) -> bool {
+    e.downcast_ref::<XrpcError>().is_some_and(|x| {
+        x.error == "HandleNotAvailable"
+            || x.message
+                .as_deref()
+                .is_some_and(|m| m.contains("Handle already taken"))
+    })
+}
+
+/// Waits for the PDS to resolve `handle`: an account whose creation is still
+/// under way holds its handle before it resolves.
+async fn wait_for_handle(ctx: &mut Ctx<'_>, handle: &str) -> Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(did) = ctx.pds().await?.resolve_handle(handle).await? {
+            return Ok(did);
+        }
+        if std::time::Instant::now() >= deadline {
+            crate::bail!(
+                TimedOut,
+                "the PDS says the handle {handle} is taken (by the account a cut-off run asked it to \
+                 create) but has not resolved it for 60 s; run the same command again in a minute"
+            );
+        }
+        ctx.progress
+            .waiting(&format!("waiting for the PDS to finish creating {handle}"));
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// The DID goes into `site.toml`, and the intent that led to it is cleared.
@@ -478,6 +533,25 @@ impl super::Step for AccountStep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_handle_is_told_from_other_refusals() {
+        let refusal = |error: &str, message: &str| {
+            crate::error::Error::from(XrpcError {
+                method: "com.atproto.server.createAccount".into(),
+                status: 400,
+                error: error.into(),
+                message: Some(message.into()),
+            })
+        };
+        assert!(handle_taken(&refusal(
+            "InvalidRequest",
+            "Handle already taken: alice.pds.test"
+        )));
+        assert!(handle_taken(&refusal("HandleNotAvailable", "")));
+        assert!(!handle_taken(&refusal("InvalidInviteCode", "bad invite")));
+        assert!(!handle_taken(&crate::error::Error::msg("Handle already taken")));
+    }
 
     const ENV: &str = "/home/me/.local/share/pdsup/sites/pds.example.com/pds.env";
 

@@ -166,4 +166,9 @@ impl Progress for Ui {
             Mode::Quiet => {}
         }
     }
+
+    fn note(&self, message: &str) {
+        log::warn!(target: "progress", "note: {message}");
+        self.line(&format!("  note: {message}"));
+    }
 }
