@@ -42,6 +42,9 @@ pub struct Facts {
     /// new Caddyfile into place and Caddy running on it.
     pub caddyfile_install_interrupted: bool,
     pub caddyfile: Option<String>,
+    /// The Caddyfile is the one the caddy package shipped, untouched (dpkg's
+    /// checksum of the conffile): nobody's, so pdsup writes its own.
+    pub caddyfile_is_package_default: bool,
     /// pdsup's site file, imported by a Caddyfile of the user's.
     pub caddy_site: Option<String>,
     /// A backup of the site file is left over (as for the Caddyfile).
@@ -160,6 +163,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
                     .read(host)
                     .await?;
             facts.caddyfile = host.read_text(CADDYFILE_PATH).await?;
+            facts.caddyfile_is_package_default = package_default(CADDYFILE_PATH).read(host).await?;
             facts.caddy_site = host.read_text(CADDY_SITE_PATH).await?;
             facts.caddy_site_install_interrupted =
                 host_facts::exists(&config_file::backup_path(CADDY_SITE_PATH))
@@ -180,6 +184,34 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         }
     }
     Ok(facts)
+}
+
+/// Whether `path` is a conffile of the caddy package with the contents the
+/// package shipped (`dpkg-query`'s md5 of it, against `md5sum` of the file).
+fn package_default(path: &'static str) -> host_facts::Fact<bool> {
+    host_facts::Fact::new(
+        Script::of(
+            "dpkg-query -W -f='${Conffiles}\\n' caddy 2>/dev/null; md5sum {} 2>/dev/null; true",
+            &[path],
+        ),
+        |out| parse_package_default(&out.stdout_str(), CADDYFILE_PATH),
+    )
+}
+
+/// Reads [`package_default`]'s output: conffile lines (` PATH MD5 [obsolete]`)
+/// then `md5sum`'s (`MD5  PATH`).
+fn parse_package_default(out: &str, path: &str) -> bool {
+    let mut shipped = None;
+    let mut now = None;
+    for line in out.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [p, md5] | [p, md5, _] if *p == path && line.starts_with(' ') => shipped = Some(*md5),
+            [md5, p] if *p == path => now = Some(*md5),
+            _ => {}
+        }
+    }
+    matches!((shipped, now), (Some(a), Some(b)) if a.len() == 32 && a == b)
 }
 
 /// The `io` job Nomad runs, unless there is none or it is pdsup's: marked, or
@@ -283,7 +315,9 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
             reload = true;
         }
     }
-    if adopt::owner(facts.caddyfile.as_deref()) == adopt::Owner::User {
+    if adopt::owner(facts.caddyfile.as_deref()) == adopt::Owner::User
+        && !facts.caddyfile_is_package_default
+    {
         plan_caddy_adopted(plan, facts, settings, reload);
         return Ok(());
     }
@@ -921,6 +955,46 @@ mod tests {
             !root.join("etc/caddy/Caddyfile.pdsup-check").exists(),
             "the copy was left behind"
         );
+    }
+
+    #[test]
+    fn the_packages_own_caddyfile_is_nobodys() {
+        let out = " /etc/caddy/Caddyfile 0f0e3bd3a8e2f2e5b9c6b1c8a3d4e5f6\n\
+                   0f0e3bd3a8e2f2e5b9c6b1c8a3d4e5f6  /etc/caddy/Caddyfile\n";
+        assert!(parse_package_default(out, CADDYFILE_PATH));
+        let obsolete = out.replacen("e5f6\n", "e5f6 obsolete\n", 1);
+        assert!(parse_package_default(&obsolete, CADDYFILE_PATH));
+        for out in [
+            // Edited since it was installed.
+            " /etc/caddy/Caddyfile 0f0e3bd3a8e2f2e5b9c6b1c8a3d4e5f6\n\
+             11111111111111111111111111111111  /etc/caddy/Caddyfile\n",
+            // Caddy not installed (no conffiles), or no Caddyfile.
+            "0f0e3bd3a8e2f2e5b9c6b1c8a3d4e5f6  /etc/caddy/Caddyfile\n",
+            " /etc/caddy/Caddyfile 0f0e3bd3a8e2f2e5b9c6b1c8a3d4e5f6\n",
+            "",
+            "garbled\n",
+        ] {
+            assert!(!parse_package_default(out, CADDYFILE_PATH), "{out:?}");
+        }
+        // A default Caddyfile is replaced by pdsup's whole file, not adopted.
+        let settings = caddy_settings();
+        let facts = Facts {
+            caddy_installed: true,
+            caddy_active: true,
+            caddyfile: Some(":80 {\n\troot * /usr/share/caddy\n\tfile_server\n}\n".into()),
+            caddyfile_is_package_default: true,
+            ..Facts::default()
+        };
+        let p = plan(&facts, &settings).unwrap();
+        match &p.changes[..] {
+            [c] => match &c.action {
+                Action::InstallConfig(config_file::Install { file: Some(f), .. }) => {
+                    assert_eq!(f.contents, caddyfile(&settings))
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
