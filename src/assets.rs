@@ -3,6 +3,8 @@
 //! bug, caught by `render`'s assertion in tests.
 
 pub const CADDYFILE: &str = include_str!("../assets/Caddyfile");
+/// pdsup's site, imported by a Caddyfile of the user's.
+pub const CADDY_SITE: &str = include_str!("../assets/caddy-site.caddy");
 pub const IO_INGRESS: &str = include_str!("../assets/io-ingress.hcl");
 
 /// Replaces each `{{key}}` in `template` with its value.

@@ -1430,6 +1430,184 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
 }
 
 // ---------------------------------------------------------------------------------
+// 5b. What the droplet already runs is adopted, not replaced: a Caddyfile with a
+//     site of the user's, then an `io` job of the user's
+// ---------------------------------------------------------------------------------
+
+/// The user's Caddyfile before pdsup: comments and a site of their own (plain
+/// HTTP on a port of its own, so it needs no certificate), no global options.
+const USERS_CADDYFILE: &str = "# Caddy on this droplet serves my own site too.\n\
+:8081 {\n\trespond \"the user's other site\"\n}\n";
+
+/// The user's own `io` job: other names, another mount point, an env of its
+/// own, and a stand-in image (the PDS image re-tagged on the droplet) running
+/// `sleep`, as IO's image cannot be pulled here. It mounts the `io` host volume.
+const USERS_IO_IMAGE: &str = "registry.example/user/io:stand-in";
+
+fn users_io_job() -> Value {
+    serde_json::json!({ "Job": {
+        "ID": "io", "Name": "io", "Type": "service", "Datacenters": ["dc1"],
+        "TaskGroups": [{
+            "Name": "proxy", "Count": 1,
+            "Volumes": { "config": { "Name": "config", "Type": "host", "Source": "io", "ReadOnly": false } },
+            "Tasks": [{
+                "Name": "io", "Driver": "docker",
+                "Config": { "image": USERS_IO_IMAGE, "command": "sleep", "args": ["1000000"] },
+                "Env": { "IO_CONFIG_DIR": "/etc/io" },
+                "VolumeMounts": [{ "Volume": "config", "Destination": "/etc/io", "ReadOnly": false }],
+                "Resources": { "CPU": 100, "MemoryMB": 64 },
+            }],
+        }],
+    }})
+}
+
+/// The notes of one step of a `--json` report, as one string.
+fn step_notes(report: &Value, step: &str) -> String {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == step)
+        .map(|s| s["notes"].to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn what_the_droplet_runs_is_adopted_the_users_caddyfile_and_io_job_are_kept() {
+    require_e2e();
+    let d = Droplet::start("bookworm");
+    let op = Operator::new();
+
+    // A Droplet Superpowers nomad.hcl (with IO's host volume), and the
+    // distribution's Caddy serving a site of the user's.
+    let out = d.ssh_with_stdin(
+        "root",
+        "mkdir -p /etc/nomad.d /srv/nomad/io && cat > /etc/nomad.d/nomad.hcl",
+        SUPERPOWERS_NOMAD_HCL.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    d.ssh_ok(
+        "root",
+        "DEBIAN_FRONTEND=noninteractive apt-get -qq update && \
+         DEBIAN_FRONTEND=noninteractive apt-get -qq install -y caddy >/dev/null",
+    );
+    let out = d.ssh_with_stdin(
+        "root",
+        "cat > /etc/caddy/Caddyfile && systemctl restart caddy",
+        USERS_CADDYFILE.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let users_site = "curl -fsS --max-time 10 http://127.0.0.1:8081/";
+    assert_eq!(d.ssh_ok("root", users_site), "the user's other site");
+
+    // Caddy: pdsup's site goes to a file of its own, imported by one line.
+    let caddy = op.up_args(
+        &root_dest(&d),
+        &[caddy_args(), strings(&["--json"])].concat(),
+    );
+    let run = op.run(&caddy);
+    run.assert_ok("pdsup up with the user's Caddyfile");
+    let report = run.json();
+    let did = account_did(&report);
+    let caddyfile = d.ssh_ok("root", "cat /etc/caddy/Caddyfile");
+    assert_eq!(
+        caddyfile,
+        format!("import /etc/caddy/pdsup.caddy\n{USERS_CADDYFILE}"),
+        "the user's Caddyfile changed beyond the one import line"
+    );
+    let site = d.ssh_ok("root", "cat /etc/caddy/pdsup.caddy");
+    assert!(site.starts_with("# Managed by pdsup"), "{site}");
+    let notes = step_notes(&report, "proxy");
+    assert!(
+        notes.contains("adopted your /etc/caddy/Caddyfile (not pdsup's)"),
+        "{notes}"
+    );
+    assert_eq!(
+        d.ssh_ok("root", users_site),
+        "the user's other site",
+        "the user's site stopped answering"
+    );
+    // The PDS through Caddy for the hostname and the handle; Caddy still asks
+    // the PDS before a certificate, although the ask is not in the user's file.
+    let health = https_get_eventually(&d, HOSTNAME, "/xrpc/_health");
+    assert!(health.contains("\"version\""), "{health}");
+    let handle_did = https_get_eventually(&d, FULL_HANDLE, "/.well-known/atproto-did");
+    assert_eq!(handle_did.trim(), did);
+    assert!(
+        https_get(&d, "nobody.pds.test", "/xrpc/_health").is_err(),
+        "Caddy got a certificate for an unknown handle"
+    );
+    assert_eq!(
+        nomad_job(&d, "pds")["Meta"]["managed-by"],
+        "pdsup",
+        "pdsup's job does not carry its mark"
+    );
+    // Converged: a second run changes nothing, the Caddyfile included.
+    let again = op.run(&caddy);
+    again.assert_ok("the second run with the user's Caddyfile");
+    let report = again.json();
+    assert_eq!(report["changed"], false, "{report}");
+    assert_eq!(d.ssh_ok("root", "cat /etc/caddy/Caddyfile"), caddyfile);
+
+    // The droplet moves to IO, and the user runs an io job of their own.
+    d.ssh_ok(
+        "root",
+        &format!("systemctl disable --now caddy >/dev/null 2>&1; docker tag ghcr.io/bluesky-social/pds:0.4 {USERS_IO_IMAGE}"),
+    );
+    let out = d.ssh_with_stdin(
+        "root",
+        "curl -fsS -X POST --data-binary @- http://127.0.0.1:4646/v1/jobs",
+        users_io_job().to_string().as_bytes(),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !nomad_allocs(&d, "io")
+        .iter()
+        .any(|a| a.ends_with(" running"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the user's io job does not run: {:?}",
+            nomad_allocs(&d, "io")
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let job_before = nomad_job(&d, "io");
+    let allocs_before = nomad_allocs(&d, "io");
+
+    let io = op.up_args(&root_dest(&d), &["--proxy", "io", "--json"]);
+    let run = op.run(&io);
+    run.assert_ok("pdsup up with the user's io job");
+    let report = run.json();
+    assert_eq!(account_did(&report), did);
+    let notes = step_notes(&report, "proxy");
+    assert!(
+        notes.contains("adopted the io job you run (not pdsup's)"),
+        "{notes}"
+    );
+    let job_after = nomad_job(&d, "io");
+    for field in ["Version", "JobModifyIndex", "TaskGroups", "Meta"] {
+        assert_eq!(
+            job_after[field], job_before[field],
+            "the user's io job was changed ({field})"
+        );
+    }
+    assert_eq!(
+        nomad_allocs(&d, "io"),
+        allocs_before,
+        "the user's io job was restarted"
+    );
+    let ingress = d.ssh_ok("root", "cat /srv/nomad/io/pds.hcl");
+    assert!(ingress.contains("\"pds.test\""), "{ingress}");
+    assert_lists(&list_repos_on_droplet(&d), &did);
+    assert_eq!(
+        d.ssh_ok("root", "cat /etc/caddy/Caddyfile"),
+        caddyfile,
+        "the IO run touched the user's Caddyfile"
+    );
+}
+
+// ---------------------------------------------------------------------------------
 // 6. Bad input: a specific error before anything changes
 // ---------------------------------------------------------------------------------
 

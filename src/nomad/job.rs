@@ -23,11 +23,19 @@ use crate::settings::PDS_PORT;
 /// The datacenter of pdsup's single-node cluster (Nomad's default `datacenter`).
 pub const DATACENTER: &str = "dc1";
 
+/// The job `meta` key that marks a job as pdsup's, and its value. A job without
+/// it (an `io` job the user runs, for instance) is the user's: pdsup adopts it
+/// and never re-submits it.
+pub const MANAGED_BY_KEY: &str = "managed-by";
+pub const MANAGED_BY: &str = "pdsup";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
     pub id: String,
     pub datacenters: Vec<String>,
     pub job_type: JobType,
+    /// Job-level `meta`: pdsup's mark ([`MANAGED_BY_KEY`]) on every job it writes.
+    pub meta: Vec<(String, String)>,
     pub groups: Vec<Group>,
 }
 
@@ -206,6 +214,7 @@ pub fn pds_job(image: &str, env: Vec<(String, EnvValue)>) -> Job {
         id: "pds".into(),
         datacenters: vec![DATACENTER.into()],
         job_type: JobType::Service,
+        meta: pdsups_mark(),
         groups: vec![Group {
             name: "pds".into(),
             count: 1,
@@ -266,6 +275,7 @@ pub fn io_job(image: &str) -> Job {
         id: "io".into(),
         datacenters: vec![DATACENTER.into()],
         job_type: JobType::Service,
+        meta: pdsups_mark(),
         groups: vec![Group {
             name: "io".into(),
             count: 1,
@@ -306,6 +316,49 @@ pub fn io_job(image: &str) -> Job {
     }
 }
 
+/// The `meta` that marks a job as written by pdsup.
+pub fn pdsups_mark() -> Vec<(String, String)> {
+    vec![(MANAGED_BY_KEY.into(), MANAGED_BY.into())]
+}
+
+/// Whether a job as Nomad returns it (`GET /v1/job/:id`) carries pdsup's mark.
+pub fn is_pdsups(spec: &Value) -> bool {
+    spec["Meta"][MANAGED_BY_KEY].as_str() == Some(MANAGED_BY)
+}
+
+/// Whether a job as Nomad returns it mounts the client's host volume `source`
+/// into one of its tasks: a group `volume` of type `host` with that source,
+/// named by a task's `volume_mount`.
+pub fn mounts_host_volume(spec: &Value, source: &str) -> bool {
+    let groups = spec["TaskGroups"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    groups.iter().any(|group| {
+        let Some(volumes) = group["Volumes"].as_object() else {
+            return false;
+        };
+        let names: Vec<&str> = volumes
+            .iter()
+            .filter(|(_, v)| v["Type"] == "host" && v["Source"] == source)
+            .map(|(key, _)| key.as_str())
+            .collect();
+        let tasks = group["Tasks"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        tasks.iter().any(|task| {
+            let mounts = task["VolumeMounts"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            mounts
+                .iter()
+                .any(|m| m["Volume"].as_str().is_some_and(|v| names.contains(&v)))
+        })
+    })
+}
+
 fn ns(d: Duration) -> Value {
     // Nomad wants an integer literal of nanoseconds; u64 covers 584 years.
     json!(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -332,13 +385,22 @@ impl Job {
 
     /// The `Job` object alone (also the `Job` of a plan request).
     pub fn job_json(&self) -> Value {
-        json!({
+        let mut job = json!({
             "ID": self.id,
             "Name": self.id,
             "Type": self.job_type.as_str(),
             "Datacenters": self.datacenters,
             "TaskGroups": self.groups.iter().map(Group::api_json).collect::<Vec<_>>(),
-        })
+        });
+        if !self.meta.is_empty() {
+            let meta: Map<String, Value> = self
+                .meta
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            job["Meta"] = Value::Object(meta);
+        }
+        job
     }
 
     /// The job as a jobspec in the seed's layout. With `reveal_secrets == false`
@@ -347,7 +409,19 @@ impl Job {
         let job = Block::builder("job")
             .add_label(self.id.as_str())
             .add_attribute(("datacenters", self.datacenters.clone()))
-            .add_attribute(("type", self.job_type.as_str()))
+            .add_attribute(("type", self.job_type.as_str()));
+        // `meta { managed-by = "pdsup" }`, as a jobspec writes it (HCL
+        // identifiers may contain dashes).
+        let job = if self.meta.is_empty() {
+            job
+        } else {
+            let attrs = self
+                .meta
+                .iter()
+                .map(|(k, v)| Attribute::new(k.as_str(), v.as_str()));
+            job.add_block(Block::builder("meta").add_attributes(attrs).build())
+        };
+        let job = job
             .add_blocks(self.groups.iter().map(|g| g.hcl(reveal_secrets)))
             .build();
         let body = Body::builder().add_block(job).build();
@@ -750,8 +824,9 @@ mod tests {
         let job = &body["Job"];
         assert_eq!(
             keys(job),
-            ["Datacenters", "ID", "Name", "TaskGroups", "Type"]
+            ["Datacenters", "ID", "Meta", "Name", "TaskGroups", "Type"]
         );
+        assert_eq!(job["Meta"], json!({ "managed-by": "pdsup" }));
         assert_eq!(job["ID"], "pds");
         assert_eq!(job["Name"], "pds");
         assert_eq!(job["Type"], "service");
@@ -992,6 +1067,59 @@ mod tests {
         assert_eq!(hcl_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(hcl_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(hcl_duration(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn pdsups_jobs_carry_its_mark_in_both_renderings() {
+        for job in [pds_job("img", env()), io_job("agentio/io:latest")] {
+            let body = job.to_api_json();
+            assert!(is_pdsups(&body["Job"]), "{body}");
+            let v: Value = hcl::from_str(&job.to_hcl(false)).unwrap();
+            assert_eq!(
+                v["job"][job.id.as_str()]["meta"]["managed-by"],
+                json!("pdsup")
+            );
+        }
+        let mut unmarked = io_job("agentio/io:latest");
+        unmarked.meta.clear();
+        let body = unmarked.to_api_json();
+        assert!(body["Job"].get("Meta").is_none(), "{body}");
+        assert!(!is_pdsups(&body["Job"]));
+        assert!(!is_pdsups(
+            &json!({ "Meta": { "managed-by": "someone else" } })
+        ));
+        assert!(!is_pdsups(&json!({ "Meta": null })));
+    }
+
+    #[test]
+    fn a_job_mounts_a_host_volume_only_through_a_group_volume_and_a_task_mount() {
+        let io = io_job("agentio/io:latest").to_api_json()["Job"].clone();
+        assert!(mounts_host_volume(&io, "io"));
+        assert!(!mounts_host_volume(&io, "pds"));
+        // The user's own names for the group volume are fine: the source counts.
+        let renamed = json!({ "TaskGroups": [{
+            "Volumes": { "config": { "Type": "host", "Source": "io" } },
+            "Tasks": [{ "VolumeMounts": [{ "Volume": "config", "Destination": "/etc/io" }] }],
+        }]});
+        assert!(mounts_host_volume(&renamed, "io"));
+        // Declared but mounted by no task, or another source, or not a host volume.
+        for spec in [
+            json!({ "TaskGroups": [{
+                "Volumes": { "io": { "Type": "host", "Source": "io" } },
+                "Tasks": [{ "VolumeMounts": null }],
+            }]}),
+            json!({ "TaskGroups": [{
+                "Volumes": { "io": { "Type": "host", "Source": "other" } },
+                "Tasks": [{ "VolumeMounts": [{ "Volume": "io" }] }],
+            }]}),
+            json!({ "TaskGroups": [{
+                "Volumes": { "io": { "Type": "csi", "Source": "io" } },
+                "Tasks": [{ "VolumeMounts": [{ "Volume": "io" }] }],
+            }]}),
+            json!({ "TaskGroups": null }),
+        ] {
+            assert!(!mounts_host_volume(&spec, "io"), "{spec}");
+        }
     }
 
     #[test]

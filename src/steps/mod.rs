@@ -13,6 +13,7 @@
 //! plans every step against the facts of a fresh droplet instead ([`Step::fresh`]).
 
 pub mod account;
+pub mod adopt;
 pub mod dns;
 pub mod docker;
 pub mod facts;

@@ -2,6 +2,12 @@
 //! Nomad job plus the seed's ingress block in IO's config directory.
 //! `--proxy caddy`: the distribution's Caddy with on-demand TLS for the hostname
 //! and `*.hostname`, asking the PDS's `/tls-check` before each certificate.
+//!
+//! Adopt, don't replace: what pdsup writes carries its mark (job `meta`, a
+//! header line), and what runs without it is the user's. An `io` job of the
+//! user's is left as it is (only the ingress file is written, after checking
+//! that the job mounts the `io` host volume); a Caddyfile of the user's keeps
+//! every byte but one `import` line of pdsup's site file (see [`plan_caddy`]).
 
 use std::path::Path;
 
@@ -9,18 +15,23 @@ use crate::error::{err, Result};
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::CertificateDer;
 
-use super::{facts, Action, Contents, Ctx, StepId, StepPlan};
+use super::{adopt, facts, Action, Contents, Ctx, StepId, StepPlan};
 use crate::assets;
 use crate::host::config_file;
 use crate::host::facts as host_facts;
 use crate::host::{FileMode, Script};
 use crate::nomad::api::JobHealth;
-use crate::nomad::job::{io_job, Job};
+use crate::nomad::job::{self, io_job, Job};
 use crate::settings::{Proxy, Settings, PDS_PORT};
 
 pub const ID: StepId = StepId::new("proxy", "proxy");
 
 const CADDYFILE_PATH: &str = "/etc/caddy/Caddyfile";
+/// pdsup's site when the Caddyfile is the user's, imported by one line of it.
+const CADDY_SITE_PATH: &str = "/etc/caddy/pdsup.caddy";
+/// Where the site file's check puts a copy of the user's Caddyfile that imports
+/// the candidate instead (beside it, so its relative imports resolve alike).
+const CADDY_CHECK_PATH: &str = "/etc/caddy/Caddyfile.pdsup-check";
 const CADDY_ACME_ROOT: &str = "/etc/caddy/acme-ca-root.pem";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,6 +42,13 @@ pub struct Facts {
     /// new Caddyfile into place and Caddy running on it.
     pub caddyfile_install_interrupted: bool,
     pub caddyfile: Option<String>,
+    /// The Caddyfile is the one the caddy package shipped, untouched (dpkg's
+    /// checksum of the conffile): nobody's, so pdsup writes its own.
+    pub caddyfile_is_package_default: bool,
+    /// pdsup's site file, imported by a Caddyfile of the user's.
+    pub caddy_site: Option<String>,
+    /// A backup of the site file is left over (as for the Caddyfile).
+    pub caddy_site_install_interrupted: bool,
     pub acme_root: Option<String>,
     pub io_ingress: Option<String>,
     /// Nomad says re-submitting the IO job would change nothing.
@@ -39,6 +57,15 @@ pub struct Facts {
     /// enough: a run that stopped because IO could not start (its image could not
     /// be pulled) left the job registered but not running.
     pub io_healthy: bool,
+    /// The `io` job Nomad runs, when it is not pdsup's: adopted, never re-submitted.
+    pub io_adopted: Option<AdoptedJob>,
+}
+
+/// An `io` job of the user's, as far as pdsup needs to know it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdoptedJob {
+    /// It mounts the client's host volume `io`, where the ingress file goes.
+    pub mounts_io_volume: bool,
 }
 
 impl Facts {
@@ -136,16 +163,83 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
                     .read(host)
                     .await?;
             facts.caddyfile = host.read_text(CADDYFILE_PATH).await?;
+            facts.caddyfile_is_package_default = package_default(CADDYFILE_PATH).read(host).await?;
+            facts.caddy_site = host.read_text(CADDY_SITE_PATH).await?;
+            facts.caddy_site_install_interrupted =
+                host_facts::exists(&config_file::backup_path(CADDY_SITE_PATH))
+                    .read(host)
+                    .await?;
             facts.acme_root = host.read_text(CADDY_ACME_ROOT).await?;
         }
         Proxy::Io => {
             facts.io_ingress = ctx.host.read_text(&io_ingress_path(settings)).await?;
             let job = io_job(&settings.io.image);
+            facts.io_adopted = adopted_io_job(ctx, &job).await?;
+            if facts.io_adopted.is_some() {
+                facts.io_healthy = job_healthy(ctx, &job.id).await;
+                return Ok(facts);
+            }
             facts.io_job_unchanged = job_unchanged(ctx, &job).await;
             facts.io_healthy = facts.io_job_unchanged && job_healthy(ctx, &job.id).await;
         }
     }
     Ok(facts)
+}
+
+/// Whether `path` is a conffile of the caddy package with the contents the
+/// package shipped (`dpkg-query`'s md5 of it, against `md5sum` of the file).
+fn package_default(path: &'static str) -> host_facts::Fact<bool> {
+    host_facts::Fact::new(
+        Script::of(
+            "dpkg-query -W -f='${Conffiles}\\n' caddy 2>/dev/null; md5sum {} 2>/dev/null; true",
+            &[path],
+        ),
+        |out| parse_package_default(&out.stdout_str(), CADDYFILE_PATH),
+    )
+}
+
+/// Reads [`package_default`]'s output: conffile lines (` PATH MD5 [obsolete]`)
+/// then `md5sum`'s (`MD5  PATH`).
+fn parse_package_default(out: &str, path: &str) -> bool {
+    let mut shipped = None;
+    let mut now = None;
+    for line in out.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [p, md5] | [p, md5, _] if *p == path && line.starts_with(' ') => shipped = Some(*md5),
+            [md5, p] if *p == path => now = Some(*md5),
+            _ => {}
+        }
+    }
+    matches!((shipped, now), (Some(a), Some(b)) if a.len() == 32 && a == b)
+}
+
+/// The `io` job Nomad runs, unless there is none or it is pdsup's: marked, or
+/// (from a pdsup before the mark) the job pdsup submits but for the mark.
+/// Without Nomad (a dry run before it is installed) there is no job to adopt.
+async fn adopted_io_job(ctx: &mut Ctx<'_>, pdsups: &Job) -> Result<Option<AdoptedJob>> {
+    let Ok(nomad) = ctx.nomad().await else {
+        return Ok(None);
+    };
+    let spec = match nomad.job(&pdsups.id).await {
+        Ok(Some(spec)) => spec,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            log::debug!("reading job {}: {e:#}", pdsups.id);
+            return Ok(None);
+        }
+    };
+    if job::is_pdsups(&spec) {
+        return Ok(None);
+    }
+    let mut unmarked = pdsups.clone();
+    unmarked.meta.clear();
+    if job_unchanged(ctx, &unmarked).await {
+        return Ok(None);
+    }
+    Ok(Some(AdoptedJob {
+        mounts_io_volume: job::mounts_host_volume(&spec, "io"),
+    }))
 }
 
 /// Whether Nomad reports that submitting `job` would change nothing. Any failure
@@ -194,6 +288,10 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
     Ok(plan)
 }
 
+/// Caddy, from the distribution. Who the Caddyfile belongs to decides the rest:
+/// none there, or pdsup's (its header line): pdsup writes it whole, global
+/// options included. The user's (no header): it is adopted, see
+/// [`plan_caddy_adopted`].
 fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result<()> {
     if !facts.caddy_installed {
         plan.change(
@@ -216,6 +314,12 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
             );
             reload = true;
         }
+    }
+    if adopt::owner(facts.caddyfile.as_deref()) == adopt::Owner::User
+        && !facts.caddyfile_is_package_default
+    {
+        plan_caddy_adopted(plan, facts, settings, reload);
+        return Ok(());
     }
     let wanted = caddyfile(settings);
     if facts.caddyfile.as_deref() != Some(wanted.as_str()) || facts.caddyfile_install_interrupted {
@@ -256,6 +360,214 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
     Ok(())
 }
 
+/// The line pdsup adds to a Caddyfile of the user's.
+fn caddy_import_line() -> String {
+    format!("import {CADDY_SITE_PATH}")
+}
+
+/// The endpoint Caddy asks before an on-demand certificate: the PDS says
+/// whether the name is its hostname or one of its handles.
+fn tls_check_url() -> String {
+    format!("http://127.0.0.1:{PDS_PORT}/tls-check")
+}
+
+/// pdsup's site file, imported by the user's Caddyfile.
+///
+/// Caddy's global options live only in the Caddyfile's global options block,
+/// which must be the file's first block, and there is at most one. pdsup's
+/// site therefore sets what it can per site, in its `tls` block (the ACME
+/// email, `ca` and `ca_root`: per-site forms of the global `email`, `acme_ca`
+/// and `acme_ca_root`), so that the user's other sites keep their own ACME
+/// settings. Only on-demand TLS's `ask` exists solely as a global option
+/// (`on_demand_tls`); `with_global` puts it in a global options block at the
+/// top of this file, for a Caddyfile without one of its own that imports this
+/// file on its first line (Caddy expands `import` before it parses blocks, so
+/// the imported block is the Caddyfile's first). A Caddyfile with a global
+/// block of its own must carry the `on_demand_tls` itself.
+pub fn caddy_site(settings: &Settings, with_global: bool) -> String {
+    let global = if with_global {
+        format!(
+            "{{\n\ton_demand_tls {{\n\t\task {}\n\t}}\n}}\n\n",
+            tls_check_url()
+        )
+    } else {
+        String::new()
+    };
+    let mut acme = String::new();
+    if let Some(ca) = &settings.acme.ca {
+        acme.push_str(&format!("\t\tca {ca}\n"));
+    }
+    if settings.acme.ca_root.is_some() {
+        acme.push_str(&format!("\t\tca_root {CADDY_ACME_ROOT}\n"));
+    }
+    assets::render(
+        assets::CADDY_SITE,
+        &[
+            ("hostname", settings.hostname.as_str()),
+            ("path", CADDY_SITE_PATH),
+            ("global", &global),
+            ("email", settings.email.as_str()),
+            ("acme", &acme),
+            ("pds_port", &PDS_PORT.to_string()),
+        ],
+    )
+}
+
+/// A Caddyfile of the user's (no pdsup header) is adopted: pdsup's site goes
+/// to its own file, and the Caddyfile gets one line, `import <that file>`,
+/// every other byte kept. The line goes first when the Caddyfile has no global
+/// options block (the site file then brings one with the on-demand `ask`), and
+/// is appended when it has one that sets `on_demand_tls`; a global block
+/// without `on_demand_tls` is the user's to complete (a blocker says what to
+/// add), as pdsup does not edit inside the user's blocks.
+///
+/// Both files go in through the guarded install (`caddy validate`, the old
+/// file kept and put back if Caddy does not start on the new one): the
+/// Caddyfile with its candidate; the site file, once imported, with a copy of
+/// the Caddyfile that imports the candidate instead. Before it is imported the
+/// site file is written as it is (Caddy does not read it yet).
+fn plan_caddy_adopted(plan: &mut StepPlan, facts: &Facts, settings: &Settings, reload: bool) {
+    let user = facts.caddyfile.as_deref().unwrap_or_default();
+    let line = caddy_import_line();
+    let at_top = match adopt::global_options(user, &tls_check_url()) {
+        adopt::GlobalOptions::Absent => true,
+        adopt::GlobalOptions::Present {
+            on_demand_tls: true,
+            asks,
+        } => {
+            if !asks {
+                plan.notes.push(format!(
+                    "the global options of your {CADDYFILE_PATH} set on_demand_tls with an ask of your own: it decides \
+                     whether Caddy gets certificates for {h} and the handles under it, so it must approve them \
+                     (or ask {}, the PDS's check)",
+                    tls_check_url(),
+                    h = settings.hostname
+                ));
+            }
+            false
+        }
+        adopt::GlobalOptions::Present {
+            on_demand_tls: false,
+            ..
+        } => {
+            plan.blockers.push(format!(
+                "{CADDYFILE_PATH} is yours (it has no pdsup header) and begins with a global options block. pdsup \
+                 adds only the line `{line}` to it, but its site needs on-demand TLS to ask the PDS before Caddy \
+                 gets a certificate for a handle, and Caddy reads that only from the global options block. Add \
+                 inside that block:\n\ton_demand_tls {{\n\t\task {}\n\t}}\nthen run pdsup again",
+                tls_check_url()
+            ));
+            return;
+        }
+    };
+    plan.notes.push(format!(
+        "adopted your {CADDYFILE_PATH} (not pdsup's): pdsup's site is {CADDY_SITE_PATH}, and your Caddyfile gets only \
+         the line `{line}`"
+    ));
+    let site = caddy_site(settings, at_top);
+    let imported = adopt::has_line(user, &line);
+    let site_differs =
+        facts.caddy_site.as_deref() != Some(site.as_str()) || facts.caddy_site_install_interrupted;
+    if imported && site_differs {
+        let install = config_file::Install {
+            unit: "caddy".into(),
+            file: Some(config_file::NewFile {
+                path: CADDY_SITE_PATH.into(),
+                contents: site.clone(),
+                mode: FileMode::root(0o644),
+                validate: Some(caddy_validate_site_candidate(&line)),
+            }),
+        };
+        let detail = format!(
+            "{}\n{}",
+            crate::plan::diff(facts.caddy_site.as_deref().unwrap_or(""), &site),
+            install.describe()
+        );
+        plan.change(
+            format!(
+                "write {CADDY_SITE_PATH} for {h} and *.{h}, check it with `caddy validate`, (re)start Caddy",
+                h = settings.hostname
+            ),
+            Action::InstallConfig(install),
+        )
+        .detail(detail);
+        return;
+    }
+    if site_differs {
+        plan.change(
+            format!(
+                "write {CADDY_SITE_PATH} for {h} and *.{h} (Caddy reads it once your Caddyfile imports it)",
+                h = settings.hostname
+            ),
+            Action::Write {
+                path: CADDY_SITE_PATH.into(),
+                contents: Contents::Text(site.clone()),
+                mode: FileMode::root(0o644),
+            },
+        )
+        .detail(crate::plan::diff(
+            facts.caddy_site.as_deref().unwrap_or(""),
+            &site,
+        ));
+    }
+    if !imported || facts.caddyfile_install_interrupted {
+        let wanted = adopt::with_import(user, &line, at_top);
+        let install = config_file::Install {
+            unit: "caddy".into(),
+            file: Some(config_file::NewFile {
+                path: CADDYFILE_PATH.into(),
+                contents: wanted.clone(),
+                mode: FileMode::root(0o644),
+                validate: Some(caddy_validate(&config_file::candidate_path(CADDYFILE_PATH))),
+            }),
+        };
+        let detail = format!(
+            "{}\n{}",
+            crate::plan::diff(user, &wanted),
+            install.describe()
+        );
+        plan.change(
+            format!(
+                "add `{line}` to your {CADDYFILE_PATH} (nothing else in it changes), check it with `caddy validate`, \
+                 (re)start Caddy"
+            ),
+            Action::InstallConfig(install),
+        )
+        .detail(detail);
+    } else if reload || !facts.caddy_active {
+        let install = config_file::Install {
+            unit: "caddy".into(),
+            file: None,
+        };
+        let detail = install.describe();
+        plan.change(
+            "(re)start Caddy with the new configuration",
+            Action::InstallConfig(install),
+        )
+        .detail(detail);
+    }
+}
+
+/// `caddy validate` of the user's Caddyfile as it would be with the candidate
+/// site file: a copy beside it, its import `line` pointing at the candidate.
+fn caddy_validate_site_candidate(line: &str) -> Script {
+    let candidate_line = format!("import {}", config_file::candidate_path(CADDY_SITE_PATH));
+    Script::of(
+        "c={}; trap 'rm -f \"$c\"' EXIT; awk -v l={} -v r={} {} {} > \"$c\" && ",
+        &[
+            CADDY_CHECK_PATH,
+            line,
+            &candidate_line,
+            "{ if ($0 == l) print r; else print }",
+            CADDYFILE_PATH,
+        ],
+    )
+    .push(
+        "d=$(mktemp -d) && trap 'rm -rf \"$d\" \"$c\"' EXIT && HOME=\"$d\" XDG_DATA_HOME=\"$d\" XDG_CONFIG_HOME=\"$d\" caddy validate --config \"$c\" --adapter caddyfile",
+        &[],
+    )
+}
+
 /// `caddy validate` on a candidate Caddyfile. Caddy may set up its storage while
 /// validating: a throwaway HOME keeps that away from root's and the service's.
 fn caddy_validate(candidate: &str) -> Script {
@@ -266,6 +578,20 @@ fn caddy_validate(candidate: &str) -> Script {
 }
 
 fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
+    if let Some(adopted) = &facts.io_adopted {
+        if !adopted.mounts_io_volume {
+            plan.blockers.push(format!(
+                "Nomad runs an io job that is not pdsup's (no meta managed-by = \"pdsup\"), and it does not \
+                 mount the host volume \"io\", where pdsup puts the ingress file for {} ({}). pdsup leaves \
+                 your job as it is: add to its group `volume \"io\" {{ type = \"host\" source = \"io\" }}` and \
+                 to its IO task `volume_mount {{ volume = \"io\" destination = \"/io\" }}` (where IO reads its \
+                 config), run it, then run pdsup again",
+                settings.hostname,
+                io_ingress_path(settings)
+            ));
+            return;
+        }
+    }
     let path = io_ingress_path(settings);
     let wanted = io_ingress(settings);
     if facts.io_ingress.as_deref() != Some(wanted.as_str()) {
@@ -282,7 +608,17 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
             &wanted,
         ));
     }
-    if !facts.io_job_unchanged {
+    if facts.io_adopted.is_some() {
+        plan.notes.push(format!(
+            "adopted the io job you run (not pdsup's): pdsup adds only the ingress file {path} and never \
+             submits, changes or restarts that job"
+        ));
+        if !facts.io_healthy {
+            plan.notes.push(
+                "Nomad does not report your io job running and healthy: the PDS is not reachable through IO until it is (`nomad job status io`)".into(),
+            );
+        }
+    } else if !facts.io_job_unchanged {
         let job = io_job(&settings.io.image);
         let hcl = job.to_hcl(false);
         plan.change(
@@ -291,7 +627,7 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
         )
         .detail(hcl);
     }
-    if !facts.io_job_unchanged || !facts.io_healthy {
+    if facts.io_adopted.is_none() && (!facts.io_job_unchanged || !facts.io_healthy) {
         plan.change(
             "wait for IO to run",
             Action::WaitJobHealthy {
@@ -459,5 +795,336 @@ mod tests {
             ..landed
         };
         assert!(plan(&running, &settings).unwrap().is_unchanged());
+    }
+
+    fn caddy_settings() -> Settings {
+        let mut settings = Settings::example();
+        settings.proxy = Proxy::Caddy;
+        settings
+    }
+
+    const USERS_CADDYFILE: &str = "# my sites\n:8081 {\n\trespond \"the other site\"\n}\n";
+
+    #[test]
+    fn pdsups_caddyfile_carries_the_mark_and_is_rewritten_whole() {
+        let settings = caddy_settings();
+        assert!(adopt::written_by_pdsup(&caddyfile(&settings)));
+        // A Caddyfile pdsup wrote earlier, hand-edited since: still pdsup's.
+        let edited = format!("{}# hand edit\n", caddyfile(&settings));
+        let facts = Facts {
+            caddy_installed: true,
+            caddy_active: true,
+            caddyfile: Some(edited),
+            ..Facts::default()
+        };
+        let p = plan(&facts, &settings).unwrap();
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        match &p.changes[0].action {
+            Action::InstallConfig(config_file::Install { file: Some(f), .. }) => {
+                assert_eq!(f.path, CADDYFILE_PATH);
+                assert_eq!(f.contents, caddyfile(&settings));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            p.notes.iter().all(|n| !n.contains("adopted")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn a_users_caddyfile_gets_the_site_file_and_one_import_line_at_the_top() {
+        let mut settings = caddy_settings();
+        settings.acme.ca = Some("https://10.213.0.1:14000/dir".into());
+        let facts = Facts {
+            caddy_installed: true,
+            caddy_active: true,
+            caddyfile: Some(USERS_CADDYFILE.into()),
+            ..Facts::default()
+        };
+        let p = plan(&facts, &settings).unwrap();
+        assert!(p.blockers.is_empty(), "{:?}", p.blockers);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("adopted your /etc/caddy/Caddyfile (not pdsup's)")),
+            "{:?}",
+            p.notes
+        );
+        assert_eq!(p.changes.len(), 2, "{:?}", p.changes);
+        let site = caddy_site(&settings, true);
+        match &p.changes[0].action {
+            Action::Write { path, contents, .. } => {
+                assert_eq!(path, CADDY_SITE_PATH);
+                assert_eq!(contents.bytes(), site.as_bytes());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match &p.changes[1].action {
+            Action::InstallConfig(config_file::Install {
+                file: Some(f),
+                unit,
+            }) => {
+                assert_eq!(unit, "caddy");
+                assert_eq!(f.path, CADDYFILE_PATH);
+                assert_eq!(
+                    f.contents,
+                    format!("import /etc/caddy/pdsup.caddy\n{USERS_CADDYFILE}")
+                );
+                assert!(f
+                    .validate
+                    .as_deref()
+                    .unwrap()
+                    .contains("caddy validate --config /etc/caddy/Caddyfile.pdsup-new"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // The site file: marked, the on-demand ask in its own global block
+        // (first, as the import is the Caddyfile's first line), ACME per site.
+        assert!(adopt::written_by_pdsup(&site), "{site}");
+        assert!(
+            site.contains(
+                "{\n\ton_demand_tls {\n\t\task http://127.0.0.1:3000/tls-check\n\t}\n}\n"
+            ),
+            "{site}"
+        );
+        assert!(site.contains("pds.example.com, *.pds.example.com {\n\ttls me@example.com {\n\t\ton_demand\n\t\tca https://10.213.0.1:14000/dir\n\t}\n"), "{site}");
+        assert!(!site.contains("acme_ca"), "{site}");
+
+        // Converged: the import line in, the site file as wanted.
+        let done = Facts {
+            caddyfile: Some(format!("import /etc/caddy/pdsup.caddy\n{USERS_CADDYFILE}")),
+            caddy_site: Some(site.clone()),
+            ..facts.clone()
+        };
+        assert!(plan(&done, &settings).unwrap().changes.is_empty());
+
+        // The site changes later (another ACME CA): the site file goes through
+        // the guarded install, checked through a copy of the user's Caddyfile.
+        settings.acme.ca = None;
+        let p = plan(&done, &settings).unwrap();
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        match &p.changes[0].action {
+            Action::InstallConfig(config_file::Install { file: Some(f), .. }) => {
+                assert_eq!(f.path, CADDY_SITE_PATH);
+                assert_eq!(f.contents, caddy_site(&settings, true));
+                let check = f.validate.as_deref().unwrap();
+                assert!(check.contains("awk -v l='import /etc/caddy/pdsup.caddy' -v r='import /etc/caddy/pdsup.caddy.pdsup-new'"), "{check}");
+                assert!(check.contains("caddy validate --config \"$c\""), "{check}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The site file's check, run for real with a stand-in `caddy` that prints
+    /// the config it is given: the user's Caddyfile, importing the candidate.
+    #[test]
+    fn the_site_files_check_reads_the_users_caddyfile_importing_the_candidate() {
+        let script = caddy_validate_site_candidate(&caddy_import_line()).to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/caddy")).unwrap();
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::write(
+            root.join("etc/caddy/Caddyfile"),
+            format!("import /etc/caddy/pdsup.caddy\n{USERS_CADDYFILE}"),
+        )
+        .unwrap();
+        let fake = root.join("bin/caddy");
+        std::fs::write(&fake, "#!/bin/sh\ncat \"$3\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let prefix = root.display().to_string();
+        let script = script.replace(
+            "/etc/caddy/Caddyfile",
+            &format!("{prefix}/etc/caddy/Caddyfile"),
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env("PATH", format!("{prefix}/bin:/usr/bin:/bin"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("import /etc/caddy/pdsup.caddy.pdsup-new\n{USERS_CADDYFILE}")
+        );
+        assert!(
+            !root.join("etc/caddy/Caddyfile.pdsup-check").exists(),
+            "the copy was left behind"
+        );
+    }
+
+    #[test]
+    fn the_packages_own_caddyfile_is_nobodys() {
+        let out = " /etc/caddy/Caddyfile 0f0e3bd3a8e2f2e5b9c6b1c8a3d4e5f6\n\
+                   0f0e3bd3a8e2f2e5b9c6b1c8a3d4e5f6  /etc/caddy/Caddyfile\n";
+        assert!(parse_package_default(out, CADDYFILE_PATH));
+        let obsolete = out.replacen("e5f6\n", "e5f6 obsolete\n", 1);
+        assert!(parse_package_default(&obsolete, CADDYFILE_PATH));
+        for out in [
+            // Edited since it was installed.
+            " /etc/caddy/Caddyfile 0f0e3bd3a8e2f2e5b9c6b1c8a3d4e5f6\n\
+             11111111111111111111111111111111  /etc/caddy/Caddyfile\n",
+            // Caddy not installed (no conffiles), or no Caddyfile.
+            "0f0e3bd3a8e2f2e5b9c6b1c8a3d4e5f6  /etc/caddy/Caddyfile\n",
+            " /etc/caddy/Caddyfile 0f0e3bd3a8e2f2e5b9c6b1c8a3d4e5f6\n",
+            "",
+            "garbled\n",
+        ] {
+            assert!(!parse_package_default(out, CADDYFILE_PATH), "{out:?}");
+        }
+        // A default Caddyfile is replaced by pdsup's whole file, not adopted.
+        let settings = caddy_settings();
+        let facts = Facts {
+            caddy_installed: true,
+            caddy_active: true,
+            caddyfile: Some(":80 {\n\troot * /usr/share/caddy\n\tfile_server\n}\n".into()),
+            caddyfile_is_package_default: true,
+            ..Facts::default()
+        };
+        let p = plan(&facts, &settings).unwrap();
+        match &p.changes[..] {
+            [c] => match &c.action {
+                Action::InstallConfig(config_file::Install { file: Some(f), .. }) => {
+                    assert_eq!(f.contents, caddyfile(&settings))
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_users_global_block_decides_where_the_ask_lives() {
+        let settings = caddy_settings();
+        let with_ask = "{\n\temail me@example.com\n\ton_demand_tls {\n\t\task http://127.0.0.1:3000/tls-check\n\t}\n}\n:8081 {\n\trespond hi\n}\n";
+        let facts = Facts {
+            caddy_installed: true,
+            caddy_active: true,
+            caddyfile: Some(with_ask.into()),
+            ..Facts::default()
+        };
+        let p = plan(&facts, &settings).unwrap();
+        assert!(p.blockers.is_empty(), "{:?}", p.blockers);
+        match &p.changes[1].action {
+            Action::InstallConfig(config_file::Install { file: Some(f), .. }) => {
+                assert_eq!(
+                    f.contents,
+                    format!("{with_ask}import /etc/caddy/pdsup.caddy\n")
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match &p.changes[0].action {
+            Action::Write { contents, .. } => {
+                assert_eq!(contents.bytes(), caddy_site(&settings, false).as_bytes());
+                assert!(!caddy_site(&settings, false).contains("on_demand_tls"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // An ask of the user's: kept, with a note that it must approve the PDS's names.
+        let theirs = with_ask.replace("127.0.0.1:3000/tls-check", "127.0.0.1:9000/ok");
+        let p = plan(
+            &Facts {
+                caddyfile: Some(theirs),
+                ..facts.clone()
+            },
+            &settings,
+        )
+        .unwrap();
+        assert!(p.blockers.is_empty());
+        assert!(
+            p.notes.iter().any(|n| n.contains("must approve them")),
+            "{:?}",
+            p.notes
+        );
+        // A global block without on_demand_tls: the user adds it; nothing changes.
+        let p = plan(
+            &Facts {
+                caddyfile: Some("{\n\temail me@example.com\n}\n:8081 {\n}\n".into()),
+                ..facts
+            },
+            &settings,
+        )
+        .unwrap();
+        assert!(p.changes.is_empty(), "{:?}", p.changes);
+        assert_eq!(p.blockers.len(), 1);
+        assert!(
+            p.blockers[0].contains("on_demand_tls {\n\t\task http://127.0.0.1:3000/tls-check\n\t}"),
+            "{}",
+            p.blockers[0]
+        );
+    }
+
+    #[test]
+    fn an_io_job_of_the_users_is_adopted_and_never_submitted() {
+        let settings = Settings::example();
+        let facts = Facts {
+            io_adopted: Some(AdoptedJob {
+                mounts_io_volume: true,
+            }),
+            io_healthy: true,
+            ..Facts::default()
+        };
+        let p = plan(&facts, &settings).unwrap();
+        let summaries: Vec<&str> = p.changes.iter().map(|c| c.summary.as_str()).collect();
+        assert_eq!(summaries.len(), 1, "{summaries:?}");
+        assert!(
+            summaries[0].starts_with("write the IO ingress"),
+            "{summaries:?}"
+        );
+        assert!(p.changes.iter().all(|c| !matches!(
+            c.action,
+            Action::SubmitJob(_) | Action::WaitJobHealthy { .. }
+        )));
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("adopted the io job you run (not pdsup's)")),
+            "{:?}",
+            p.notes
+        );
+        let landed = Facts {
+            io_ingress: Some(io_ingress(&settings)),
+            ..facts.clone()
+        };
+        assert!(plan(&landed, &settings).unwrap().is_unchanged());
+        let stopped = Facts {
+            io_healthy: false,
+            ..landed
+        };
+        let p = plan(&stopped, &settings).unwrap();
+        assert!(p.changes.is_empty());
+        assert!(
+            p.notes.iter().any(|n| n.contains("nomad job status io")),
+            "{:?}",
+            p.notes
+        );
+
+        // A job that does not mount the io volume: a blocker saying what to add.
+        let unmounted = Facts {
+            io_adopted: Some(AdoptedJob {
+                mounts_io_volume: false,
+            }),
+            ..facts
+        };
+        let p = plan(&unmounted, &settings).unwrap();
+        assert!(p.changes.is_empty(), "{:?}", p.changes);
+        assert_eq!(p.blockers.len(), 1);
+        for needle in [
+            "not pdsup's",
+            "volume \"io\"",
+            "volume_mount",
+            "/srv/nomad/io/pds.hcl",
+        ] {
+            assert!(
+                p.blockers[0].contains(needle),
+                "{needle}: {}",
+                p.blockers[0]
+            );
+        }
     }
 }
