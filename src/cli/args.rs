@@ -856,6 +856,7 @@ mod tests {
             s.docker_apt.clone(),
             s.timezone.clone(),
             s.pds_env.clone(),
+            s.io.ingress_syntax,
         )
     }
 
@@ -872,6 +873,7 @@ mod tests {
             email in "[a-z][a-z0-9]{0,8}(\\.[a-z0-9]{1,4})?@[a-z]{1,8}\\.(com|org|co)",
             handle in proptest::prop_oneof!["[a-z][a-z0-9]{2,12}", "[a-z][a-z0-9]{2,8}\\.(com|net)"],
             proxy in proptest::prop_oneof!["io", "caddy"],
+            io_ingress_syntax in proptest::prop_oneof!["ingress", "host"],
             nomad_version in "[0-9]\\.[0-9]{1,2}\\.[0-9]{1,2}(-rc[0-9])?",
             pds_image in "[a-z]{1,8}(\\.[a-z]{2,4}(:[0-9]{4})?)?/[a-z][a-z0-9]{0,4}(-[a-z0-9]{1,4})?:[0-9][0-9a-z]{0,4}(\\.[0-9]{1,2})?",
             plc_url in a_url(),
@@ -888,6 +890,7 @@ mod tests {
                 "--pds-image".into(), pds_image, "--plc-url".into(), plc_url,
                 "--docker-apt-url".into(), docker_apt_url,
                 "--timezone".into(), timezone,
+                "--io-ingress-syntax".into(), io_ingress_syntax,
             ];
             if mirror_key {
                 args.extend(["--docker-apt-key".to_string(), key.to_string()]);
