@@ -1384,7 +1384,8 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
     // IO's current syntax by default (`ingress`, since July 2026), not the seed's `host`.
     let ingress = d.ssh_ok("root", "cat /srv/nomad/io/pds.hcl");
     assert!(
-        ingress.contains("ingress \"pds.test\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}"),
+        ingress
+            .contains("ingress \"pds.test\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}"),
         "IO's ingress block is missing from /srv/nomad/io/pds.hcl:\n{ingress}"
     );
     assert!(
@@ -1446,7 +1447,10 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
     // An older IO image reads the seed's `host` block: the choice is made once
     // and remembered in site.toml. IO's job is left as it was.
     let older = op.run(&op.up_args(&root_dest(&d), &["--io-ingress-syntax", "host"]));
-    older.assert_failed("the run with --io-ingress-syntax host", ErrorKind::Unhealthy);
+    older.assert_failed(
+        "the run with --io-ingress-syntax host",
+        ErrorKind::Unhealthy,
+    );
     let ingress = d.ssh_ok("root", "cat /srv/nomad/io/pds.hcl");
     assert!(
         ingress.contains("host \"pds.test\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}")
