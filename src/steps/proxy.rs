@@ -426,7 +426,7 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
                 settings.io.image
             ),
             _ => format!(
-                "pin IO's image: record the digest of the {} IO runs in site.toml and run IO by that digest",
+                "pin IO's image: once IO runs, record the digest of its {} in site.toml and run IO by that digest",
                 settings.io.image
             ),
         };
