@@ -1,5 +1,5 @@
-# Written by pdsup: IO ingress for the Bluesky PDS (the seed article's block).
-host "{{hostname}}" {
+# Written by pdsup: IO ingress for the Bluesky PDS (IO's `ingress` block, July 2026 and later).
+ingress "{{hostname}}" {
   name    = "pds"
   backend = "nomad:pds"
 }

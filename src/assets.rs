@@ -5,7 +5,10 @@
 pub const CADDYFILE: &str = include_str!("../assets/Caddyfile");
 /// pdsup's site, imported by a Caddyfile of the user's.
 pub const CADDY_SITE: &str = include_str!("../assets/caddy-site.caddy");
+/// IO's ingress block as IO reads it since July 2026.
 pub const IO_INGRESS: &str = include_str!("../assets/io-ingress.hcl");
+/// The seed's `host` block, for IO images before the rename.
+pub const IO_INGRESS_HOST: &str = include_str!("../assets/io-ingress-host.hcl");
 
 /// Replaces each `{{key}}` in `template` with its value.
 pub fn render(template: &str, values: &[(&str, &str)]) -> String {

@@ -79,10 +79,16 @@ fn plan_without_droplet_shows_every_step_and_no_secret() {
         "submit the pds job (ghcr.io/bluesky-social/pds:0.4)",
         "PDS_JWT_SECRET",
         "create the account alice.pds.example.com",
-        "*.pds.example.com",
+        // IO's current block, and its DNS: the handle's TXT record, no wildcard.
+        "ingress \"pds.example.com\" {",
+        "_atproto.alice.pds.example.com",
     ] {
         assert!(plan.contains(needle), "plan lacks {needle:?}:\n{plan}");
     }
+    assert!(
+        !plan.contains("*.pds.example.com"),
+        "IO's plan has a wildcard record:\n{plan}"
+    );
     // Secrets are masked, and a plan saves nothing.
     assert!(plan.contains("PDS_JWT_SECRET") && plan.contains("********"));
     assert!(!plan

@@ -542,6 +542,16 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     let report = first.json();
     assert_eq!(report["changed"], true, "{report}");
     let did = account_did(&report);
+    // Caddy's DNS: the hostname and the wildcard for handles under it (Caddy
+    // gets their certificates on demand), at the droplet's own address.
+    assert_eq!(
+        report["dns_records"],
+        serde_json::json!([
+            { "kind": "A", "name": HOSTNAME, "value": d.ip },
+            { "kind": "A", "name": format!("*.{HOSTNAME}"), "value": d.ip },
+        ]),
+        "{report}"
+    );
     let password = report["account"]["password"]
         .as_str()
         .expect("the new account's password is shown once");
@@ -1371,10 +1381,16 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
         ],
     );
 
+    // IO's current syntax by default (`ingress`, since July 2026), not the seed's `host`.
     let ingress = d.ssh_ok("root", "cat /srv/nomad/io/pds.hcl");
     assert!(
-        ingress.contains("host \"pds.test\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}"),
-        "the seed's host block is missing from /srv/nomad/io/pds.hcl:\n{ingress}"
+        ingress
+            .contains("ingress \"pds.test\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}"),
+        "IO's ingress block is missing from /srv/nomad/io/pds.hcl:\n{ingress}"
+    );
+    assert!(
+        !ingress.contains("host \""),
+        "the seed's host block is in /srv/nomad/io/pds.hcl by default:\n{ingress}"
     );
     let job = nomad_job(&d, "io");
     let task = &job["TaskGroups"][0]["Tasks"][0];
@@ -1426,6 +1442,51 @@ fn io_proxy_lands_its_job_and_ingress_and_names_the_image_it_cannot_pull() {
         nomad_job(&d, "io")["JobModifyIndex"],
         job_before["JobModifyIndex"],
         "the unchanged IO job was submitted again"
+    );
+
+    // An older IO image reads the seed's `host` block: the choice is made once
+    // and remembered in site.toml. IO's job is left as it was.
+    let older = op.run(&op.up_args(&root_dest(&d), &["--io-ingress-syntax", "host"]));
+    older.assert_failed(
+        "the run with --io-ingress-syntax host",
+        ErrorKind::Unhealthy,
+    );
+    let ingress = d.ssh_ok("root", "cat /srv/nomad/io/pds.hcl");
+    assert!(
+        ingress.contains("host \"pds.test\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}")
+            && !ingress.contains("ingress \""),
+        "--io-ingress-syntax host did not write the seed's block:\n{ingress}"
+    );
+    let site_toml = fs::read_to_string(op.site_dir().join("site.toml")).unwrap();
+    assert!(
+        site_toml.contains("io_ingress_syntax = \"host\""),
+        "the ingress syntax is not remembered:\n{site_toml}"
+    );
+    assert_eq!(
+        nomad_job(&d, "io")["JobModifyIndex"],
+        job_before["JobModifyIndex"],
+        "a new ingress syntax submitted the IO job again"
+    );
+
+    // The DNS records for IO (a dry run goes past the proxy that cannot run
+    // here): the hostname's address and the handle's TXT record, no wildcard,
+    // since IO has a certificate for the hostname only. The address is the
+    // droplet's own (DEST is a tunnel on this machine's loopback).
+    let dry = op.run(&op.up_args(&root_dest(&d), &["--dry-run", "--json"]));
+    dry.assert_ok("a dry run with IO");
+    let report = dry.json();
+    let proxy_changes = step_changes(&report)["proxy"].clone();
+    assert!(
+        !proxy_changes.iter().any(|c| c.contains("ingress")),
+        "the remembered syntax was not used: {proxy_changes:?}"
+    );
+    assert_eq!(
+        report["dns_records"],
+        serde_json::json!([
+            { "kind": "A", "name": "pds.test", "value": d.ip },
+            { "kind": "TXT", "name": "_atproto.alice.pds.test", "value": "\"did=<the account's DID>\"" },
+        ]),
+        "{report}"
     );
 }
 
@@ -1784,6 +1845,24 @@ fn bad_input_is_refused_before_anything_changes() {
             );
         assert_untouched(&d, "port 80 taken");
     }
+
+    // A time zone the droplet's tz database does not have (the seed's "PDT"),
+    // last: site.toml now remembers it (port 80 is still taken too).
+    let run = op.run(&op.up_args(&dest, &["--timezone", "PDT"]));
+    run.assert_failed("--timezone PDT", ErrorKind::Blocked)
+        .assert_stderr_has(
+            "--timezone PDT",
+            &[
+                "--timezone \"PDT\"",
+                "/usr/share/zoneinfo/PDT",
+                "America/Los_Angeles",
+            ],
+        );
+    assert_untouched(&d, "an unknown time zone");
+    assert!(
+        !op.env_file().exists(),
+        "secrets were generated for an unknown time zone"
+    );
 }
 
 // ---------------------------------------------------------------------------------

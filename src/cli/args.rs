@@ -13,7 +13,9 @@ use clap::{ArgMatches, Args, FromArgMatches};
 
 use crate::inputs::{Email, Handle, Hostname, HttpUrl, ImageRef, Timezone};
 use crate::settings::table::{self, Given, Layers, Resolved, Setting};
-use crate::settings::{self, Acme, DockerApt, DockerSource, Io, NomadSource, Proxy, Settings};
+use crate::settings::{
+    self, Acme, DockerApt, DockerSource, Io, IoIngressSyntax, NomadSource, Proxy, Settings,
+};
 use crate::state::SiteRecord;
 
 /// The site flags, as the user sees them. Their values are read raw, with
@@ -98,6 +100,10 @@ struct SiteFlags {
     /// Directory on the droplet where IO reads its config (inside the io volume)
     #[arg(long, default_value = settings::IO_VOLUME_PATH, value_name = "DIR", env = "PDSUP_IO_CONFIG_DIR")]
     io_config_dir: String,
+
+    /// The block IO's config takes: `ingress` (IO since July 2026) or the seed's `host` (older IO images) [default: ingress; remembered]
+    #[arg(long, value_enum, env = "PDSUP_IO_INGRESS_SYNTAX")]
+    io_ingress_syntax: Option<IoIngressSyntax>,
 
     /// Mark the first account's email as confirmed (for PDSes that send no mail)
     #[arg(long, env = "PDSUP_CONFIRM_EMAIL")]
@@ -406,6 +412,7 @@ pub fn settings_at(
         io: Io {
             image: io_image,
             config_dir: dir.to_string(),
+            ingress_syntax: choice(&layers, &table::IO_INGRESS_SYNTAX)?,
         },
         confirm_email,
         pds_env,
@@ -454,6 +461,7 @@ fn remembered_value(settings: &Settings, setting: &'static Setting) -> Option<to
         "pds_image" => text(&settings.pds_image),
         "plc_url" => text(&settings.plc_url),
         "timezone" => text(&settings.timezone),
+        "io_ingress_syntax" => text(&format!("{:?}", settings.io.ingress_syntax).to_lowercase()),
         "pds_env" => Some(toml::Value::Array(
             settings
                 .pds_env
@@ -848,6 +856,7 @@ mod tests {
             s.docker_apt.clone(),
             s.timezone.clone(),
             s.pds_env.clone(),
+            s.io.ingress_syntax,
         )
     }
 
@@ -864,6 +873,7 @@ mod tests {
             email in "[a-z][a-z0-9]{0,8}(\\.[a-z0-9]{1,4})?@[a-z]{1,8}\\.(com|org|co)",
             handle in proptest::prop_oneof!["[a-z][a-z0-9]{2,12}", "[a-z][a-z0-9]{2,8}\\.(com|net)"],
             proxy in proptest::prop_oneof!["io", "caddy"],
+            io_ingress_syntax in proptest::prop_oneof!["ingress", "host"],
             nomad_version in "[0-9]\\.[0-9]{1,2}\\.[0-9]{1,2}(-rc[0-9])?",
             pds_image in "[a-z]{1,8}(\\.[a-z]{2,4}(:[0-9]{4})?)?/[a-z][a-z0-9]{0,4}(-[a-z0-9]{1,4})?:[0-9][0-9a-z]{0,4}(\\.[0-9]{1,2})?",
             plc_url in a_url(),
@@ -880,6 +890,7 @@ mod tests {
                 "--pds-image".into(), pds_image, "--plc-url".into(), plc_url,
                 "--docker-apt-url".into(), docker_apt_url,
                 "--timezone".into(), timezone,
+                "--io-ingress-syntax".into(), io_ingress_syntax,
             ];
             if mirror_key {
                 args.extend(["--docker-apt-key".to_string(), key.to_string()]);

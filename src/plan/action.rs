@@ -39,6 +39,9 @@ pub enum Action {
     SubmitJob(Box<Job>),
     /// Wait until the job's allocation runs and is healthy.
     WaitJobHealthy { job: String, image: String },
+    /// Record the digest of the IO image the droplet runs for `image` in
+    /// site.toml, and run IO by that digest from then on.
+    PinIoImage { image: String },
     /// Wait until the PDS answers `/xrpc/_health`.
     WaitPdsHealthy,
     /// Mark the PDS data dir as this site's (`site_id` in site.toml first).

@@ -35,6 +35,17 @@ pub enum Proxy {
     Caddy,
 }
 
+/// The block IO's config takes for a site: IO renamed `host` to `ingress`
+/// in July 2026 (with `call` → `calling`); images before that read `host`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoIngressSyntax {
+    /// `ingress "HOSTNAME" { name = … backend = "nomad:pds" }`: IO since July 2026
+    Ingress,
+    /// `host "HOSTNAME" { … }`: the seed article's form, for IO images before July 2026
+    Host,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DockerSource {
@@ -130,6 +141,7 @@ pub struct Io {
     pub image: String,
     /// Host directory (inside the IO volume, mounted at /io in the IO task) for ingress files.
     pub config_dir: String,
+    pub ingress_syntax: IoIngressSyntax,
 }
 
 #[derive(Clone, Debug)]
@@ -179,6 +191,7 @@ impl Settings {
             io: Io {
                 image: IO_IMAGE.into(),
                 config_dir: IO_VOLUME_PATH.into(),
+                ingress_syntax: IoIngressSyntax::Ingress,
             },
             confirm_email: false,
             pds_env: Vec::new(),

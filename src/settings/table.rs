@@ -18,8 +18,10 @@
 //! flag deploys the same thing rather than the default: the first account
 //! (email, handle), the proxy, the Nomad version, the PDS image, the PLC
 //! directory, the time zone and the extra PDS environment (all in the PDS's or
-//! Nomad's configuration), and Docker's apt repository with its key (written to
-//! the droplet's apt sources). Not remembered:
+//! Nomad's configuration), the syntax of IO's ingress block (it must suit the IO
+//! image the site runs, which is pinned by digest in `site.toml` too), and
+//! Docker's apt repository with its key (written to the droplet's apt sources).
+//! Not remembered:
 //! - where this run fetches bytes from, which does not change what is deployed
 //!   (the release is checked against its signature either way):
 //!   `--nomad-release-url`, `--nomad-release-key`, and local files given for
@@ -159,6 +161,14 @@ pub const IO_CONFIG_DIR: Setting = setting(
     Some(super::IO_VOLUME_PATH),
     PER_RUN,
 );
+/// Remembered: it must match the IO image the site runs (see `io_image_pin`).
+pub const IO_INGRESS_SYNTAX: Setting = setting(
+    "io_ingress_syntax",
+    "--io-ingress-syntax",
+    "PDSUP_IO_INGRESS_SYNTAX",
+    Some("ingress"),
+    REMEMBERED,
+);
 pub const CONFIRM_EMAIL: Setting = setting(
     "confirm_email",
     "--confirm-email",
@@ -201,6 +211,7 @@ pub const ALL: &[&Setting] = &[
     &ACME_CA_ROOT,
     &IO_IMAGE,
     &IO_CONFIG_DIR,
+    &IO_INGRESS_SYNTAX,
     &CONFIRM_EMAIL,
     &PDS_ENV,
     &TIMEZONE,

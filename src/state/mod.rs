@@ -50,6 +50,12 @@ pub struct SiteRecord {
     pub docker_apt_url: Option<String>,
     pub docker_apt_key: Option<String>,
     pub timezone: Option<String>,
+    /// `--io-ingress-syntax`: `ingress` or `host`.
+    pub io_ingress_syntax: Option<String>,
+    /// The IO image the site runs, by digest, recorded once IO first runs so
+    /// that later runs and rebuilds get the same IO (steps/proxy.rs). Deleting
+    /// it takes the newest IO on the next run.
+    pub io_image_pin: Option<IoImagePin>,
     /// `--pds-env` values, `KEY=VALUE`.
     pub pds_env: Vec<String>,
     /// Set once the first account exists, so re-runs never create it again.
@@ -60,6 +66,14 @@ pub struct SiteRecord {
     /// A random id, also in the PDS data dir: tells this site's PDS data from
     /// any other (steps/account.rs).
     pub site_id: Option<String>,
+}
+
+/// An IO image reference (`agentio/io:latest`) and the digest it stood for
+/// when the site first ran it (`agentio/io@sha256:…`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IoImagePin {
+    pub image: String,
+    pub by_digest: String,
 }
 
 /// The account a run was about to create.

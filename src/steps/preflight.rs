@@ -1,9 +1,12 @@
 //! Preflight: is this a droplet pdsup can set up? OS and architecture, systemd,
-//! disk and memory, ports 80/443, and the dpkg lock a fresh droplet's
+//! disk and memory, ports 80/443, the time zone in the droplet's tz database,
+//! and the dpkg lock a fresh droplet's
 //! unattended-upgrades holds for its first minutes (package installs wait for
 //! it, so here it is only reported, with the program that holds it).
 
 use crate::error::Result;
+use crate::host::facts::Fact;
+use crate::host::Script;
 
 use super::packages::{self, LockHolder};
 use super::{Ctx, StepId, StepPlan};
@@ -36,6 +39,37 @@ pub struct Facts {
     pub listeners: Vec<(u16, String)>,
     /// Who holds the dpkg lock, if anyone.
     pub dpkg_lock: Option<LockHolder>,
+    /// Whether the droplet's tz database has `--timezone` (`None`: not asked).
+    pub zone: Option<Zone>,
+}
+
+/// What the droplet's tz database says about a time zone name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Zone {
+    Known,
+    Unknown,
+    /// No `/usr/share/zoneinfo` at all (tzdata not installed): nothing to check against.
+    NoDatabase,
+}
+
+/// Whether `/usr/share/zoneinfo/<timezone>` is a zone file on the droplet.
+pub fn zone(timezone: &str) -> Fact<Zone> {
+    Fact::new(
+        Script::of(
+            "if [ ! -d /usr/share/zoneinfo ]; then echo no-database; elif [ -f /usr/share/zoneinfo/{} ]; then echo known; else echo unknown; fi",
+            &[timezone],
+        ),
+        |out| parse_zone(&out.stdout_str()),
+    )
+}
+
+/// Reads [`zone`]'s answer; anything else counts as unknown.
+pub fn parse_zone(text: &str) -> Zone {
+    match text.trim() {
+        "known" => Zone::Known,
+        "no-database" => Zone::NoDatabase,
+        _ => Zone::Unknown,
+    }
 }
 
 impl Facts {
@@ -50,6 +84,7 @@ impl Facts {
             mem_total_mb: 2_000,
             listeners: Vec::new(),
             dpkg_lock: None,
+            zone: Some(Zone::Known),
         }
     }
 
@@ -103,6 +138,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     (facts.os_id, facts.os_version, facts.os_name) = (os.id, os.version_id, os.name);
     facts.arch = crate::host::facts::uname_arch().read(host).await?;
     facts.dpkg_lock = packages::gather_lock_holder(ctx).await?;
+    facts.zone = Some(zone(&ctx.settings.timezone).read(host).await?);
     Ok(facts)
 }
 
@@ -165,6 +201,19 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
                 "port {port} is held by {process:?}; the proxy needs 80 and 443: stop and disable it (e.g. `systemctl disable --now {process}`), then run pdsup again"
             ));
         }
+    }
+    match facts.zone {
+        Some(Zone::Unknown) => plan.blockers.push(format!(
+            "--timezone {:?} is not a time zone the droplet knows (no /usr/share/zoneinfo/{}): \
+             give an IANA zone name such as UTC, Europe/Berlin or America/Los_Angeles \
+             (abbreviations like PDT, the seed's, are not zones)",
+            settings.timezone, settings.timezone
+        )),
+        Some(Zone::NoDatabase) => plan.notes.push(format!(
+            "the droplet has no tz database (/usr/share/zoneinfo), so --timezone {:?} was not checked",
+            settings.timezone
+        )),
+        Some(Zone::Known) | None => {}
     }
     if let Some(holder) = &facts.dpkg_lock {
         plan.notes.push(format!(
@@ -273,6 +322,54 @@ mod tests {
                 && p.blockers[0].contains("give nomad_1.10.5_linux_arm64.zip"),
             "{}",
             p.blockers[0]
+        );
+    }
+
+    #[test]
+    fn a_time_zone_the_droplet_does_not_know_is_blocked() {
+        let mut settings = Settings::example();
+        settings.timezone = "PDT".into();
+        // (the tz database's answer, blocked, noted)
+        let table = [
+            ("known\n", false, false),
+            ("unknown\n", true, false),
+            ("no-database\n", false, true),
+            ("", true, false),
+        ];
+        for (answer, blocked, noted) in table {
+            let facts = Facts {
+                zone: Some(parse_zone(answer)),
+                ..Facts::parse(DEBIAN)
+            };
+            let p = plan(&facts, &settings);
+            assert_eq!(
+                p.blockers.len(),
+                usize::from(blocked),
+                "{answer:?}: {:?}",
+                p.blockers
+            );
+            if blocked {
+                let b = &p.blockers[0];
+                assert!(
+                    b.contains("--timezone \"PDT\"")
+                        && b.contains("/usr/share/zoneinfo/PDT")
+                        && b.contains("America/Los_Angeles"),
+                    "{b}"
+                );
+            }
+            assert_eq!(
+                p.notes.iter().any(|n| n.contains("not checked")),
+                noted,
+                "{answer:?}"
+            );
+        }
+        let fact = zone("America/Los_Angeles");
+        assert!(
+            fact.cmd
+                .script
+                .contains("[ -f /usr/share/zoneinfo/America/Los_Angeles ]"),
+            "{}",
+            fact.cmd.script
         );
     }
 

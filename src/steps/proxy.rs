@@ -1,5 +1,7 @@
 //! The proxy in front of the PDS. `--proxy io` (default): Agent IO's proxy as a
-//! Nomad job plus the seed's ingress block in IO's config directory.
+//! Nomad job plus an ingress block in IO's config directory, in the syntax of
+//! the IO the site runs (`--io-ingress-syntax`), with IO's image pinned by
+//! digest once it first runs.
 //! `--proxy caddy`: the distribution's Caddy with on-demand TLS for the hostname
 //! and `*.hostname`, asking the PDS's `/tls-check` before each certificate.
 //!
@@ -22,7 +24,8 @@ use crate::host::facts as host_facts;
 use crate::host::{FileMode, Script};
 use crate::nomad::api::JobHealth;
 use crate::nomad::job::{self, io_job, Job};
-use crate::settings::{Proxy, Settings, PDS_PORT};
+use crate::settings::{IoIngressSyntax, Proxy, Settings, PDS_PORT};
+use crate::state::IoImagePin;
 
 pub const ID: StepId = StepId::new("proxy", "proxy");
 
@@ -57,8 +60,23 @@ pub struct Facts {
     /// enough: a run that stopped because IO could not start (its image could not
     /// be pulled) left the job registered but not running.
     pub io_healthy: bool,
+    /// The IO image the site runs, by digest, as `site.toml` records it.
+    pub io_image_pin: Option<IoImagePin>,
+    /// Asked only while IO runs healthy and is not pinned yet: the digest of
+    /// the image it runs (`None` when not asked).
+    pub io_image_digest: Option<ImageDigest>,
     /// The `io` job Nomad runs, when it is not pdsup's: adopted, never re-submitted.
     pub io_adopted: Option<AdoptedJob>,
+}
+
+/// What Docker on the droplet says about an image's registry digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageDigest {
+    /// `repository@sha256:…`, the form a job can run.
+    Found(String),
+    /// The image has no digest of a registry for its repository (it was built
+    /// or loaded on the droplet), or Docker does not have it.
+    Unavailable,
 }
 
 /// An `io` job of the user's, as far as pdsup needs to know it.
@@ -135,11 +153,101 @@ pub fn caddyfile(settings: &Settings) -> String {
     )
 }
 
+/// The ingress file for the hostname, in the syntax of the IO the site runs.
 pub fn io_ingress(settings: &Settings) -> String {
-    assets::render(
-        assets::IO_INGRESS,
-        &[("hostname", settings.hostname.as_str())],
+    let template = match settings.io.ingress_syntax {
+        IoIngressSyntax::Ingress => assets::IO_INGRESS,
+        IoIngressSyntax::Host => assets::IO_INGRESS_HOST,
+    };
+    assets::render(template, &[("hostname", settings.hostname.as_str())])
+}
+
+/// The image the IO job runs: the pinned digest when `site.toml` has one for
+/// this image reference, else the reference itself (a reference given with a
+/// digest is pinned already).
+pub fn io_image(settings: &Settings, pin: Option<&IoImagePin>) -> String {
+    match pin {
+        Some(pin) if pin.image == settings.io.image && !settings.io.image.contains('@') => {
+            pin.by_digest.clone()
+        }
+        _ => settings.io.image.clone(),
+    }
+}
+
+/// Whether the IO image still needs pinning: a reference without a digest and
+/// no pin recorded for it, unless Docker already said it has no digest, and
+/// only for pdsup's own io job.
+fn needs_pin(facts: &Facts, settings: &Settings) -> bool {
+    let pinned = settings.io.image.contains('@')
+        || facts
+            .io_image_pin
+            .as_ref()
+            .is_some_and(|pin| pin.image == settings.io.image);
+    // A job of the user's runs the image the user chose: pdsup pins only its own.
+    facts.io_adopted.is_none() && !pinned && facts.io_image_digest != Some(ImageDigest::Unavailable)
+}
+
+/// The registry digest of the image the droplet's IO task runs for `image`:
+/// the running `io-<alloc>` container's image when its reference is `image`,
+/// else the image Docker has under that reference (what Nomad last pulled).
+pub fn io_image_digest(image: &str) -> host_facts::Fact<ImageDigest> {
+    host_facts::Fact::new(
+        Script::of(
+            r#"want={}
+img=
+for c in $(docker ps -q --filter name=^io- 2>/dev/null); do
+  if [ "$(docker inspect -f '{{.Config.Image}}' "$c")" = "$want" ]; then img=$(docker inspect -f '{{.Image}}' "$c"); break; fi
+done
+printf 'image=%s\n' "$want"
+printf 'digests=%s\n' "$(docker image inspect -f '{{json .RepoDigests}}' "${img:-$want}" 2>/dev/null)""#,
+            &[image],
+        ),
+        |out| parse_image_digest(&out.stdout_str()),
     )
+}
+
+/// Reads [`io_image_digest`]'s output: the repository digest of the wanted
+/// reference's repository, among the image's `RepoDigests`.
+pub fn parse_image_digest(text: &str) -> ImageDigest {
+    let mut image = None;
+    let mut digests = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("image=") {
+            image = Some(v.trim());
+        } else if let Some(v) = line.strip_prefix("digests=") {
+            digests = serde_json::from_str::<Vec<String>>(v.trim()).ok();
+        }
+    }
+    let (Some(image), Some(digests)) = (image, digests) else {
+        return ImageDigest::Unavailable;
+    };
+    let want = repository(image);
+    digests
+        .into_iter()
+        .find(|d| {
+            d.split_once('@').is_some_and(|(repo, digest)| {
+                repository(repo) == want
+                    && digest.strip_prefix("sha256:").is_some_and(|hex| {
+                        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+                    })
+            })
+        })
+        .map_or(ImageDigest::Unavailable, ImageDigest::Found)
+}
+
+/// An image reference's repository in Docker's short form: no digest, no tag,
+/// no `docker.io/` or `library/` (`docker.io/library/nginx:1` → `nginx`).
+fn repository(reference: &str) -> &str {
+    let name = reference.split('@').next().unwrap_or(reference);
+    let name = match name.rfind(':') {
+        Some(colon) if !name[colon..].contains('/') => &name[..colon],
+        _ => name,
+    };
+    let name = name
+        .strip_prefix("docker.io/")
+        .or_else(|| name.strip_prefix("index.docker.io/"))
+        .unwrap_or(name);
+    name.strip_prefix("library/").unwrap_or(name)
 }
 
 fn io_ingress_path(settings: &Settings) -> String {
@@ -173,7 +281,8 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         }
         Proxy::Io => {
             facts.io_ingress = ctx.host.read_text(&io_ingress_path(settings)).await?;
-            let job = io_job(&settings.io.image);
+            facts.io_image_pin = ctx.record.io_image_pin.clone();
+            let job = io_job(&io_image(settings, facts.io_image_pin.as_ref()));
             facts.io_adopted = adopted_io_job(ctx, &job).await?;
             if facts.io_adopted.is_some() {
                 facts.io_healthy = job_healthy(ctx, &job.id).await;
@@ -181,6 +290,10 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
             }
             facts.io_job_unchanged = job_unchanged(ctx, &job).await;
             facts.io_healthy = facts.io_job_unchanged && job_healthy(ctx, &job.id).await;
+            if facts.io_healthy && needs_pin(&facts, settings) {
+                facts.io_image_digest =
+                    Some(io_image_digest(&settings.io.image).read(ctx.host).await?);
+            }
         }
     }
     Ok(facts)
@@ -595,8 +708,15 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
     let path = io_ingress_path(settings);
     let wanted = io_ingress(settings);
     if facts.io_ingress.as_deref() != Some(wanted.as_str()) {
+        let block = match settings.io.ingress_syntax {
+            IoIngressSyntax::Ingress => "ingress",
+            IoIngressSyntax::Host => "host (the seed's, for IO before July 2026)",
+        };
         plan.change(
-            format!("write the IO ingress for {} to {path}", settings.hostname),
+            format!(
+                "write the IO ingress for {} to {path} ({block} block)",
+                settings.hostname
+            ),
             Action::Write {
                 path: path.clone(),
                 contents: Contents::Text(wanted.clone()),
@@ -608,6 +728,7 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
             &wanted,
         ));
     }
+    let image = io_image(settings, facts.io_image_pin.as_ref());
     if facts.io_adopted.is_some() {
         plan.notes.push(format!(
             "adopted the io job you run (not pdsup's): pdsup adds only the ingress file {path} and never \
@@ -619,10 +740,10 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
             );
         }
     } else if !facts.io_job_unchanged {
-        let job = io_job(&settings.io.image);
+        let job = io_job(&image);
         let hcl = job.to_hcl(false);
         plan.change(
-            format!("submit the IO job ({})", settings.io.image),
+            format!("submit the IO job ({image})"),
             Action::SubmitJob(Box::new(job)),
         )
         .detail(hcl);
@@ -632,13 +753,65 @@ fn plan_io(plan: &mut StepPlan, facts: &Facts, settings: &Settings) {
             "wait for IO to run",
             Action::WaitJobHealthy {
                 job: "io".into(),
-                image: settings.io.image.clone(),
+                image: image.clone(),
             },
         );
     }
+    if needs_pin(facts, settings) {
+        let summary = match &facts.io_image_digest {
+            Some(ImageDigest::Found(digest)) => format!(
+                "pin IO's image: record {digest} for {} in site.toml and run IO by that digest",
+                settings.io.image
+            ),
+            _ => format!(
+                "pin IO's image: once IO runs, record the digest of its {} in site.toml and run IO by that digest",
+                settings.io.image
+            ),
+        };
+        plan.change(
+            summary,
+            Action::PinIoImage {
+                image: settings.io.image.clone(),
+            },
+        );
+    } else if facts.io_image_digest == Some(ImageDigest::Unavailable) {
+        plan.notes.push(format!(
+            "IO's image {} has no registry digest on the droplet (built or loaded there?): it is not pinned",
+            settings.io.image
+        ));
+    }
     plan.notes.push(
-        "IO terminates TLS for the hostname; handles under it (alice.<hostname>) need their own IO host blocks or a custom-domain handle".into(),
+        "IO terminates TLS for the hostname only: a handle under it (alice.<hostname>) is verified by its DNS TXT record (see the DNS records)".into(),
     );
+}
+
+/// Records the digest of the image IO runs and runs IO by it. IO runs when this
+/// is applied (the plan waits for it first); an image without a registry digest
+/// is left unpinned, and the re-check then finds nothing to do.
+async fn apply_pin(ctx: &mut Ctx<'_>, image: &str) -> Result<()> {
+    let digest = match io_image_digest(image).read(ctx.host).await? {
+        ImageDigest::Found(digest) => digest,
+        ImageDigest::Unavailable => {
+            ctx.progress.note(&format!(
+                "IO's image {image} has no registry digest on the droplet: it is not pinned"
+            ));
+            return Ok(());
+        }
+    };
+    ctx.record.io_image_pin = Some(IoImagePin {
+        image: image.to_string(),
+        by_digest: digest.clone(),
+    });
+    ctx.site.save_record(&ctx.record)?;
+    let job = io_job(&digest);
+    if !job_unchanged(ctx, &job).await {
+        ctx.apply(&Action::SubmitJob(Box::new(job))).await?;
+    }
+    ctx.apply(&Action::WaitJobHealthy {
+        job: "io".into(),
+        image: digest,
+    })
+    .await
 }
 
 /// The proxy in front of the PDS: IO as a Nomad job, or Caddy.
@@ -662,6 +835,13 @@ impl super::Step for ProxyStep {
 
     fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
         plan(facts, input.settings)
+    }
+
+    async fn apply(&self, ctx: &mut Ctx<'_>, action: &Action) -> Result<()> {
+        match action {
+            Action::PinIoImage { image } => apply_pin(ctx, image).await,
+            other => ctx.apply(other).await,
+        }
     }
 }
 
@@ -715,12 +895,44 @@ mod tests {
     }
 
     #[test]
-    fn io_ingress_is_the_seed_block() {
-        let text = io_ingress(&Settings::example());
-        assert!(text.contains(
-            "host \"pds.example.com\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}"
-        ));
-        hcl::parse(&text).expect("valid HCL");
+    fn io_ingress_takes_the_syntax_of_the_io_the_site_runs() {
+        let mut settings = Settings::example();
+        // (syntax, the block, a form that must not be there)
+        let table = [
+            (
+                IoIngressSyntax::Ingress,
+                "ingress \"pds.example.com\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}\n",
+                "host \"",
+            ),
+            (
+                IoIngressSyntax::Host,
+                "host \"pds.example.com\" {\n  name    = \"pds\"\n  backend = \"nomad:pds\"\n}\n",
+                "ingress \"",
+            ),
+        ];
+        for (syntax, block, not) in table {
+            settings.io.ingress_syntax = syntax;
+            let text = io_ingress(&settings);
+            assert!(text.contains(block), "{syntax:?}: {text}");
+            assert!(!text.contains(not), "{syntax:?}: {text}");
+            // One block of that name, with exactly IO's two attributes.
+            let body = hcl::parse(&text).expect("valid HCL");
+            let blocks: Vec<_> = body.blocks().collect();
+            assert_eq!(blocks.len(), 1, "{text}");
+            let name = format!("{syntax:?}").to_lowercase();
+            assert_eq!(blocks[0].identifier(), name);
+            let attrs: Vec<&str> = blocks[0].body().attributes().map(|a| a.key()).collect();
+            assert_eq!(attrs, ["name", "backend"]);
+        }
+    }
+
+    #[test]
+    fn the_default_ingress_syntax_is_io_s_current_one() {
+        assert_eq!(
+            Settings::example().io.ingress_syntax,
+            IoIngressSyntax::Ingress
+        );
+        assert!(io_ingress(&Settings::example()).contains("ingress \"pds.example.com\" {"));
     }
 
     #[test]
@@ -769,13 +981,29 @@ mod tests {
     }
 
     #[test]
-    fn io_fresh_writes_ingress_and_submits_job() {
+    fn io_fresh_writes_ingress_submits_job_then_pins_its_image() {
         let plan = plan(&Facts::fresh(), &Settings::example()).unwrap();
         let summaries: Vec<&str> = plan.changes.iter().map(|c| c.summary.as_str()).collect();
-        assert_eq!(summaries.len(), 3, "{summaries:?}");
-        assert!(summaries[0]
-            .starts_with("write the IO ingress for pds.example.com to /srv/nomad/io/pds.hcl"));
+        assert_eq!(summaries.len(), 4, "{summaries:?}");
+        assert!(summaries[0].starts_with(
+            "write the IO ingress for pds.example.com to /srv/nomad/io/pds.hcl (ingress block)"
+        ));
         assert!(summaries[1].contains("agentio/io:latest"));
+        assert_eq!(summaries[2], "wait for IO to run");
+        assert!(
+            matches!(&plan.changes[3].action, Action::PinIoImage { image } if image == "agentio/io:latest"),
+            "{summaries:?}"
+        );
+    }
+
+    const DIGEST: &str =
+        "agentio/io@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn pin() -> IoImagePin {
+        IoImagePin {
+            image: "agentio/io:latest".into(),
+            by_digest: DIGEST.into(),
+        }
     }
 
     #[test]
@@ -785,11 +1013,16 @@ mod tests {
             io_ingress: Some(io_ingress(&settings)),
             io_job_unchanged: true,
             io_healthy: false,
+            io_image_pin: Some(pin()),
             ..Facts::default()
         };
         let p = plan(&landed, &settings).unwrap();
         let summaries: Vec<&str> = p.changes.iter().map(|c| c.summary.as_str()).collect();
         assert_eq!(summaries, ["wait for IO to run"]);
+        match &p.changes[0].action {
+            Action::WaitJobHealthy { image, .. } => assert_eq!(image, DIGEST),
+            other => panic!("unexpected {other:?}"),
+        }
         let running = Facts {
             io_healthy: true,
             ..landed
@@ -1126,5 +1359,133 @@ mod tests {
                 p.blockers[0]
             );
         }
+    }
+
+    #[test]
+    fn a_pinned_image_runs_by_digest_until_another_image_is_asked_for() {
+        let mut settings = Settings::example();
+        // (what, --io-image, the pin, the image the job runs)
+        let table = [
+            ("pinned", "agentio/io:latest", Some(pin()), DIGEST),
+            ("not pinned yet", "agentio/io:latest", None, "agentio/io:latest"),
+            ("another tag", "agentio/io:v2", Some(pin()), "agentio/io:v2"),
+            (
+                "a digest given",
+                "agentio/io@sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+                Some(pin()),
+                "agentio/io@sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            ),
+        ];
+        for (what, image, pin, want) in table {
+            settings.io.image = image.into();
+            assert_eq!(io_image(&settings, pin.as_ref()), want, "{what}");
+            let facts = Facts {
+                io_image_pin: pin,
+                ..Facts::fresh()
+            };
+            let p = plan(&facts, &settings).unwrap();
+            match &p.changes[1].action {
+                Action::SubmitJob(job) => {
+                    assert_eq!(job.groups[0].tasks[0].image, want, "{what}")
+                }
+                other => panic!("{what}: unexpected {other:?}"),
+            }
+            let pins = p
+                .changes
+                .iter()
+                .filter(|c| matches!(c.action, Action::PinIoImage { .. }))
+                .count();
+            let expect_pin = want == image && !image.contains('@');
+            assert_eq!(pins, usize::from(expect_pin), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_running_unpinned_io_is_pinned_unless_it_has_no_registry_digest() {
+        let settings = Settings::example();
+        let running = Facts {
+            io_ingress: Some(io_ingress(&settings)),
+            io_job_unchanged: true,
+            io_healthy: true,
+            io_image_digest: Some(ImageDigest::Found(DIGEST.into())),
+            ..Facts::default()
+        };
+        let p = plan(&running, &settings).unwrap();
+        assert_eq!(p.changes.len(), 1);
+        assert!(
+            p.changes[0].summary.contains(DIGEST),
+            "{}",
+            p.changes[0].summary
+        );
+        let local = Facts {
+            io_image_digest: Some(ImageDigest::Unavailable),
+            ..running
+        };
+        let p = plan(&local, &settings).unwrap();
+        assert!(p.is_unchanged(), "{:?}", p.changes);
+        assert!(
+            p.notes.iter().any(|n| n.contains("not pinned")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn image_digests_parse_from_docker_s_repo_digests() {
+        let hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let io = format!("agentio/io@sha256:{hex}");
+        let table = [
+            // A pulled image: its one digest.
+            (
+                format!("image=agentio/io:latest\ndigests=[\"{io}\"]\n"),
+                ImageDigest::Found(io.clone()),
+            ),
+            // Docker's long form of the same repository, and a digest of another one.
+            (
+                format!(
+                    "image=docker.io/agentio/io:latest\ndigests=[\"mirror.example:5000/io@sha256:{hex}\",\"{io}\"]\n"
+                ),
+                ImageDigest::Found(io.clone()),
+            ),
+            (
+                format!("image=docker.io/library/nginx:1\ndigests=[\"nginx@sha256:{hex}\"]\n"),
+                ImageDigest::Found(format!("nginx@sha256:{hex}")),
+            ),
+            (
+                format!("image=registry.example:5000/team/io:2\ndigests=[\"registry.example:5000/team/io@sha256:{hex}\"]\n"),
+                ImageDigest::Found(format!("registry.example:5000/team/io@sha256:{hex}")),
+            ),
+            // Loaded with `docker load` or built there: no registry digest.
+            (
+                "image=agentio/io:latest\ndigests=[]\n".into(),
+                ImageDigest::Unavailable,
+            ),
+            // Docker does not have the image.
+            (
+                "image=agentio/io:latest\ndigests=\n".into(),
+                ImageDigest::Unavailable,
+            ),
+            // Only another repository's digest.
+            (
+                format!("image=agentio/io:latest\ndigests=[\"other/io@sha256:{hex}\"]\n"),
+                ImageDigest::Unavailable,
+            ),
+            // Garbled digests.
+            (
+                "image=agentio/io:latest\ndigests=[\"agentio/io@sha256:abc\"]\n".into(),
+                ImageDigest::Unavailable,
+            ),
+            ("".into(), ImageDigest::Unavailable),
+            ("garbage\n".into(), ImageDigest::Unavailable),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_image_digest(&text), want, "{text:?}");
+        }
+        let fact = io_image_digest("agentio/io:latest");
+        assert!(
+            fact.cmd.script.starts_with("want=agentio/io:latest\n"),
+            "{}",
+            fact.cmd.script
+        );
     }
 }
