@@ -31,11 +31,12 @@ done
 
 release() {
   # 1. Build (a no-op when nothing changed; a new version forces a rebuild via option_env!).
-  log "building nomad-double $V (release)"
-  ( cd "$REPO_DIR" && NOMAD_DOUBLE_VERSION="$V" cargo build --quiet -p nomad-double --release ) \
-    || die "cargo build -p nomad-double --release failed" "fix the build, then re-run $0"
+  # The `double` profile (Cargo.toml): optimised, without the shipped binary's LTO.
+  log "building nomad-double $V (profile double)"
+  ( cd "$REPO_DIR" && NOMAD_DOUBLE_VERSION="$V" cargo build --quiet -p nomad-double --profile double ) \
+    || die "cargo build -p nomad-double --profile double failed" "fix the build, then re-run $0"
   local target="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
-  local bin="$target/release/nomad"
+  local bin="$target/double/nomad"
   [ -x "$bin" ] || die "$bin missing after the build"
   local got
   got=$("$bin" version)
