@@ -459,16 +459,7 @@ fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result
         )
         .detail(detail);
     } else if reload || !facts.caddy_active {
-        let install = config_file::Install {
-            unit: "caddy".into(),
-            file: None,
-        };
-        let detail = install.describe();
-        plan.change(
-            "(re)start Caddy with the new configuration",
-            Action::InstallConfig(install),
-        )
-        .detail(detail);
+        restart_caddy(plan);
     }
     Ok(())
 }
@@ -648,17 +639,22 @@ fn plan_caddy_adopted(plan: &mut StepPlan, facts: &Facts, settings: &Settings, r
         )
         .detail(detail);
     } else if reload || !facts.caddy_active {
-        let install = config_file::Install {
-            unit: "caddy".into(),
-            file: None,
-        };
-        let detail = install.describe();
-        plan.change(
-            "(re)start Caddy with the new configuration",
-            Action::InstallConfig(install),
-        )
-        .detail(detail);
+        restart_caddy(plan);
     }
+}
+
+/// (Re)starts Caddy on the files as they are (a site file changed, or Caddy is down).
+fn restart_caddy(plan: &mut StepPlan) {
+    let install = config_file::Install {
+        unit: "caddy".into(),
+        file: None,
+    };
+    let detail = install.describe();
+    plan.change(
+        "(re)start Caddy with the new configuration",
+        Action::InstallConfig(install),
+    )
+    .detail(detail);
 }
 
 /// `caddy validate` of the user's Caddyfile as it would be with the candidate
