@@ -633,6 +633,39 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     assert_no_secrets(&secrets, &first.stderr, "the first run's -vv log");
     let env_before = fs::read(op.env_file()).unwrap();
 
+    // Nomad's API does not give the secrets away: they are in the droplet's
+    // root-only pds.env (the site's file, byte for byte), which the task and
+    // pdsadmin source.
+    let job = nomad_job(&d, "pds");
+    assert_no_secrets(&secrets, &job.to_string(), "GET /v1/job/pds");
+    assert_eq!(
+        d.ssh_ok("root", "stat -c '%a %U %G' /srv/nomad/pds/pds.env")
+            .trim(),
+        "600 root root"
+    );
+    assert!(
+        d.ssh_ok("root", "cat /srv/nomad/pds/pds.env").as_bytes() == env_before.as_slice(),
+        "the droplet's pds.env is not the site's"
+    );
+    let pdsadmin_style = d.ssh_ok(
+        "root",
+        "bash -c 'set -euo pipefail; PDS_ENV_FILE=/srv/nomad/pds/pds.env; source \"${PDS_ENV_FILE}\"; \
+         printf %s \"${PDS_ADMIN_PASSWORD}\"'",
+    );
+    assert!(
+        pdsadmin_style == secrets["PDS_ADMIN_PASSWORD"],
+        "a pdsadmin-style script did not read PDS_ADMIN_PASSWORD from the droplet's pds.env"
+    );
+    let in_task = d.ssh_ok(
+        "root",
+        "docker exec $(docker ps -q --filter name=pds- | head -n1) sh -c 'test -r /pds/pds.env && echo readable'",
+    );
+    assert_eq!(
+        in_task.trim(),
+        "readable",
+        "the task does not see /pds/pds.env"
+    );
+
     // The plan (with the job and its env in full) masks them too.
     let mut plan_args = vec!["plan".to_string()];
     plan_args.extend(op.site_args());
