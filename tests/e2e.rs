@@ -549,10 +549,12 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     let steps = step_changes(&report);
     for step in [
         "docker",
+        "docker_logs",
         "nomad",
         "nomad_config",
         "proxy",
         "secrets",
+        "pds_image",
         "pds_job",
         "account",
     ] {
@@ -595,6 +597,14 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
         "{packages}"
     );
     let apt_before = apt_sources(&d);
+
+    // Docker rotates the logs of the containers it runs, the PDS's included.
+    let daemon: Value =
+        serde_json::from_str(&d.ssh_ok("root", "cat /etc/docker/daemon.json")).unwrap();
+    assert_eq!(
+        daemon,
+        serde_json::json!({"log-driver": "json-file", "log-opts": {"max-size": "500m", "max-file": "4"}})
+    );
 
     // The PDS, through Caddy with a certificate Pebble issued, for the hostname...
     let health = https_get_eventually(&d, HOSTNAME, "/xrpc/_health");
@@ -796,6 +806,36 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
         nomad_before,
         "Nomad was restarted"
     );
+}
+
+/// Nomad's API answering on the droplet's public address (a stand-in listener on
+/// 4646, as on a droplet whose nomad.hcl binds 0.0.0.0) stops the run before
+/// anything changes, and says how to close it or accept it.
+#[test]
+fn an_exposed_nomad_api_stops_the_run_before_anything_changes() {
+    require_e2e();
+    let d = Droplet::start("bookworm");
+    let op = Operator::new();
+    let listening = d.ssh_ok(
+        "root",
+        "systemd-run --quiet --unit=stand-in-nomad-api systemd-socket-activate -l 4646 sleep infinity; \
+         for i in $(seq 50); do ss -Hltn 'sport = :4646' | grep -q . && break; sleep 0.1; done; \
+         ss -Hltn 'sport = :4646'",
+    );
+    assert!(
+        listening.contains("4646"),
+        "no stand-in listener: {listening}"
+    );
+    let run = op.run(&op.up_args(&root_dest(&d), &caddy_args()));
+    run.assert_failed("an exposed Nomad API", ErrorKind::Blocked)
+        .assert_stderr_has(
+            "an exposed Nomad API",
+            &[
+                "Nomad's HTTP API (port 4646) answers on the droplet's public address",
+                "--allow-exposed-api",
+            ],
+        );
+    assert_untouched(&d, "a run stopped by an exposed Nomad API");
 }
 
 // ---------------------------------------------------------------------------------
@@ -1076,13 +1116,29 @@ fn sudo_users_and_a_changed_host_key() {
     );
 
     // Accepting the new key deliberately: the run goes through (nothing to change).
+    // Nomad now runs on the Superpowers config, whose API listens on every
+    // address: that stops a run unless accepted, and accepting it is noted.
     let mut accept = deploy_args.clone();
     accept.push("--accept-new-host-key".into());
+    accept.push("--allow-exposed-api".into());
     let run = op.run(&accept);
     run.assert_ok("pdsup up --accept-new-host-key");
     let report = run.json();
     assert_eq!(account_did(&report), did);
     assert_eq!(report["changed"], false, "{report}");
+    let exposure = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "exposure")
+        .unwrap_or_else(|| panic!("no exposure step in {report}"));
+    assert!(
+        exposure["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("Nomad's HTTP API (port 4646) answers on the droplet's public address")),
+        "{exposure}"
+    );
     let pinned_after = fs::read_to_string(op.known_hosts()).unwrap();
     assert!(
         pinned_after.contains(&new_key),
