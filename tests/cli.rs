@@ -137,17 +137,20 @@ fn plan_json_lists_the_steps() {
         names,
         [
             "preflight",
+            "exposure",
             "docker",
+            "docker_logs",
             "nomad",
             "nomad_config",
             "proxy",
             "secrets",
+            "pds_image",
             "pds_job",
             "account",
             "dns"
         ]
     );
-    let proxy = steps[4]["changes"].as_array().unwrap();
+    let proxy = steps[6]["changes"].as_array().unwrap();
     assert!(
         proxy
             .iter()

@@ -33,6 +33,10 @@ pub enum Action {
     InstallNomad(crate::nomad::install::Install),
     /// Generate the site's secrets, or rewrite `pds.env` around the existing ones.
     SaveEnvFile,
+    /// Copy the site's `pds.env` to the droplet's PDS volume (root, 0600), where
+    /// the PDS task, pdsadmin and goat read it. Its text holds the secrets, so it
+    /// is rendered at apply time by the step that owns it.
+    WriteDropletEnvFile,
     /// Wait until the Nomad node is ready with these host volumes.
     WaitNomadReady { volumes: Vec<String> },
     /// Register a job with Nomad.

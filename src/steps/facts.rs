@@ -91,7 +91,7 @@ pub fn data_dir(id_path: &str, dir: &str) -> Fact<DataDir> {
     Fact::new(
         Script::of(
             "cat {} 2>/dev/null; echo; \
-             [ -z \"$(find {} -mindepth 1 -maxdepth 1 ! -name .pdsup-site-id ! -name '.pdsup.*' 2>/dev/null | head -n1)\" ] && echo empty; true",
+             [ -z \"$(find {} -mindepth 1 -maxdepth 1 ! -name .pdsup-site-id ! -name pds.env ! -name '.pdsup.*' 2>/dev/null | head -n1)\" ] && echo empty; true",
             &[id_path, dir],
         ),
         parse_data_dir,

@@ -16,10 +16,13 @@ pub mod account;
 pub mod adopt;
 pub mod dns;
 pub mod docker;
+pub mod docker_logs;
+pub mod exposure;
 pub mod facts;
 pub mod nomad_config;
 pub mod nomad_install;
 pub mod packages;
+pub mod pds_image;
 pub mod pds_job;
 pub mod preflight;
 pub mod proxy;
@@ -41,11 +44,14 @@ use crate::state::PdsSecrets;
 /// The steps of `pdsup up`, in the order they run.
 pub const UP: &[&dyn AnyStep] = &[
     &preflight::PreflightStep,
+    &exposure::ExposureStep,
     &docker::DockerStep,
+    &docker_logs::DockerLogsStep,
     &nomad_install::NomadInstallStep,
     &nomad_config::NomadConfigStep,
     &proxy::ProxyStep,
     &secrets::SecretsStep,
+    &pds_image::PdsImageStep,
     &pds_job::PdsJobStep,
     &account::AccountStep,
     &dns::DnsStep,
