@@ -193,6 +193,17 @@ impl FromArgMatches for SiteArgs {
 }
 
 impl SiteArgs {
+    /// No flags but the site's hostname: the settings are then what the
+    /// site's `site.toml` remembers, and the defaults.
+    pub fn for_hostname(hostname: &Hostname) -> Self {
+        let mut given = BTreeMap::new();
+        given.insert(
+            table::HOSTNAME.id,
+            (Given::Flag, vec![hostname.as_str().to_string()]),
+        );
+        SiteArgs { given }
+    }
+
     /// The layers of this run, over the site's record (if it has one) read
     /// from `site_file`.
     fn layers(&self, record: Option<&SiteRecord>, site_file: Option<&Path>) -> Layers {
