@@ -40,6 +40,7 @@ use crate::state::PdsSecrets;
 /// The steps of `pdsup up`, in the order they run.
 pub const UP: &[&dyn AnyStep] = &[
     &preflight::PreflightStep,
+    &packages::PackagesStep,
     &docker::DockerStep,
     &nomad_install::NomadInstallStep,
     &nomad_config::NomadConfigStep,

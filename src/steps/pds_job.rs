@@ -21,9 +21,61 @@ pub const ID: StepId = StepId::new("pds_job", "pds job");
 
 const IMAGE_STAGING: &str = "/var/tmp/pdsup-pds-image.tar";
 
+/// The PDS image in the droplet's Docker, and a copy of its archive waiting
+/// to be loaded (uploaded by the packages step alongside its apt transaction).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageFacts {
+    pub present: bool,
+    /// The size of the archive at the staging path, when there is one there.
+    pub staged_size: Option<u64>,
+}
+
+impl ImageFacts {
+    /// `present` and `staged <bytes>` lines, from [`super::facts::pds_image`].
+    pub fn parse(text: &str) -> Self {
+        ImageFacts {
+            present: text.lines().any(|l| l.trim() == "present"),
+            staged_size: text
+                .lines()
+                .find_map(|l| l.strip_prefix("staged "))
+                .and_then(|n| n.trim().parse().ok()),
+        }
+    }
+}
+
+pub async fn gather_image(ctx: &Ctx<'_>) -> Result<ImageFacts> {
+    super::facts::pds_image(&ctx.settings.pds_image, IMAGE_STAGING)
+        .read(ctx.host)
+        .await
+}
+
+/// The upload of `--pds-image-archive`, when the image is not in Docker and
+/// the staging path does not hold that archive already. An upload is atomic
+/// (written beside, then renamed), so a staged file is a whole copy; it is
+/// taken for this archive when the sizes match (the load still checks that it
+/// holds the image), and replaced otherwise.
+pub fn archive_upload(settings: &Settings, image: &ImageFacts) -> Option<(String, Action)> {
+    let archive = settings.pds_image_archive.as_ref()?;
+    if image.present {
+        return None;
+    }
+    let local_size = std::fs::metadata(archive).ok().map(|m| m.len());
+    if local_size.is_some() && image.staged_size == local_size {
+        return None;
+    }
+    Some((
+        format!("upload the PDS image archive {}", archive.display()),
+        Action::Upload {
+            local: archive.clone(),
+            path: IMAGE_STAGING.into(),
+            mode: FileMode::root(0o600),
+        },
+    ))
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
-    pub image_present: bool,
+    pub image: ImageFacts,
     pub job_unchanged: bool,
     pub healthy: bool,
     /// The PDS data dir and what site.toml says of the account, for
@@ -45,10 +97,8 @@ impl Facts {
 }
 
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
+    let image_facts = gather_image(ctx).await?;
     let image = &ctx.settings.pds_image;
-    let image_present = super::facts::docker_image_present(image)
-        .read(ctx.host)
-        .await?;
     let env = pds_environment(ctx.settings, ctx.secrets()?)?;
     let job = pds_job(image, env);
     let job_unchanged = super::proxy::job_unchanged(ctx, &job).await;
@@ -62,7 +112,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
             Err(_) => false,
         };
     Ok(Facts {
-        image_present,
+        image: image_facts,
         job_unchanged,
         healthy,
         data: account::gather_data_dir(ctx).await?,
@@ -84,15 +134,10 @@ pub fn plan(facts: &Facts, settings: &Settings, secrets: &PdsSecrets) -> Result<
     if !plan.blockers.is_empty() {
         return Ok(plan);
     }
-    if let (Some(archive), false) = (&settings.pds_image_archive, facts.image_present) {
-        plan.change(
-            format!("upload the PDS image archive {}", archive.display()),
-            Action::Upload {
-                local: archive.clone(),
-                path: IMAGE_STAGING.into(),
-                mode: FileMode::root(0o600),
-            },
-        );
+    if let (Some(archive), false) = (&settings.pds_image_archive, facts.image.present) {
+        if let Some((summary, upload)) = archive_upload(settings, &facts.image) {
+            plan.change(summary, upload);
+        }
         plan.change(
             format!("load it into Docker as {}", settings.pds_image),
             Action::Run(
@@ -287,7 +332,10 @@ mod tests {
         );
         assert!(detail.contains("********"));
         let converged = Facts {
-            image_present: true,
+            image: ImageFacts {
+                present: true,
+                staged_size: None,
+            },
             job_unchanged: true,
             healthy: true,
             ..claimed()
@@ -357,8 +405,47 @@ mod tests {
         assert!(p.changes[1]
             .summary
             .starts_with("upload the PDS image archive"));
+        let staged = Facts {
+            image: ImageFacts {
+                present: false,
+                staged_size: Some(std::fs::metadata("/etc/hostname").unwrap().len()),
+            },
+            ..Facts::fresh()
+        };
+        settings.pds_image_archive = Some("/etc/hostname".into());
+        let p = plan(&staged, &settings, &secrets).unwrap();
+        assert!(
+            p.changes.iter().all(|c| !c.summary.starts_with("upload")),
+            "an archive already staged is not uploaded again"
+        );
+        assert!(p
+            .changes
+            .iter()
+            .any(|c| c.summary.starts_with("load it into Docker")));
+        let other = Facts {
+            image: ImageFacts {
+                present: false,
+                staged_size: Some(1 << 40),
+            },
+            ..Facts::fresh()
+        };
+        let p = plan(&other, &settings, &secrets).unwrap();
+        assert!(p.changes[1]
+            .summary
+            .starts_with("upload the PDS image archive"));
+        assert_eq!(
+            ImageFacts::parse("present\nstaged 1234\n"),
+            ImageFacts {
+                present: true,
+                staged_size: Some(1234)
+            }
+        );
+        assert_eq!(ImageFacts::parse(""), ImageFacts::default());
         let present = Facts {
-            image_present: true,
+            image: ImageFacts {
+                present: true,
+                staged_size: None,
+            },
             job_unchanged: true,
             healthy: true,
             ..claimed()
