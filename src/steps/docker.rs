@@ -251,7 +251,8 @@ fn trusted_key(apt: &DockerApt) -> (String, String, String) {
 /// the repository checked against that key alone, before anything in /etc/apt
 /// changes. Returns the repository, for [`add_source`] in the transaction; a
 /// release Docker does not serve is a blocker. `ca_certificates`: dpkg says the
-/// package is installed (apt needs it for an https repository).
+/// package is installed; without it, the check installs it first (a round of
+/// apt of its own) when the repository is https.
 pub fn plan_repository(
     plan: &mut StepPlan,
     os: &OsRelease,
@@ -277,7 +278,9 @@ pub fn plan_repository(
             mode: FileMode::root(0o644),
         },
     );
-    let check = check_script(&repo, &key_name, ca_certificates);
+    // apt needs the CA roots for an https repository only (a mirror may be http).
+    let tls_ready = ca_certificates || !repo.url.starts_with("https://");
+    let check = check_script(&repo, &key_name, tls_ready);
     plan.change(
         format!(
             "check that {} {} is signed by that key",
@@ -291,7 +294,7 @@ pub fn plan_repository(
 
 /// Fetches the repository's signed index with the staged key only; on failure the
 /// staging directory goes and nothing of apt's configuration has changed.
-pub fn check_script(repo: &AptRepo, key_name: &str, ca_certificates: bool) -> Script {
+pub fn check_script(repo: &AptRepo, key_name: &str, tls_ready: bool) -> Script {
     let key = format!("{STAGING}/docker.asc");
     let list = format!("{STAGING}/docker.list");
     let none = format!("{STAGING}/none");
@@ -307,7 +310,7 @@ pub fn check_script(repo: &AptRepo, key_name: &str, ca_certificates: bool) -> Sc
         .line("# check the repository against the staged key alone", &[])
         .line("set -e", &[]);
     // Only when missing: its own `apt-get update` is a round of apt the run saves.
-    let script = if ca_certificates {
+    let script = if tls_ready {
         script
     } else {
         script

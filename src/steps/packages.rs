@@ -573,6 +573,17 @@ mod tests {
             check.script
         );
         assert!(!check.script.contains("-y -q update"), "{}", check.script);
+        // Nor for a mirror over http, which needs no CA roots.
+        settings.docker_apt.url = "http://10.213.0.1:8080/docker-apt/linux".into();
+        let plan = super::plan(&Facts::fresh(), &settings);
+        let Action::Apt(check) = &plan.changes[1].action else {
+            panic!()
+        };
+        assert!(
+            !check.script.contains("install ca-certificates"),
+            "{}",
+            check.script
+        );
     }
 
     #[test]
