@@ -550,7 +550,9 @@ mod tests {
         )));
         assert!(handle_taken(&refusal("HandleNotAvailable", "")));
         assert!(!handle_taken(&refusal("InvalidInviteCode", "bad invite")));
-        assert!(!handle_taken(&crate::error::Error::msg("Handle already taken")));
+        assert!(!handle_taken(&crate::error::Error::msg(
+            "Handle already taken"
+        )));
     }
 
     const ENV: &str = "/home/me/.local/share/pdsup/sites/pds.example.com/pds.env";

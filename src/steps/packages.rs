@@ -55,16 +55,22 @@ impl Facts {
     }
 }
 
+/// dpkg first: the release and the image are asked only when there is package
+/// work to plan with them (a converged droplet costs one round trip here).
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let host = ctx.host;
-    Ok(Facts {
+    let (host, settings) = (ctx.host, ctx.settings);
+    let mut facts = Facts {
         dpkg: super::facts::dpkg_status(&[]).read(host).await?,
-        os: super::facts::os_release().read(host).await?,
-        image: match ctx.settings.pds_image_archive {
-            Some(_) => pds_job::gather_image(ctx).await?,
-            None => pds_job::ImageFacts::default(),
-        },
-    })
+        ..Facts::default()
+    };
+    let wanted = wanted(settings, &facts.dpkg);
+    if wanted.iter().any(|(step, _)| *step == docker::ID) {
+        facts.os = super::facts::os_release().read(host).await?;
+    }
+    if !wanted.is_empty() && settings.pds_image_archive.is_some() {
+        facts.image = pds_job::gather_image(ctx).await?;
+    }
+    Ok(facts)
 }
 
 /// The packages each later step still needs, by step, in the order they run.
