@@ -558,7 +558,7 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     assert!(password.len() >= 16, "short account password {password:?}");
     let steps = step_changes(&report);
     for step in [
-        "docker",
+        "packages",
         "docker_logs",
         "nomad",
         "nomad_config",
@@ -578,9 +578,9 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     // apt keeps that repository and key for the droplet's updates.
     let repo = format!("{}/docker-apt/linux/debian", mirror_url());
     assert!(
-        steps["docker"].contains(&format!("check that {repo} bookworm is signed by that key")),
+        steps["packages"].contains(&format!("check that {repo} bookworm is signed by that key")),
         "{:?}",
-        steps["docker"]
+        steps["packages"]
     );
     assert_eq!(
         d.ssh_ok("root", "cat /etc/apt/sources.list.d/docker.list"),
@@ -891,36 +891,17 @@ fn a_run_killed_during_the_nomad_install_is_finished_by_the_next_run() {
     // Docker's default path, on trixie, from the repository signed by the trusted key.
     let args = from_docker_repo(op.up_args(&root_dest(&d), &caddy_args()), "docker-apt");
 
-    // Killed while the Nomad release is being fetched and installed.
-    let log = kill_when(&op, &args, "→ install Nomad", Duration::ZERO);
-    assert!(!log.contains("nomad.hcl: "), "killed too late:\n{log}");
-    assert_eq!(
-        d.ssh_ok("root", "systemctl is-active docker || true")
-            .trim(),
-        "active",
-        "Docker should be done before Nomad"
-    );
-    assert!(
-        !d.ssh_ok("root", "[ -e /etc/nomad.d/nomad.hcl ] && echo yes || true")
-            .contains("yes"),
-        "nomad.hcl written before the kill"
-    );
-
-    // The next run skips Docker, finishes Nomad, and is killed in its turn while
-    // it streams the PDS image archive to the droplet.
+    // Killed while apt installs everything in one transaction and the PDS image
+    // archive streams to the droplet beside it.
     let log = kill_when(
         &op,
         &args,
-        "→ upload the PDS image archive",
+        "→ install docker-ce docker-ce-cli containerd.io (docker)",
         Duration::from_millis(300),
     );
     assert!(
-        log.contains("docker: unchanged"),
-        "Docker was done before:\n{log}"
-    );
-    assert!(
-        log.contains("→ install Nomad") || log.contains("→ write /etc/nomad.d/nomad.hcl"),
-        "the second run had no Nomad work left:\n{log}"
+        log.contains("meanwhile upload the PDS image archive"),
+        "the archive was not uploaded alongside apt:\n{log}"
     );
     // A copy cut short is never left in place, nor renamed to the staging name.
     std::thread::sleep(Duration::from_secs(3));
@@ -940,20 +921,48 @@ fn a_run_killed_during_the_nomad_install_is_finished_by_the_next_run() {
         );
     }
 
+    // The next run finishes the package work and is killed in its turn while
+    // the Nomad release is being fetched and installed.
+    let log = kill_when(&op, &args, "→ install Nomad", Duration::ZERO);
+    assert!(!log.contains("nomad.hcl: "), "killed too late:\n{log}");
+    assert_eq!(
+        d.ssh_ok("root", "systemctl is-active docker || true")
+            .trim(),
+        "active",
+        "Docker should be done before Nomad"
+    );
+    assert!(
+        !d.ssh_ok("root", "[ -e /etc/nomad.d/nomad.hcl ] && echo yes || true")
+            .contains("yes"),
+        "nomad.hcl written before the kill"
+    );
+
     let mut resume_args = args.clone();
     resume_args.push("--json".into());
     let resumed = op.run(&resume_args);
     resumed.assert_ok("the run after two kills");
     let report = resumed.json();
     let steps = step_changes(&report);
-    for step in ["docker", "nomad", "nomad_config", "proxy", "secrets"] {
+    for step in ["packages", "docker"] {
         assert!(
             steps[step].is_empty(),
             "{step} was finished before the second kill: {:?}",
             steps[step]
         );
     }
-    assert!(!steps["pds_job"].is_empty(), "{report}");
+    assert!(
+        steps["nomad"].iter().any(|c| c == "install Nomad 1.10.5"),
+        "{report}"
+    );
+    // The archive the second run staged beside apt is loaded, not uploaded again.
+    assert!(
+        steps["pds_job"]
+            .iter()
+            .any(|c| c.starts_with("load it into Docker"))
+            && !steps["pds_job"].iter().any(|c| c.starts_with("upload")),
+        "{:?}",
+        steps["pds_job"]
+    );
     let did = account_did(&report);
     assert!(
         report["account"]["password"].is_string(),

@@ -26,6 +26,10 @@ pub enum Action {
         path: String,
         mode: FileMode,
     },
+    /// Carry out these actions at the same time, over the one connection; done
+    /// when all are (only the droplet's own actions: commands, package work,
+    /// files, uploads). Work that does not depend on apt overlaps with it.
+    Together(Vec<Action>),
     /// Install a file a service reads and restart the service, putting the
     /// previous file back when the service does not come up on the new one.
     InstallConfig(config_file::Install),

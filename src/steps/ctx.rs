@@ -131,16 +131,15 @@ impl<'a> Ctx<'a> {
     /// here only by mistake, which is a bug in that step.
     pub async fn apply(&mut self, action: &Action) -> Result<()> {
         match action {
-            Action::Run(cmd) => {
-                self.host.run(cmd).await?;
+            Action::Run(_) | Action::Apt(_) | Action::Write { .. } | Action::Upload { .. } => {
+                self.apply_on_host(action).await?
             }
-            Action::Apt(cmd) => packages::run_apt(self, cmd).await?,
-            Action::Write {
-                path,
-                contents,
-                mode,
-            } => self.host.write_file(path, contents.bytes(), mode).await?,
-            Action::Upload { local, path, mode } => self.host.upload(local, path, mode).await?,
+            Action::Together(actions) => {
+                // `&self` only: the actions share the connection, each on a channel of its own.
+                let this = &*self;
+                let all = actions.iter().map(|a| this.apply_on_host(a));
+                futures::future::try_join_all(all).await?;
+            }
             Action::InstallConfig(install) => config_file::apply(self.host, install).await?,
             Action::WaitNomadReady { volumes } => {
                 let (progress, host) = (self.progress, self.host);
@@ -166,6 +165,27 @@ impl<'a> Ctx<'a> {
                 while_connected(host, pds_job::wait_pds_health(self)).await?
             }
             other => crate::bail!(Internal, "bug: no step carried out {other:?}"),
+        }
+        Ok(())
+    }
+}
+
+impl Ctx<'_> {
+    /// The actions that only need the droplet (no API, no local state), which
+    /// may therefore run side by side ([`Action::Together`]).
+    async fn apply_on_host(&self, action: &Action) -> Result<()> {
+        match action {
+            Action::Run(cmd) => {
+                self.host.run(cmd).await?;
+            }
+            Action::Apt(cmd) => packages::run_apt(self, cmd).await?,
+            Action::Write {
+                path,
+                contents,
+                mode,
+            } => self.host.write_file(path, contents.bytes(), mode).await?,
+            Action::Upload { local, path, mode } => self.host.upload(local, path, mode).await?,
+            other => crate::bail!(Internal, "bug: {other:?} cannot run alongside other work"),
         }
         Ok(())
     }

@@ -45,6 +45,7 @@ use crate::state::PdsSecrets;
 pub const UP: &[&dyn AnyStep] = &[
     &preflight::PreflightStep,
     &exposure::ExposureStep,
+    &packages::PackagesStep,
     &docker::DockerStep,
     &docker_logs::DockerLogsStep,
     &nomad_install::NomadInstallStep,

@@ -14,12 +14,69 @@ use crate::settings::Settings;
 
 pub const ID: StepId = StepId::new("pds_image", "pds image");
 
-const IMAGE_STAGING: &str = "/var/tmp/pdsup-pds-image.tar";
+/// Where an archive waits to be loaded: the packages step uploads it there
+/// alongside its apt transaction, this step loads it.
+pub const IMAGE_STAGING: &str = "/var/tmp/pdsup-pds-image.tar";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
     /// The image's entrypoint and command; `None` when Docker has no such image.
     pub command: Option<ImageCommand>,
+    /// The size of an archive staged for loading (asked only with
+    /// `--pds-image-archive` and no image in Docker).
+    pub staged_size: Option<u64>,
+}
+
+/// The PDS image in the droplet's Docker, and a copy of its archive waiting
+/// to be loaded: what the packages step needs to decide on the upload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageFacts {
+    pub present: bool,
+    /// The size of the archive at the staging path, when there is one there.
+    pub staged_size: Option<u64>,
+}
+
+impl ImageFacts {
+    /// `present` and `staged <bytes>` lines, from [`super::facts::pds_image`].
+    pub fn parse(text: &str) -> Self {
+        ImageFacts {
+            present: text.lines().any(|l| l.trim() == "present"),
+            staged_size: text
+                .lines()
+                .find_map(|l| l.strip_prefix("staged "))
+                .and_then(|n| n.trim().parse().ok()),
+        }
+    }
+}
+
+pub async fn gather_image(ctx: &Ctx<'_>) -> Result<ImageFacts> {
+    super::facts::pds_image(&ctx.settings.pds_image, IMAGE_STAGING)
+        .read(ctx.host)
+        .await
+}
+
+/// The upload of `--pds-image-archive`, when the image is not in Docker and
+/// the staging path does not hold that archive already. An upload is atomic
+/// (written beside, then renamed), so a staged file is a whole copy; it is
+/// taken for this archive when the sizes match (the load still checks that it
+/// holds the image), and replaced otherwise.
+pub fn archive_upload(settings: &Settings, image: &ImageFacts) -> Option<(String, Action)> {
+    let archive = settings.pds_image_archive.as_ref()?;
+    if image.present {
+        return None;
+    }
+    let local_size = std::fs::metadata(archive).ok().map(|m| m.len());
+    if local_size.is_some() && image.staged_size == local_size {
+        return None;
+    }
+    Some((
+        format!("upload the PDS image archive {}", archive.display()),
+        Action::Upload {
+            local: archive.clone(),
+            path: IMAGE_STAGING.into(),
+            mode: FileMode::root(0o600),
+        },
+    ))
 }
 
 /// The image's `Entrypoint` and `Cmd`, `None` when Docker does not have it.
@@ -63,14 +120,13 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
     let image = &settings.pds_image;
     match &settings.pds_image_archive {
         Some(archive) => {
-            plan.change(
-                format!("upload the PDS image archive {}", archive.display()),
-                Action::Upload {
-                    local: archive.clone(),
-                    path: IMAGE_STAGING.into(),
-                    mode: FileMode::root(0o600),
-                },
-            );
+            let staged = ImageFacts {
+                present: false,
+                staged_size: facts.staged_size,
+            };
+            if let Some((summary, upload)) = archive_upload(settings, &staged) {
+                plan.change(summary, upload);
+            }
             plan.change(
                 format!("load it into Docker as {image}"),
                 Action::Run(
@@ -138,10 +194,16 @@ impl super::Step for PdsImageStep {
     }
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        let command = image_command(&ctx.settings.pds_image)
+            .read(ctx.host)
+            .await?;
+        let staged_size = match (&command, &ctx.settings.pds_image_archive) {
+            (None, Some(_)) => gather_image(ctx).await?.staged_size,
+            _ => None,
+        };
         Ok(Facts {
-            command: image_command(&ctx.settings.pds_image)
-                .read(ctx.host)
-                .await?,
+            command,
+            staged_size,
         })
     }
 
@@ -187,6 +249,7 @@ mod tests {
         let mut settings = Settings::example();
         let present = Facts {
             command: Some(ImageCommand::default()),
+            staged_size: None,
         };
         assert!(plan(&present, &settings).is_unchanged());
         let p = plan(&Facts::default(), &settings);
@@ -199,6 +262,38 @@ mod tests {
             .starts_with("upload the PDS image archive"));
         assert!(p.changes[1].summary.starts_with("load it into Docker"));
         assert!(plan(&present, &settings).is_unchanged());
+    }
+
+    #[test]
+    fn an_archive_staged_alongside_apt_is_loaded_not_uploaded_again() {
+        let mut settings = Settings::example();
+        // Any local file stands for the archive: only its size is compared.
+        settings.pds_image_archive = Some("/etc/hostname".into());
+        let size = std::fs::metadata("/etc/hostname").unwrap().len();
+        let staged = Facts {
+            command: None,
+            staged_size: Some(size),
+        };
+        let p = plan(&staged, &settings);
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        assert!(p.changes[0].summary.starts_with("load it into Docker"));
+        // A staged file of another size is some other archive: replaced.
+        let other = Facts {
+            command: None,
+            staged_size: Some(size + 1),
+        };
+        let p = plan(&other, &settings);
+        assert!(p.changes[0]
+            .summary
+            .starts_with("upload the PDS image archive"));
+        assert_eq!(
+            ImageFacts::parse("present\nstaged 1234\n"),
+            ImageFacts {
+                present: true,
+                staged_size: Some(1234)
+            }
+        );
+        assert_eq!(ImageFacts::parse(""), ImageFacts::default());
     }
 
     /// Runs the load script with a stand-in `docker` whose `load` succeeds or fails.

@@ -392,6 +392,15 @@ pub async fn job_healthy(ctx: &mut Ctx<'_>, id: &str) -> bool {
     }
 }
 
+/// What the proxy needs apt to install (in the packages step's transaction):
+/// the distribution's Caddy for `--proxy caddy`, unless dpkg has it.
+pub fn packages(settings: &Settings, dpkg: &super::packages::DpkgFacts) -> &'static [&'static str] {
+    match settings.proxy {
+        Proxy::Caddy if !dpkg.installed("caddy") => &["caddy"],
+        _ => &[],
+    }
+}
+
 pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
     let mut plan = StepPlan::new(ID);
     match settings.proxy {
@@ -406,12 +415,6 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
 /// options included. The user's (no header): it is adopted, see
 /// [`plan_caddy_adopted`].
 fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result<()> {
-    if !facts.caddy_installed {
-        plan.change(
-            "install Caddy from the distribution",
-            Action::Apt(super::docker::apt_install(&["caddy"]).cmd()),
-        );
-    }
     let mut reload = false;
     if let Some(root) = &settings.acme.ca_root {
         let pem = std::fs::read_to_string(root)
@@ -939,9 +942,15 @@ mod tests {
     fn caddy_converged_is_unchanged_and_fresh_installs() {
         let mut settings = Settings::example();
         settings.proxy = Proxy::Caddy;
+        // Caddy itself comes in the packages step's transaction.
+        let none = crate::steps::packages::DpkgFacts::default();
+        assert_eq!(packages(&settings, &none), ["caddy"]);
+        let installed =
+            crate::steps::packages::DpkgFacts::parse("status caddy install ok installed\n");
+        assert!(packages(&settings, &installed).is_empty());
         let fresh = plan(&Facts::fresh(), &settings).unwrap();
-        assert_eq!(fresh.changes.len(), 2);
-        match &fresh.changes[1].action {
+        assert_eq!(fresh.changes.len(), 1);
+        match &fresh.changes[0].action {
             Action::InstallConfig(config_file::Install {
                 unit,
                 file: Some(file),
@@ -957,7 +966,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        let detail = fresh.changes[1].detail.as_deref().unwrap();
+        let detail = fresh.changes[0].detail.as_deref().unwrap();
         assert!(detail.contains("caddy validate"), "{detail}");
         assert!(detail.contains("systemctl restart caddy"), "{detail}");
         let done = Facts {
