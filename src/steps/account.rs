@@ -97,9 +97,11 @@ impl DataDir {
 }
 
 pub async fn gather_data_dir(ctx: &Ctx<'_>) -> Result<DataDir> {
+    ctx.read(&data_dir_fact()).await
+}
+
+pub fn data_dir_fact() -> crate::host::facts::Fact<DataDir> {
     super::facts::data_dir(DATA_ID_PATH, PDS_VOLUME_PATH)
-        .read(ctx.host)
-        .await
 }
 
 /// A new random site id (128 bits, hex).
@@ -512,6 +514,10 @@ impl super::Step for AccountStep {
         Facts::fresh()
     }
 
+    fn probes(&self, _settings: &Settings) -> Vec<crate::host::Cmd> {
+        vec![data_dir_fact().cmd]
+    }
+
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
         gather(ctx).await
     }
@@ -550,7 +556,9 @@ mod tests {
         )));
         assert!(handle_taken(&refusal("HandleNotAvailable", "")));
         assert!(!handle_taken(&refusal("InvalidInviteCode", "bad invite")));
-        assert!(!handle_taken(&crate::error::Error::msg("Handle already taken")));
+        assert!(!handle_taken(&crate::error::Error::msg(
+            "Handle already taken"
+        )));
     }
 
     const ENV: &str = "/home/me/.local/share/pdsup/sites/pds.example.com/pds.env";

@@ -47,7 +47,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         Some(ip) => Some(ip.to_string()),
         None => {
             // The source address of the default route: a local lookup, no traffic.
-            super::facts::default_route_ipv4().read(ctx.host).await?
+            ctx.read(&super::facts::default_route_ipv4()).await?
         }
     };
     let facts = Facts {
@@ -118,6 +118,10 @@ impl super::Step for DnsStep {
 
     fn fresh(&self) -> Facts {
         Facts::fresh()
+    }
+
+    fn probes(&self, _settings: &Settings) -> Vec<crate::host::Cmd> {
+        vec![super::facts::default_route_ipv4().cmd]
     }
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {

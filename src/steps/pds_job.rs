@@ -10,7 +10,7 @@ use crate::error::{Context, ErrorKind, Result};
 
 use super::account::{self, DataDir, SiteFacts};
 use super::{Action, Ctx, StepId, StepPlan};
-use crate::host::{fill, FileMode, Script};
+use crate::host::{fill, Cmd, FileMode, Script};
 use crate::nomad::api::{JobFailed, StartFailure};
 use crate::nomad::job::pds_job;
 use crate::pds::env::pds_environment;
@@ -44,11 +44,17 @@ impl Facts {
     }
 }
 
+/// The commands of the facts [`gather`] reads.
+pub fn probes(settings: &Settings) -> Vec<Cmd> {
+    vec![
+        super::facts::docker_image_present(&settings.pds_image).cmd,
+        account::data_dir_fact().cmd,
+    ]
+}
+
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let image = &ctx.settings.pds_image;
-    let image_present = super::facts::docker_image_present(image)
-        .read(ctx.host)
-        .await?;
+    let image_present = ctx.read(&super::facts::docker_image_present(image)).await?;
     let env = pds_environment(ctx.settings, ctx.secrets()?)?;
     let job = pds_job(image, env);
     let job_unchanged = super::proxy::job_unchanged(ctx, &job).await;
@@ -153,14 +159,29 @@ async fn pds_health(ctx: &mut Ctx<'_>) -> Result<String> {
     ctx.pds().await?.health().await
 }
 
-/// Waits for a job's allocation; an image that cannot be pulled is named plainly.
+/// Waits for a job's allocation to be healthy; an image that cannot be pulled
+/// is named plainly.
 pub async fn wait_healthy(ctx: &mut Ctx<'_>, job: &str, image: &str) -> Result<()> {
+    wait_job(ctx, job, image, false).await
+}
+
+/// The PDS's wait: on the job's first start, until its allocation runs (then
+/// `/xrpc/_health` is polled, which answers as soon as the PDS listens, while
+/// Nomad would wait for its next check and `min_healthy_time` on top); after
+/// that, for Nomad's verdict, as the old PDS may answer during the update.
+async fn wait_started(ctx: &mut Ctx<'_>, job: &str, image: &str) -> Result<()> {
+    wait_job(ctx, job, image, true).await
+}
+
+async fn wait_job(ctx: &mut Ctx<'_>, job: &str, image: &str, first_start_runs: bool) -> Result<()> {
     let ui = ctx.progress;
-    let result = ctx
-        .nomad()
-        .await?
-        .wait_job_healthy(job, Duration::from_secs(300), &mut |m| ui.progress(m))
-        .await;
+    let nomad = ctx.nomad().await?;
+    let mut progress = |m: &str| ui.progress(m);
+    let timeout = Duration::from_secs(300);
+    let result = match first_start_runs {
+        true => nomad.wait_job_started(job, timeout, &mut progress).await,
+        false => nomad.wait_job_healthy(job, timeout, &mut progress).await,
+    };
     result.map_err(|e| {
         let pull_failed = e
             .downcast_ref::<JobFailed>()
@@ -179,6 +200,10 @@ pub async fn wait_healthy(ctx: &mut Ctx<'_>, job: &str, image: &str) -> Result<(
     })
 }
 
+/// How often `/xrpc/_health` is asked while the PDS starts: a request through
+/// the open tunnel is cheap, and the run goes on as soon as the PDS answers.
+const HEALTH_POLL: Duration = Duration::from_millis(200);
+
 /// Polls `/xrpc/_health` through the tunnel until the PDS answers.
 pub async fn wait_pds_health(ctx: &mut Ctx<'_>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -189,11 +214,15 @@ pub async fn wait_pds_health(ctx: &mut Ctx<'_>) -> Result<()> {
                 ctx.outcome.pds_version = Some(version);
                 return Ok(());
             }
-            Err(e) => last_err = Some(e),
+            Err(e) => {
+                if last_err.is_none() {
+                    ctx.progress
+                        .progress("waiting for the PDS to answer /xrpc/_health");
+                }
+                last_err = Some(e);
+            }
         }
-        ctx.progress
-            .progress("waiting for the PDS to answer /xrpc/_health");
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(HEALTH_POLL).await;
     }
     Err(last_err.unwrap_or_else(|| crate::err!("timed out")))
         .kind(ErrorKind::TimedOut)
@@ -215,6 +244,10 @@ impl super::Step for PdsJobStep {
         Facts::fresh()
     }
 
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        probes(settings)
+    }
+
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
         gather(ctx).await
     }
@@ -226,6 +259,10 @@ impl super::Step for PdsJobStep {
     async fn apply(&self, ctx: &mut Ctx<'_>, action: &Action) -> Result<()> {
         match action {
             Action::ClaimDataDir { site_id } => account::apply_claim(ctx, site_id).await,
+            Action::WaitJobHealthy { job, image } => {
+                let host = ctx.host;
+                super::ctx::while_connected(host, wait_started(ctx, job, image)).await
+            }
             other => ctx.apply(other).await,
         }
     }
