@@ -373,6 +373,85 @@ pub mod tests {
         assert!(split_batch(&whole, &batch_marker(), 2).is_none());
     }
 
+    /// This machine's `sh`, counting the round trips.
+    #[derive(Default)]
+    struct CountingShell {
+        execs: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Host for CountingShell {
+        async fn exec(&self, cmd: &Cmd) -> Result<Output> {
+            self.execs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(sh(cmd))
+        }
+        async fn forward(&self, _: u16) -> Result<std::net::SocketAddr> {
+            crate::bail!("no tunnels here")
+        }
+        async fn upload(
+            &self,
+            _: &std::path::Path,
+            _: &str,
+            _: &super::super::FileMode,
+        ) -> Result<()> {
+            crate::bail!("no uploads here")
+        }
+        fn describe(&self) -> String {
+            "this machine".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn prefetched_facts_cost_one_round_trip_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.hcl");
+        std::fs::write(&file, "client {}\n").unwrap();
+        let path = file.to_str().unwrap();
+        let failing: Fact<bool> =
+            Fact::new(Cmd::sh("echo 'no such unit' >&2; exit 4"), Output::success);
+        let host = CountingShell::default();
+        let execs = || host.execs.load(std::sync::atomic::Ordering::SeqCst);
+        let cache = FactCache::default();
+        let cmds = [
+            file_text(path).cmd,
+            exists(path).cmd,
+            failing.cmd.clone(),
+            exists(path).cmd,
+        ];
+        cache.prefetch(&host, &cmds).await.unwrap();
+        assert_eq!(execs(), 1);
+        assert_eq!(
+            cache
+                .read_checked(&host, &file_text(path))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("client {}\n")
+        );
+        assert!(cache.read(&host, &exists(path)).await.unwrap());
+        assert!(!cache.read(&host, &failing).await.unwrap());
+        let err = cache.read_checked(&host, &failing).await.unwrap_err();
+        assert!(format!("{err:#}").contains("no such unit"), "{err:#}");
+        // Asked already: nothing to fetch.
+        cache.prefetch(&host, &cmds).await.unwrap();
+        assert_eq!(execs(), 1);
+        // Not prefetched: asked on its own, and not kept.
+        assert!(cache
+            .read(&host, &is_dir(dir.path().to_str().unwrap()))
+            .await
+            .unwrap());
+        assert_eq!(execs(), 2);
+        // After a change, the droplet is asked again.
+        std::fs::remove_file(&file).unwrap();
+        cache.forget();
+        assert!(!cache.read(&host, &exists(path)).await.unwrap());
+        assert_eq!(
+            cache.read_checked(&host, &file_text(path)).await.unwrap(),
+            None
+        );
+        assert_eq!(execs(), 4);
+    }
+
     #[test]
     fn unit_state_is_the_exit_status() {
         // `systemctl is-active --quiet` prints nothing; its status is the answer.
