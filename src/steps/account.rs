@@ -97,9 +97,11 @@ impl DataDir {
 }
 
 pub async fn gather_data_dir(ctx: &Ctx<'_>) -> Result<DataDir> {
+    ctx.read(&data_dir_fact()).await
+}
+
+pub fn data_dir_fact() -> crate::host::facts::Fact<DataDir> {
     super::facts::data_dir(DATA_ID_PATH, PDS_VOLUME_PATH)
-        .read(ctx.host)
-        .await
 }
 
 /// A new random site id (128 bits, hex).
@@ -510,6 +512,10 @@ impl super::Step for AccountStep {
 
     fn fresh(&self) -> Facts {
         Facts::fresh()
+    }
+
+    fn probes(&self, _settings: &Settings) -> Vec<crate::host::Cmd> {
+        vec![data_dir_fact().cmd]
     }
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {

@@ -59,12 +59,20 @@ impl Facts {
     }
 }
 
+/// The commands of the facts [`gather`] reads.
+pub fn probes(_settings: &Settings) -> Vec<Cmd> {
+    vec![
+        facts::dpkg_status(&ENGINE_PACKAGES).cmd,
+        host_facts::unit_active("docker").cmd,
+        host_facts::unit_enabled("docker").cmd,
+    ]
+}
+
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let host = ctx.host;
     Ok(Facts {
-        dpkg: facts::dpkg_status(&ENGINE_PACKAGES).read(host).await?,
-        active: host_facts::unit_active("docker").read(host).await?,
-        enabled: host_facts::unit_enabled("docker").read(host).await?,
+        dpkg: ctx.read(&facts::dpkg_status(&ENGINE_PACKAGES)).await?,
+        active: ctx.read(&host_facts::unit_active("docker")).await?,
+        enabled: ctx.read(&host_facts::unit_enabled("docker")).await?,
     })
 }
 
@@ -152,7 +160,7 @@ impl OsRelease {
 }
 
 pub async fn gather_os(ctx: &mut Ctx<'_>) -> Result<OsRelease> {
-    facts::os_release().read(ctx.host).await
+    ctx.read(&facts::os_release()).await
 }
 
 /// Docker's repository (or a mirror of it) as one droplet uses it.
@@ -381,6 +389,10 @@ impl super::Step for DockerStep {
 
     fn fresh(&self) -> Facts {
         Facts::fresh()
+    }
+
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        probes(settings)
     }
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {

@@ -159,12 +159,18 @@ impl super::Step for DockerLogsStep {
         Facts::default()
     }
 
+    fn probes(&self, _settings: &crate::settings::Settings) -> Vec<crate::host::Cmd> {
+        vec![
+            host_facts::file_text(DAEMON_JSON).cmd,
+            host_facts::exists(&config_file::backup_path(DAEMON_JSON)).cmd,
+        ]
+    }
+
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
-        let host = ctx.host;
         Ok(Facts {
-            daemon_json: host.read_text(DAEMON_JSON).await?,
-            install_interrupted: host_facts::exists(&config_file::backup_path(DAEMON_JSON))
-                .read(host)
+            daemon_json: ctx.read_checked(&host_facts::file_text(DAEMON_JSON)).await?,
+            install_interrupted: ctx
+                .read(&host_facts::exists(&config_file::backup_path(DAEMON_JSON)))
                 .await?,
         })
     }

@@ -111,7 +111,7 @@ async fn public_addresses(ctx: &mut Ctx<'_>) -> Result<Vec<IpAddr>> {
             out.extend(found.map(|a| a.ip()));
         }
     }
-    if let Some(ip) = super::facts::default_route_ipv4().read(ctx.host).await? {
+    if let Some(ip) = ctx.read(&super::facts::default_route_ipv4()).await? {
         if let Ok(ip) = ip.parse::<IpAddr>() {
             out.push(ip);
         }
@@ -198,12 +198,16 @@ impl super::Step for ExposureStep {
         Facts::default()
     }
 
+    fn probes(&self, _settings: &Settings) -> Vec<crate::host::Cmd> {
+        vec![super::facts::default_route_ipv4().cmd, ufw_status().cmd]
+    }
+
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
         let tried = public_addresses(ctx).await?;
         Ok(Facts {
             answering: probe(&tried, &[NOMAD_HTTP_PORT, PDS_PORT]).await,
             tried,
-            ufw: ufw_status().read(ctx.host).await?,
+            ufw: ctx.read(&ufw_status()).await?,
         })
     }
 

@@ -53,14 +53,24 @@ pub fn packages(dpkg: &super::packages::DpkgFacts) -> Vec<&'static str> {
     TOOLS.into_iter().filter(|p| !dpkg.installed(p)).collect()
 }
 
+/// The commands of the facts [`gather`] reads.
+pub fn probes(_settings: &Settings) -> Vec<Cmd> {
+    vec![
+        host_facts::uname_arch().cmd,
+        facts::nomad_version().cmd,
+        facts::user_exists("nomad").cmd,
+        host_facts::unit_enabled("nomad").cmd,
+        host_facts::file_text(UNIT_PATH).cmd,
+    ]
+}
+
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let host = ctx.host;
     Ok(Facts {
-        uname_arch: host_facts::uname_arch().read(host).await?,
-        version: facts::nomad_version().read(host).await?,
-        has_user: facts::user_exists("nomad").read(host).await?,
-        enabled: host_facts::unit_enabled("nomad").read(host).await?,
-        unit: host.read_text(UNIT_PATH).await?,
+        uname_arch: ctx.read(&host_facts::uname_arch()).await?,
+        version: ctx.read(&facts::nomad_version()).await?,
+        has_user: ctx.read(&facts::user_exists("nomad")).await?,
+        enabled: ctx.read(&host_facts::unit_enabled("nomad")).await?,
+        unit: ctx.read_checked(&host_facts::file_text(UNIT_PATH)).await?,
     })
 }
 
@@ -410,6 +420,10 @@ impl super::Step for NomadInstallStep {
 
     fn fresh(&self) -> Facts {
         Facts::fresh()
+    }
+
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        probes(settings)
     }
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {

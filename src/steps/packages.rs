@@ -58,14 +58,14 @@ impl Facts {
 /// dpkg first: the release and the image are asked only when there is package
 /// work to plan with them (a converged droplet costs one round trip here).
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let (host, settings) = (ctx.host, ctx.settings);
+    let settings = ctx.settings;
     let mut facts = Facts {
-        dpkg: super::facts::dpkg_status(&[]).read(host).await?,
+        dpkg: ctx.read(&super::facts::dpkg_status(&[])).await?,
         ..Facts::default()
     };
     let wanted = wanted(settings, &facts.dpkg);
     if wanted.iter().any(|(step, _)| *step == docker::ID) {
-        facts.os = super::facts::os_release().read(host).await?;
+        facts.os = ctx.read(&super::facts::os_release()).await?;
     }
     if !wanted.is_empty() && settings.pds_image_archive.is_some() {
         facts.image = pds_image::gather_image(ctx).await?;
@@ -157,6 +157,10 @@ impl super::Step for PackagesStep {
 
     fn id(&self) -> StepId {
         ID
+    }
+
+    fn probes(&self, _settings: &Settings) -> Vec<Cmd> {
+        vec![super::facts::dpkg_status(&[]).cmd]
     }
 
     fn fresh(&self) -> Facts {

@@ -193,10 +193,12 @@ impl super::Step for PdsImageStep {
         Facts::default()
     }
 
+    fn probes(&self, settings: &Settings) -> Vec<crate::host::Cmd> {
+        vec![image_command(&settings.pds_image).cmd]
+    }
+
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
-        let command = image_command(&ctx.settings.pds_image)
-            .read(ctx.host)
-            .await?;
+        let command = ctx.read(&image_command(&ctx.settings.pds_image)).await?;
         let staged_size = match (&command, &ctx.settings.pds_image_archive) {
             (None, Some(_)) => gather_image(ctx).await?.staged_size,
             _ => None,

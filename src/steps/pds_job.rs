@@ -14,7 +14,7 @@ use crate::error::{bail, Context, ErrorKind, Result};
 use super::account::{self, DataDir, SiteFacts};
 use super::{Action, Ctx, StepId, StepPlan};
 use crate::host::facts::Fact;
-use crate::host::{FileMode, Output, Script};
+use crate::host::{Cmd, FileMode, Output, Script};
 use crate::nomad::api::{JobFailed, StartFailure};
 use crate::nomad::job::{pds_job_with_env_file, ImageCommand, Job};
 use crate::pds::env::pds_environment;
@@ -133,9 +133,18 @@ fn env_file_shown(settings: &Settings, secrets: &PdsSecrets) -> Result<String> {
     Ok(render_env_file(&masked))
 }
 
+/// The commands of the facts [`gather`] reads.
+pub fn probes(settings: &Settings) -> Vec<Cmd> {
+    vec![
+        super::pds_image::image_command(&settings.pds_image).cmd,
+        droplet_env(DROPLET_ENV_FILE).cmd,
+        account::data_dir_fact().cmd,
+    ]
+}
+
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let image_command = super::pds_image::image_command(&ctx.settings.pds_image)
-        .read(ctx.host)
+    let image_command = ctx
+        .read(&super::pds_image::image_command(&ctx.settings.pds_image))
         .await?;
     let job_unchanged = match &image_command {
         Some(command) => {
@@ -157,7 +166,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         image_command,
         job_unchanged,
         healthy,
-        droplet_env: droplet_env(DROPLET_ENV_FILE).read(ctx.host).await?,
+        droplet_env: ctx.read(&droplet_env(DROPLET_ENV_FILE)).await?,
         data: account::gather_data_dir(ctx).await?,
         site: SiteFacts::of(&ctx.record),
         new_site_id: account::new_site_id(),
@@ -260,14 +269,29 @@ async fn pds_health(ctx: &mut Ctx<'_>) -> Result<String> {
     ctx.pds().await?.health().await
 }
 
-/// Waits for a job's allocation; an image that cannot be pulled is named plainly.
+/// Waits for a job's allocation to be healthy; an image that cannot be pulled
+/// is named plainly.
 pub async fn wait_healthy(ctx: &mut Ctx<'_>, job: &str, image: &str) -> Result<()> {
+    wait_job(ctx, job, image, false).await
+}
+
+/// The PDS's wait: on the job's first start, until its allocation runs (then
+/// `/xrpc/_health` is polled, which answers as soon as the PDS listens, while
+/// Nomad would wait for its next check and `min_healthy_time` on top); after
+/// that, for Nomad's verdict, as the old PDS may answer during the update.
+async fn wait_started(ctx: &mut Ctx<'_>, job: &str, image: &str) -> Result<()> {
+    wait_job(ctx, job, image, true).await
+}
+
+async fn wait_job(ctx: &mut Ctx<'_>, job: &str, image: &str, first_start_runs: bool) -> Result<()> {
     let ui = ctx.progress;
-    let result = ctx
-        .nomad()
-        .await?
-        .wait_job_healthy(job, Duration::from_secs(300), &mut |m| ui.progress(m))
-        .await;
+    let nomad = ctx.nomad().await?;
+    let mut progress = |m: &str| ui.progress(m);
+    let timeout = Duration::from_secs(300);
+    let result = match first_start_runs {
+        true => nomad.wait_job_started(job, timeout, &mut progress).await,
+        false => nomad.wait_job_healthy(job, timeout, &mut progress).await,
+    };
     result.map_err(|e| {
         let pull_failed = e
             .downcast_ref::<JobFailed>()
@@ -286,6 +310,10 @@ pub async fn wait_healthy(ctx: &mut Ctx<'_>, job: &str, image: &str) -> Result<(
     })
 }
 
+/// How often `/xrpc/_health` is asked while the PDS starts: a request through
+/// the open tunnel is cheap, and the run goes on as soon as the PDS answers.
+const HEALTH_POLL: Duration = Duration::from_millis(200);
+
 /// Polls `/xrpc/_health` through the tunnel until the PDS answers.
 pub async fn wait_pds_health(ctx: &mut Ctx<'_>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -296,11 +324,15 @@ pub async fn wait_pds_health(ctx: &mut Ctx<'_>) -> Result<()> {
                 ctx.outcome.pds_version = Some(version);
                 return Ok(());
             }
-            Err(e) => last_err = Some(e),
+            Err(e) => {
+                if last_err.is_none() {
+                    ctx.progress
+                        .progress("waiting for the PDS to answer /xrpc/_health");
+                }
+                last_err = Some(e);
+            }
         }
-        ctx.progress
-            .progress("waiting for the PDS to answer /xrpc/_health");
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(HEALTH_POLL).await;
     }
     Err(last_err.unwrap_or_else(|| crate::err!("timed out")))
         .kind(ErrorKind::TimedOut)
@@ -322,6 +354,10 @@ impl super::Step for PdsJobStep {
         Facts::fresh()
     }
 
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        probes(settings)
+    }
+
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
         gather(ctx).await
     }
@@ -334,6 +370,10 @@ impl super::Step for PdsJobStep {
         match action {
             Action::ClaimDataDir { site_id } => account::apply_claim(ctx, site_id).await,
             Action::WriteDropletEnvFile => write_droplet_env(ctx).await,
+            Action::WaitJobHealthy { job, image } => {
+                let host = ctx.host;
+                super::ctx::while_connected(host, wait_started(ctx, job, image)).await
+            }
             other => ctx.apply(other).await,
         }
     }

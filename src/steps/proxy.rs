@@ -21,7 +21,7 @@ use super::{adopt, facts, Action, Contents, Ctx, StepId, StepPlan};
 use crate::assets;
 use crate::host::config_file;
 use crate::host::facts as host_facts;
-use crate::host::{FileMode, Script};
+use crate::host::{Cmd, FileMode, Script};
 use crate::nomad::api::JobHealth;
 use crate::nomad::job::{self, io_job, Job};
 use crate::settings::{IoIngressSyntax, Proxy, Settings, PDS_PORT};
@@ -254,33 +254,60 @@ fn io_ingress_path(settings: &Settings) -> String {
     format!("{}/pds.hcl", settings.io.config_dir.trim_end_matches('/'))
 }
 
+/// The commands of the facts [`gather`] reads.
+pub fn probes(settings: &Settings) -> Vec<Cmd> {
+    match settings.proxy {
+        Proxy::Caddy => vec![
+            facts::dpkg_status(&["caddy"]).cmd,
+            host_facts::unit_active("caddy").cmd,
+            host_facts::exists(&config_file::backup_path(CADDYFILE_PATH)).cmd,
+            host_facts::file_text(CADDYFILE_PATH).cmd,
+            package_default(CADDYFILE_PATH).cmd,
+            host_facts::file_text(CADDY_SITE_PATH).cmd,
+            host_facts::exists(&config_file::backup_path(CADDY_SITE_PATH)).cmd,
+            host_facts::file_text(CADDY_ACME_ROOT).cmd,
+        ],
+        Proxy::Io => vec![host_facts::file_text(&io_ingress_path(settings)).cmd],
+    }
+}
+
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let settings = ctx.settings;
     let mut facts = Facts::default();
     match settings.proxy {
         Proxy::Caddy => {
-            let host = ctx.host;
             // dpkg's word, not a binary on PATH: a cut install leaves one unconfigured.
-            facts.caddy_installed = facts::dpkg_status(&["caddy"])
-                .read(host)
+            facts.caddy_installed = ctx
+                .read(&facts::dpkg_status(&["caddy"]))
                 .await?
                 .installed("caddy");
-            facts.caddy_active = host_facts::unit_active("caddy").read(host).await?;
-            facts.caddyfile_install_interrupted =
-                host_facts::exists(&config_file::backup_path(CADDYFILE_PATH))
-                    .read(host)
-                    .await?;
-            facts.caddyfile = host.read_text(CADDYFILE_PATH).await?;
-            facts.caddyfile_is_package_default = package_default(CADDYFILE_PATH).read(host).await?;
-            facts.caddy_site = host.read_text(CADDY_SITE_PATH).await?;
-            facts.caddy_site_install_interrupted =
-                host_facts::exists(&config_file::backup_path(CADDY_SITE_PATH))
-                    .read(host)
-                    .await?;
-            facts.acme_root = host.read_text(CADDY_ACME_ROOT).await?;
+            facts.caddy_active = ctx.read(&host_facts::unit_active("caddy")).await?;
+            facts.caddyfile_install_interrupted = ctx
+                .read(&host_facts::exists(&config_file::backup_path(
+                    CADDYFILE_PATH,
+                )))
+                .await?;
+            facts.caddyfile = ctx
+                .read_checked(&host_facts::file_text(CADDYFILE_PATH))
+                .await?;
+            facts.caddyfile_is_package_default =
+                ctx.read(&package_default(CADDYFILE_PATH)).await?;
+            facts.caddy_site = ctx
+                .read_checked(&host_facts::file_text(CADDY_SITE_PATH))
+                .await?;
+            facts.caddy_site_install_interrupted = ctx
+                .read(&host_facts::exists(&config_file::backup_path(
+                    CADDY_SITE_PATH,
+                )))
+                .await?;
+            facts.acme_root = ctx
+                .read_checked(&host_facts::file_text(CADDY_ACME_ROOT))
+                .await?;
         }
         Proxy::Io => {
-            facts.io_ingress = ctx.host.read_text(&io_ingress_path(settings)).await?;
+            facts.io_ingress = ctx
+                .read_checked(&host_facts::file_text(&io_ingress_path(settings)))
+                .await?;
             facts.io_image_pin = ctx.record.io_image_pin.clone();
             let job = io_job(&io_image(settings, facts.io_image_pin.as_ref()));
             facts.io_adopted = adopted_io_job(ctx, &job).await?;
@@ -830,6 +857,10 @@ impl super::Step for ProxyStep {
 
     fn fresh(&self) -> Facts {
         Facts::fresh()
+    }
+
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        probes(settings)
     }
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
