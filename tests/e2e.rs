@@ -956,12 +956,12 @@ fn a_run_killed_during_the_nomad_install_is_finished_by_the_next_run() {
     );
     // The archive the second run staged beside apt is loaded, not uploaded again.
     assert!(
-        steps["pds_job"]
+        steps["pds_image"]
             .iter()
             .any(|c| c.starts_with("load it into Docker"))
-            && !steps["pds_job"].iter().any(|c| c.starts_with("upload")),
+            && !steps["pds_image"].iter().any(|c| c.starts_with("upload")),
         "{:?}",
-        steps["pds_job"]
+        steps["pds_image"]
     );
     let did = account_did(&report);
     assert!(
