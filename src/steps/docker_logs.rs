@@ -168,7 +168,9 @@ impl super::Step for DockerLogsStep {
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
         Ok(Facts {
-            daemon_json: ctx.read_checked(&host_facts::file_text(DAEMON_JSON)).await?,
+            daemon_json: ctx
+                .read_checked(&host_facts::file_text(DAEMON_JSON))
+                .await?,
             install_interrupted: ctx
                 .read(&host_facts::exists(&config_file::backup_path(DAEMON_JSON)))
                 .await?,

@@ -290,8 +290,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
             facts.caddyfile = ctx
                 .read_checked(&host_facts::file_text(CADDYFILE_PATH))
                 .await?;
-            facts.caddyfile_is_package_default =
-                ctx.read(&package_default(CADDYFILE_PATH)).await?;
+            facts.caddyfile_is_package_default = ctx.read(&package_default(CADDYFILE_PATH)).await?;
             facts.caddy_site = ctx
                 .read_checked(&host_facts::file_text(CADDY_SITE_PATH))
                 .await?;
