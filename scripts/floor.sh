@@ -8,9 +8,12 @@
 #
 #   scripts/floor.sh USER@HOST PORT
 #
-# Writes the same files as pdsup: assets/nomad.service, the nomad.hcl pdsup writes
-# on a fresh droplet, the Caddyfile pdsup renders; submits the same job body to
-# Nomad's HTTP API and creates the first account with an invite, both with curl.
+# Writes the same files as pdsup: Docker's log rotation in daemon.json (before
+# Docker is installed, so no restart), assets/nomad.service, the nomad.hcl pdsup
+# writes on a fresh droplet, the Caddyfile pdsup renders, the site's pds.env as
+# /srv/nomad/pds/pds.env (root, 0600); submits the same job body to Nomad's HTTP
+# API (no secret in it: the task sources pds.env before the image's own command,
+# read from the image) and creates the first account with an invite, with curl.
 # Ends with the PDS answering /xrpc/_health and prints the account's DID.
 # Settings (the harness's by default): FLOOR_HOSTNAME, FLOOR_EMAIL, FLOOR_HANDLE,
 # FLOOR_RELEASE_URL, FLOOR_RELEASE_KEY, FLOOR_IMAGE_ARCHIVE, FLOOR_PLC_URL,
@@ -144,9 +147,29 @@ disable_update_check = true
 EOF
 )
 
-# The body pdsup posts to /v1/jobs (src/nomad/job.rs), durations in nanoseconds.
+# The site's pds.env (pdsadmin's format), sent on stdin to the droplet.
+pds_env=$(cat <<EOF
+PDS_HOSTNAME=$pds_host
+PDS_JWT_SECRET=$jwt_secret
+PDS_ADMIN_PASSWORD=$admin_password
+PDS_PLC_ROTATION_KEY_K256_PRIVATE_KEY_HEX=$rotation_key
+PDS_DATA_DIRECTORY=/pds
+PDS_BLOBSTORE_DISK_LOCATION=/pds/blocks
+PDS_BLOB_UPLOAD_LIMIT=104857600
+PDS_DID_PLC_URL=$plc_url
+PDS_BSKY_APP_VIEW_URL=https://api.bsky.app
+PDS_BSKY_APP_VIEW_DID=did:web:api.bsky.app
+PDS_REPORT_SERVICE_URL=https://mod.bsky.app
+PDS_REPORT_SERVICE_DID=did:plc:ar7c4by46qjdydhdevvrndac
+PDS_CRAWLERS=
+LOG_ENABLED=true
+EOF
+)
+
+# The body pdsup posts to /v1/jobs (src/nomad/job.rs), durations in nanoseconds;
+# ENTRYPOINT_ARGS is the image's own entrypoint and command, read on the droplet.
 job_json=$(cat <<EOF
-{"Job":{"ID":"pds","Name":"pds","Type":"service","Datacenters":["dc1"],"TaskGroups":[{
+{"Job":{"ID":"pds","Name":"pds","Type":"service","Datacenters":["dc1"],"Meta":{"managed-by":"pdsup"},"TaskGroups":[{
  "Name":"pds","Count":1,
  "Networks":[{"ReservedPorts":[{"Label":"http","Value":3000,"To":3000}]}],
  "Services":[{"Name":"pds","PortLabel":"http","Provider":"nomad","Checks":[
@@ -154,10 +177,10 @@ job_json=$(cat <<EOF
  "Volumes":{"pds":{"Name":"pds","Type":"host","Source":"pds","ReadOnly":false}},
  "Update":{"HealthCheck":"checks","MinHealthyTime":5000000000,"HealthyDeadline":300000000000,
    "ProgressDeadline":600000000000,"AutoRevert":false},
- "Tasks":[{"Name":"pds","Driver":"docker","Config":{"image":"$image","ports":["http"]},
+ "Tasks":[{"Name":"pds","Driver":"docker","Config":{"image":"$image","ports":["http"],
+     "entrypoint":["/bin/sh","-c","set -a; . /pds/pds.env; set +a; exec \\"\$@\\"","--"],
+     "args":ENTRYPOINT_ARGS},
    "Env":{"TZ":"UTC","PDS_HOSTNAME":"$pds_host","PDS_PORT":"3000",
-     "PDS_JWT_SECRET":"$jwt_secret","PDS_ADMIN_PASSWORD":"$admin_password",
-     "PDS_PLC_ROTATION_KEY_K256_PRIVATE_KEY_HEX":"$rotation_key",
      "PDS_DATA_DIRECTORY":"/pds","PDS_BLOBSTORE_DISK_LOCATION":"/pds/blocks",
      "PDS_BLOBSTORE_DISK_TMP_LOCATION":"/pds/temp","PDS_BLOB_UPLOAD_LIMIT":"104857600",
      "PDS_DID_PLC_URL":"$plc_url","PDS_BSKY_APP_VIEW_URL":"https://api.bsky.app",
@@ -186,6 +209,8 @@ nomad_sums=$(cat "$work/sums")
   cat <<'EOF'
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
+mkdir -p /etc/docker
+printf '%s\n' '{"log-driver":"json-file","log-opts":{"max-size":"500m","max-file":"4"}}' > /etc/docker/daemon.json
 apt-get -q update >/dev/null
 apt-get -q -y -o Dpkg::Options::=--force-confold install docker.io unzip curl caddy >/dev/null
 systemctl enable --now docker
@@ -216,11 +241,19 @@ say "packages, Nomad, Caddy"
 remote docker load -q < "$image_archive" >/dev/null
 say "PDS image loaded"
 
-# 3. The job, the PDS's health, the first account.
+# 3. pds.env on the droplet, the job, the PDS's health, the first account.
 {
-  vars job_json admin_password account_password email handle
+  vars job_json pds_env admin_password account_password email handle image
   cat <<'EOF'
 set -euo pipefail
+(umask 077; printf '%s\n' "$pds_env" > /srv/nomad/pds/pds.env)
+read -r entrypoint cmd < <(docker image inspect --format '{{json .Config.Entrypoint}} {{json .Config.Cmd}}' "$image")
+[ "$entrypoint" != null ] || entrypoint='[]'
+[ "$cmd" != null ] || cmd='[]'
+if [ "$entrypoint" = '[]' ]; then args=$cmd
+elif [ "$cmd" = '[]' ]; then args=$entrypoint
+else args="${entrypoint%]},${cmd#[}"; fi
+job_json=${job_json/ENTRYPOINT_ARGS/$args}
 until curl -fsS -o /dev/null http://127.0.0.1:4646/v1/agent/health; do sleep 0.2; done
 printf '%s' "$job_json" | curl -fsS -o /dev/null --data-binary @- http://127.0.0.1:4646/v1/jobs
 for _ in $(seq 600); do

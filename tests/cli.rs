@@ -68,7 +68,7 @@ fn plan_without_droplet_shows_every_step_and_no_secret() {
     let plan = text(&out.stdout);
     for needle in [
         "== preflight ==",
-        "install Docker Engine from Docker's apt repository",
+        "in one apt transaction, Docker Engine from Docker's apt repository",
         // A fresh droplet is planned as Ubuntu 24.04 on amd64.
         "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu noble stable",
         "trust Docker's apt signing key 9DC858229FC7DD38854AE2D88D81803C0EBFCD88",
@@ -137,21 +137,34 @@ fn plan_json_lists_the_steps() {
         names,
         [
             "preflight",
+            "exposure",
+            "packages",
             "docker",
+            "docker_logs",
             "nomad",
             "nomad_config",
             "proxy",
             "secrets",
+            "pds_image",
             "pds_job",
             "account",
             "dns"
         ]
     );
-    let proxy = steps[4]["changes"].as_array().unwrap();
+    // Caddy comes in the packages step's one apt transaction; the proxy step configures it.
+    let packages = steps[2]["changes"].as_array().unwrap();
     assert!(
-        proxy
+        packages
             .iter()
-            .any(|c| c.as_str().unwrap().contains("install Caddy")),
+            .any(|c| c.as_str().unwrap().contains("caddy (proxy)")),
+        "{packages:?}"
+    );
+    let proxy = steps[7]["changes"].as_array().unwrap();
+    assert!(
+        proxy.iter().any(|c| c
+            .as_str()
+            .unwrap()
+            .starts_with("write /etc/caddy/Caddyfile")),
         "{proxy:?}"
     );
 }

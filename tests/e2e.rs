@@ -558,11 +558,13 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     assert!(password.len() >= 16, "short account password {password:?}");
     let steps = step_changes(&report);
     for step in [
-        "docker",
+        "packages",
+        "docker_logs",
         "nomad",
         "nomad_config",
         "proxy",
         "secrets",
+        "pds_image",
         "pds_job",
         "account",
     ] {
@@ -576,9 +578,9 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     // apt keeps that repository and key for the droplet's updates.
     let repo = format!("{}/docker-apt/linux/debian", mirror_url());
     assert!(
-        steps["docker"].contains(&format!("check that {repo} bookworm is signed by that key")),
+        steps["packages"].contains(&format!("check that {repo} bookworm is signed by that key")),
         "{:?}",
-        steps["docker"]
+        steps["packages"]
     );
     assert_eq!(
         d.ssh_ok("root", "cat /etc/apt/sources.list.d/docker.list"),
@@ -605,6 +607,14 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
         "{packages}"
     );
     let apt_before = apt_sources(&d);
+
+    // Docker rotates the logs of the containers it runs, the PDS's included.
+    let daemon: Value =
+        serde_json::from_str(&d.ssh_ok("root", "cat /etc/docker/daemon.json")).unwrap();
+    assert_eq!(
+        daemon,
+        serde_json::json!({"log-driver": "json-file", "log-opts": {"max-size": "500m", "max-file": "4"}})
+    );
 
     // The PDS, through Caddy with a certificate Pebble issued, for the hostname...
     let health = https_get_eventually(&d, HOSTNAME, "/xrpc/_health");
@@ -642,6 +652,39 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     assert_no_secrets(&secrets, &first.stdout, "the first run's JSON");
     assert_no_secrets(&secrets, &first.stderr, "the first run's -vv log");
     let env_before = fs::read(op.env_file()).unwrap();
+
+    // Nomad's API does not give the secrets away: they are in the droplet's
+    // root-only pds.env (the site's file, byte for byte), which the task and
+    // pdsadmin source.
+    let job = nomad_job(&d, "pds");
+    assert_no_secrets(&secrets, &job.to_string(), "GET /v1/job/pds");
+    assert_eq!(
+        d.ssh_ok("root", "stat -c '%a %U %G' /srv/nomad/pds/pds.env")
+            .trim(),
+        "600 root root"
+    );
+    assert!(
+        d.ssh_ok("root", "cat /srv/nomad/pds/pds.env").as_bytes() == env_before.as_slice(),
+        "the droplet's pds.env is not the site's"
+    );
+    let pdsadmin_style = d.ssh_ok(
+        "root",
+        "bash -c 'set -euo pipefail; PDS_ENV_FILE=/srv/nomad/pds/pds.env; source \"${PDS_ENV_FILE}\"; \
+         printf %s \"${PDS_ADMIN_PASSWORD}\"'",
+    );
+    assert!(
+        pdsadmin_style == secrets["PDS_ADMIN_PASSWORD"],
+        "a pdsadmin-style script did not read PDS_ADMIN_PASSWORD from the droplet's pds.env"
+    );
+    let in_task = d.ssh_ok(
+        "root",
+        "docker exec $(docker ps -q --filter name=pds- | head -n1) sh -c 'test -r /pds/pds.env && echo readable'",
+    );
+    assert_eq!(
+        in_task.trim(),
+        "readable",
+        "the task does not see /pds/pds.env"
+    );
 
     // The plan (with the job and its env in full) masks them too.
     let mut plan_args = vec!["plan".to_string()];
@@ -775,6 +818,36 @@ fn caddy_fresh_droplet_converges_and_a_second_run_changes_nothing() {
     );
 }
 
+/// Nomad's API answering on the droplet's public address (a stand-in listener on
+/// 4646, as on a droplet whose nomad.hcl binds 0.0.0.0) stops the run before
+/// anything changes, and says how to close it or accept it.
+#[test]
+fn an_exposed_nomad_api_stops_the_run_before_anything_changes() {
+    require_e2e();
+    let d = Droplet::start("bookworm");
+    let op = Operator::new();
+    let listening = d.ssh_ok(
+        "root",
+        "systemd-run --quiet --unit=stand-in-nomad-api systemd-socket-activate -l 4646 sleep infinity; \
+         for i in $(seq 50); do ss -Hltn 'sport = :4646' | grep -q . && break; sleep 0.1; done; \
+         ss -Hltn 'sport = :4646'",
+    );
+    assert!(
+        listening.contains("4646"),
+        "no stand-in listener: {listening}"
+    );
+    let run = op.run(&op.up_args(&root_dest(&d), &caddy_args()));
+    run.assert_failed("an exposed Nomad API", ErrorKind::Blocked)
+        .assert_stderr_has(
+            "an exposed Nomad API",
+            &[
+                "Nomad's HTTP API (port 4646) answers on the droplet's public address",
+                "--allow-exposed-api",
+            ],
+        );
+    assert_untouched(&d, "a run stopped by an exposed Nomad API");
+}
+
 // ---------------------------------------------------------------------------------
 // 2. A run killed while Nomad is being installed is finished by the next one
 // ---------------------------------------------------------------------------------
@@ -818,36 +891,17 @@ fn a_run_killed_during_the_nomad_install_is_finished_by_the_next_run() {
     // Docker's default path, on trixie, from the repository signed by the trusted key.
     let args = from_docker_repo(op.up_args(&root_dest(&d), &caddy_args()), "docker-apt");
 
-    // Killed while the Nomad release is being fetched and installed.
-    let log = kill_when(&op, &args, "→ install Nomad", Duration::ZERO);
-    assert!(!log.contains("nomad.hcl: "), "killed too late:\n{log}");
-    assert_eq!(
-        d.ssh_ok("root", "systemctl is-active docker || true")
-            .trim(),
-        "active",
-        "Docker should be done before Nomad"
-    );
-    assert!(
-        !d.ssh_ok("root", "[ -e /etc/nomad.d/nomad.hcl ] && echo yes || true")
-            .contains("yes"),
-        "nomad.hcl written before the kill"
-    );
-
-    // The next run skips Docker, finishes Nomad, and is killed in its turn while
-    // it streams the PDS image archive to the droplet.
+    // Killed while apt installs everything in one transaction and the PDS image
+    // archive streams to the droplet beside it.
     let log = kill_when(
         &op,
         &args,
-        "→ upload the PDS image archive",
+        "→ install docker-ce docker-ce-cli containerd.io (docker)",
         Duration::from_millis(300),
     );
     assert!(
-        log.contains("docker: unchanged"),
-        "Docker was done before:\n{log}"
-    );
-    assert!(
-        log.contains("→ install Nomad") || log.contains("→ write /etc/nomad.d/nomad.hcl"),
-        "the second run had no Nomad work left:\n{log}"
+        log.contains("meanwhile upload the PDS image archive"),
+        "the archive was not uploaded alongside apt:\n{log}"
     );
     // A copy cut short is never left in place, nor renamed to the staging name.
     std::thread::sleep(Duration::from_secs(3));
@@ -867,20 +921,48 @@ fn a_run_killed_during_the_nomad_install_is_finished_by_the_next_run() {
         );
     }
 
+    // The next run finishes the package work and is killed in its turn while
+    // the Nomad release is being fetched and installed.
+    let log = kill_when(&op, &args, "→ install Nomad", Duration::ZERO);
+    assert!(!log.contains("nomad.hcl: "), "killed too late:\n{log}");
+    assert_eq!(
+        d.ssh_ok("root", "systemctl is-active docker || true")
+            .trim(),
+        "active",
+        "Docker should be done before Nomad"
+    );
+    assert!(
+        !d.ssh_ok("root", "[ -e /etc/nomad.d/nomad.hcl ] && echo yes || true")
+            .contains("yes"),
+        "nomad.hcl written before the kill"
+    );
+
     let mut resume_args = args.clone();
     resume_args.push("--json".into());
     let resumed = op.run(&resume_args);
     resumed.assert_ok("the run after two kills");
     let report = resumed.json();
     let steps = step_changes(&report);
-    for step in ["docker", "nomad", "nomad_config", "proxy", "secrets"] {
+    for step in ["packages", "docker"] {
         assert!(
             steps[step].is_empty(),
             "{step} was finished before the second kill: {:?}",
             steps[step]
         );
     }
-    assert!(!steps["pds_job"].is_empty(), "{report}");
+    assert!(
+        steps["nomad"].iter().any(|c| c == "install Nomad 1.10.5"),
+        "{report}"
+    );
+    // The archive the second run staged beside apt is loaded, not uploaded again.
+    assert!(
+        steps["pds_image"]
+            .iter()
+            .any(|c| c.starts_with("load it into Docker"))
+            && !steps["pds_image"].iter().any(|c| c.starts_with("upload")),
+        "{:?}",
+        steps["pds_image"]
+    );
     let did = account_did(&report);
     assert!(
         report["account"]["password"].is_string(),
@@ -1053,13 +1135,29 @@ fn sudo_users_and_a_changed_host_key() {
     );
 
     // Accepting the new key deliberately: the run goes through (nothing to change).
+    // Nomad now runs on the Superpowers config, whose API listens on every
+    // address: that stops a run unless accepted, and accepting it is noted.
     let mut accept = deploy_args.clone();
     accept.push("--accept-new-host-key".into());
+    accept.push("--allow-exposed-api".into());
     let run = op.run(&accept);
     run.assert_ok("pdsup up --accept-new-host-key");
     let report = run.json();
     assert_eq!(account_did(&report), did);
     assert_eq!(report["changed"], false, "{report}");
+    let exposure = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "exposure")
+        .unwrap_or_else(|| panic!("no exposure step in {report}"));
+    assert!(
+        exposure["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("Nomad's HTTP API (port 4646) answers on the droplet's public address")),
+        "{exposure}"
+    );
     let pinned_after = fs::read_to_string(op.known_hosts()).unwrap();
     assert!(
         pinned_after.contains(&new_key),
@@ -1070,7 +1168,9 @@ fn sudo_users_and_a_changed_host_key() {
         "the old key is still pinned:\n{pinned_after}"
     );
 
-    caddy_failing_on_a_new_caddyfile_keeps_the_old_one(&d, &op, &deploy_args);
+    // Nomad's API still answers beyond loopback (the user's choice, accepted).
+    let accepted = [deploy_args.clone(), strings(&["--allow-exposed-api"])].concat();
+    caddy_failing_on_a_new_caddyfile_keeps_the_old_one(&d, &op, &accepted);
 }
 
 /// Caddy does not come up on the Caddyfile pdsup writes: the previous file is
@@ -1297,8 +1397,9 @@ fn local_mode_on_the_droplet_logs_to_the_journal() {
     assert_eq!(account_did(&report), did);
 
     let journal = d.ssh_ok("root", "journalctl -t pdsup --no-pager -o cat");
+    let first_step = format!("[1/{}] preflight", pdsup::steps::UP.len());
     for line in [
-        "[1/9] preflight",
+        first_step.as_str(),
         "install Nomad 1.10.5",
         "submit the pds job",
         "create the account alice.pds.test",
@@ -1562,9 +1663,11 @@ fn what_the_droplet_runs_is_adopted_the_users_caddyfile_and_io_job_are_kept() {
     assert_eq!(d.ssh_ok("root", users_site), "the user's other site");
 
     // Caddy: pdsup's site goes to a file of its own, imported by one line.
+    // The Superpowers nomad.hcl binds 0.0.0.0: its API answers on the droplet's
+    // address, which the exposure check refuses unless the user accepts it.
     let caddy = op.up_args(
         &root_dest(&d),
-        &[caddy_args(), strings(&["--json"])].concat(),
+        &[caddy_args(), strings(&["--json", "--allow-exposed-api"])].concat(),
     );
     let run = op.run(&caddy);
     run.assert_ok("pdsup up with the user's Caddyfile");
@@ -1636,7 +1739,10 @@ fn what_the_droplet_runs_is_adopted_the_users_caddyfile_and_io_job_are_kept() {
     let job_before = nomad_job(&d, "io");
     let allocs_before = nomad_allocs(&d, "io");
 
-    let io = op.up_args(&root_dest(&d), &["--proxy", "io", "--json"]);
+    let io = op.up_args(
+        &root_dest(&d),
+        &["--proxy", "io", "--json", "--allow-exposed-api"],
+    );
     let run = op.run(&io);
     run.assert_ok("pdsup up with the user's io job");
     let report = run.json();

@@ -18,9 +18,9 @@
 //! boundaries it did kill at.
 //!
 //! **The cuts.** All runs reach the droplet through a TCP proxy in this test. When
-//! one of a run's first two changes is a long one not cut yet (the Docker apt
-//! install, the PDS image upload and `docker load`, the wait for the job's
-//! health, account creation), the test cuts every connection of the proxy in the
+//! one of a run's first two changes is a long one not cut yet (the one apt
+//! transaction with the PDS image upload beside it, twice, `docker load`, the
+//! wait for the job's health, account creation), the test cuts every connection of the proxy in the
 //! middle of that change instead of killing the run. The walk then carries on
 //! from what the cut left.
 //!
@@ -82,12 +82,17 @@ const CHANGE_LINE: &str = "  → ";
 
 /// Long changes to cut the connection in the middle of: the start of the
 /// change's summary, and how long after its line the cut comes.
+/// The packages step's transaction is cut twice: early, while `apt-get update`
+/// runs and the PDS image archive streams beside it, then in the install.
 const CUT_POINTS: [(&str, Duration); 5] = [
     (
-        "install Docker Engine from Docker's apt repository",
+        "install docker-ce docker-ce-cli containerd.io (docker)",
+        Duration::from_millis(400),
+    ),
+    (
+        "install docker-ce docker-ce-cli containerd.io (docker)",
         Duration::from_secs(6),
     ),
-    ("upload the PDS image archive", Duration::from_millis(400)),
     ("load it into Docker as", Duration::from_millis(1500)),
     (
         "wait for the PDS allocation to be healthy",
@@ -448,10 +453,7 @@ fn every_change_boundary_and_cut_of_a_fresh_run_converges_to_one_identity() {
             let seen = run.changes_so_far();
             // A long change among the first depth + 1, still to be cut: cut it.
             let target = seen.iter().take(depth + 1).find_map(|c| {
-                CUT_POINTS
-                    .iter()
-                    .position(|(prefix, _)| c.starts_with(prefix))
-                    .filter(|i| !cut_done[*i])
+                (0..CUT_POINTS.len()).find(|i| c.starts_with(CUT_POINTS[*i].0) && !cut_done[*i])
             });
             if let Some(i) = target {
                 std::thread::sleep(CUT_POINTS[i].1);

@@ -758,6 +758,61 @@ async fn double_agent_and_node() {
     assert!(text.contains("backups"), "{text}");
 }
 
+/// A first start (version 0) is waited for until its allocation runs; an
+/// update (version 1) until Nomad finds the new allocation healthy.
+#[tokio::test]
+async fn double_first_start_waits_for_running_and_an_update_for_health() {
+    let image = double::image();
+    let mut agent = Agent::start(&["pds"]);
+    agent.ready(&["pds"]).await;
+    let api = agent.api.clone();
+    let port = double::free_port();
+    let job = test_job(image, port);
+    api.register(&job).await.unwrap();
+    if let Err(e) = api
+        .wait_job_started("pds", Duration::from_secs(120), &mut |m| eprintln!("{m}"))
+        .await
+    {
+        panic!("{e:#}\nagent log:\n{}", agent.log());
+    }
+    let allocs = api.allocations("pds").await.unwrap();
+    let first = allocs
+        .iter()
+        .find(|a| a.job_version == 0)
+        .expect("version 0's allocation");
+    assert_eq!(first.client_status, "running", "{first:?}");
+    assert!(
+        !first.task_states.is_empty() && first.task_states.values().all(|t| t.state == "running"),
+        "{first:?}"
+    );
+
+    let mut edited = job.clone();
+    edited.groups[0].tasks[0]
+        .env
+        .push(("TZ".into(), EnvValue::plain("UTC")));
+    api.register(&edited).await.unwrap();
+    if let Err(e) = api
+        .wait_job_started("pds", Duration::from_secs(120), &mut |m| eprintln!("{m}"))
+        .await
+    {
+        panic!("{e:#}\nagent log:\n{}", agent.log());
+    }
+    let allocs = api.allocations("pds").await.unwrap();
+    let second = allocs
+        .iter()
+        .filter(|a| a.job_version == 1)
+        .max_by_key(|a| a.create_index)
+        .expect("version 1's allocation");
+    let deployed = match api.deployment("pds").await.unwrap() {
+        Some(d) => d.job_version == 1 && d.status == "successful",
+        None => false,
+    };
+    assert!(
+        second.client_status == "running" && (second.healthy() == Some(true) || deployed),
+        "{second:?}"
+    );
+}
+
 #[tokio::test]
 async fn double_job_lifecycle() {
     let image = double::image();

@@ -109,6 +109,10 @@ struct SiteFlags {
     #[arg(long, env = "PDSUP_CONFIRM_EMAIL")]
     confirm_email: bool,
 
+    /// Go on when Nomad's HTTP API (4646) or the PDS port (3000) answers on the droplet's public address
+    #[arg(long, env = "PDSUP_ALLOW_EXPOSED_API")]
+    allow_exposed_api: bool,
+
     /// Extra PDS environment, repeatable (e.g. PDS_EMAIL_SMTP_URL=smtps://...) [remembered: giving any replaces the saved set]
     #[arg(long = "pds-env", value_name = "KEY=VALUE")]
     pds_env: Vec<String>,
@@ -189,6 +193,17 @@ impl FromArgMatches for SiteArgs {
 }
 
 impl SiteArgs {
+    /// No flags but the site's hostname: the settings are then what the
+    /// site's `site.toml` remembers, and the defaults.
+    pub fn for_hostname(hostname: &Hostname) -> Self {
+        let mut given = BTreeMap::new();
+        given.insert(
+            table::HOSTNAME.id,
+            (Given::Flag, vec![hostname.as_str().to_string()]),
+        );
+        SiteArgs { given }
+    }
+
     /// The layers of this run, over the site's record (if it has one) read
     /// from `site_file`.
     fn layers(&self, record: Option<&SiteRecord>, site_file: Option<&Path>) -> Layers {
@@ -384,6 +399,7 @@ pub fn settings_at(
     }
     // clap takes "true" or "false", from the flag or its variable.
     let confirm_email = value(&table::CONFIRM_EMAIL).one() == "true";
+    let allow_exposed_api = value(&table::ALLOW_EXPOSED_API).one() == "true";
     let acme_ca = match layers.resolve(&table::ACME_CA) {
         Some(ca) => Some(parse_as(&ca, str::parse::<HttpUrl>)?.to_string()),
         None => None,
@@ -415,6 +431,7 @@ pub fn settings_at(
             ingress_syntax: choice(&layers, &table::IO_INGRESS_SYNTAX)?,
         },
         confirm_email,
+        allow_exposed_api,
         pds_env,
         timezone,
     })

@@ -2,6 +2,7 @@
 //! `main` only parses, runs, and renders errors once (`error:` … `caused by:`).
 
 pub mod args;
+pub mod site;
 pub mod up;
 
 use std::process::ExitCode;

@@ -19,7 +19,15 @@ pub struct Global {
 }
 
 impl Global {
-    fn output(&self) -> ops::Output {
+    /// Where site state lives: `--state-dir`, else the default.
+    pub fn state_dir(&self) -> Result<PathBuf> {
+        match &self.state_dir {
+            Some(d) => Ok(d.clone()),
+            None => SiteDir::default_state_dir(),
+        }
+    }
+
+    pub fn output(&self) -> ops::Output {
         ops::Output {
             json: self.json,
             quiet: self.quiet,
@@ -96,11 +104,7 @@ pub async fn plan(args: PlanArgs, global: &Global) -> Result<()> {
 }
 
 fn open_site(site_args: &SiteArgs, global: &Global) -> Result<(SiteDir, Option<SiteRecord>)> {
-    let state_dir = match &global.state_dir {
-        Some(d) => d.clone(),
-        None => SiteDir::default_state_dir()?,
-    };
-    let site = SiteDir::new(&state_dir, &args::hostname(site_args)?);
+    let site = SiteDir::new(&global.state_dir()?, &args::hostname(site_args)?);
     let record = site.load_record()?;
     Ok((site, record))
 }
@@ -144,6 +148,10 @@ async fn run(
             .with_context(|| format!("-i {}: cannot read the key file", identity.display()))
             .kind(ErrorKind::BadInput)?;
     }
-    let record = args::record(&settings, previous);
+    let mut record = args::record(&settings, previous);
+    if let Some(dest) = &dest {
+        // Saved once connected: the day-2 commands' default DEST.
+        record.destination = Some(dest.clone());
+    }
     ops::up::converge(&site, &settings, record, target, dry_run, global.output()).await
 }

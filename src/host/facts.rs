@@ -8,9 +8,12 @@
 //! state, the machine's architecture); the steps' own facts are built the same
 //! way in `steps::facts`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use crate::error::Result;
 
-use super::{Cmd, Host, Output, Script};
+use super::{Cmd, CommandFailed, Host, Output, Script};
 
 /// A read-only command and the parser of its output.
 #[derive(Clone, Debug)]
@@ -37,6 +40,133 @@ impl<T> Fact<T> {
     pub async fn read_checked<H: Host + ?Sized>(&self, host: &H) -> Result<T> {
         Ok((self.parse)(&host.run(&self.cmd).await?))
     }
+}
+
+/// Facts already asked for, by command: several steps' facts are fetched in one
+/// round trip ([`FactCache::prefetch`]) and each fact then reads its own part.
+/// The answers hold only while nothing on the droplet changes: whoever changes
+/// it calls [`FactCache::forget`] first.
+#[derive(Debug, Default)]
+pub struct FactCache {
+    answers: RefCell<HashMap<String, Output>>,
+}
+
+impl FactCache {
+    /// Asks the host, in one exec, every command of `cmds` not answered yet.
+    /// A batch that fails as a whole (a dropped connection) leaves nothing
+    /// cached: each fact then asks on its own and reports its own error.
+    pub async fn prefetch<H: Host + ?Sized>(&self, host: &H, cmds: &[Cmd]) -> Result<()> {
+        let mut missing: Vec<&Cmd> = Vec::new();
+        {
+            let answers = self.answers.borrow();
+            for cmd in cmds {
+                let new = !answers.contains_key(&cmd.script)
+                    && !missing.iter().any(|m| m.script == cmd.script);
+                // A command that reads stdin cannot share one.
+                if new && cmd.stdin.is_empty() {
+                    missing.push(cmd);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let marker = batch_marker();
+        let out = host.exec(&batch_cmd(&missing, &marker)).await?;
+        if let Some(outputs) = split_batch(&out, &marker, missing.len()) {
+            let mut answers = self.answers.borrow_mut();
+            for (cmd, output) in missing.into_iter().zip(outputs) {
+                answers.insert(cmd.script.clone(), output);
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer to `fact`, from the cache or from the host.
+    pub async fn read<T, H: Host + ?Sized>(&self, host: &H, fact: &Fact<T>) -> Result<T> {
+        if let Some(out) = self.answers.borrow().get(&fact.cmd.script) {
+            return Ok((fact.parse)(out));
+        }
+        fact.read(host).await
+    }
+
+    /// As [`Fact::read_checked`]: a cached non-zero exit is the same error.
+    pub async fn read_checked<T, H: Host + ?Sized>(&self, host: &H, fact: &Fact<T>) -> Result<T> {
+        if let Some(out) = self.answers.borrow().get(&fact.cmd.script) {
+            if !out.success() {
+                return Err(CommandFailed {
+                    host: host.describe(),
+                    command: super::first_line(&fact.cmd.script),
+                    status: out.status,
+                    stderr_tail: out.stderr_tail(),
+                }
+                .into());
+            }
+            return Ok((fact.parse)(out));
+        }
+        fact.read_checked(host).await
+    }
+
+    /// Drops every answer: the droplet is about to change.
+    pub fn forget(&self) {
+        self.answers.borrow_mut().clear();
+    }
+}
+
+/// A marker no command's output contains by chance.
+fn batch_marker() -> String {
+    use rand::rand_core::UnwrapErr;
+    use rand::rngs::SysRng;
+    use rand::Rng;
+    let mut bytes = [0u8; 8];
+    UnwrapErr(SysRng).fill_bytes(&mut bytes);
+    format!("pdsup-fact-{}", hex::encode(bytes))
+}
+
+/// One script running `cmds` in turn, each in its own subshell (an `exit` in
+/// one ends only that one) with no stdin, each followed on stdout by a line
+/// `MARKER STATUS` and on stderr by a line `MARKER`, so that [`split_batch`]
+/// can give every command its own output back.
+pub fn batch_cmd(cmds: &[&Cmd], marker: &str) -> Cmd {
+    let mut script = String::new();
+    for cmd in cmds {
+        script.push_str(&format!(
+            "(\n{}\n) </dev/null; s=$?; printf '\\n%s %s\\n' {marker} \"$s\"; printf '\\n%s\\n' {marker} >&2\n",
+            cmd.script
+        ));
+    }
+    Cmd {
+        script,
+        stdin: Vec::new(),
+    }
+}
+
+/// Each command's output from a batch's: `None` unless all `count` commands
+/// reported (the batch was cut short, or the host lost the connection).
+pub fn split_batch(out: &Output, marker: &str, count: usize) -> Option<Vec<Output>> {
+    let status_mark = format!("\n{marker} ").into_bytes();
+    let stderr_mark = format!("\n{marker}\n").into_bytes();
+    let mut outputs = Vec::with_capacity(count);
+    let (mut stdout, mut stderr) = (&out.stdout[..], &out.stderr[..]);
+    for _ in 0..count {
+        let at = find(stdout, &status_mark)?;
+        let rest = &stdout[at + status_mark.len()..];
+        let eol = rest.iter().position(|&b| b == b'\n')?;
+        let status: u32 = std::str::from_utf8(&rest[..eol]).ok()?.parse().ok()?;
+        let err_at = find(stderr, &stderr_mark)?;
+        outputs.push(Output {
+            status: Some(status),
+            stdout: stdout[..at].to_vec(),
+            stderr: stderr[..err_at].to_vec(),
+        });
+        stdout = &rest[eol + 1..];
+        stderr = &stderr[err_at + stderr_mark.len()..];
+    }
+    Some(outputs)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A file's bytes, or `None` when it does not exist (a marker byte tells the two
@@ -177,6 +307,149 @@ pub mod tests {
         );
         let missing = dir.path().join("nothing");
         assert_eq!(run(file_text(missing.to_str().unwrap())), None);
+    }
+
+    fn sh(cmd: &Cmd) -> Output {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd.script)
+            .output()
+            .unwrap();
+        Output {
+            status: out.status.code().map(|c| c as u32),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }
+    }
+
+    #[test]
+    fn a_batch_gives_each_command_its_own_output_and_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("no newline at the end");
+        std::fs::write(&file, "last line").unwrap();
+        let path = file.to_str().unwrap();
+        let cmds = [
+            file_text(path).cmd,
+            Cmd::sh("echo out; echo err >&2; exit 3"),
+            // An `exit` ends its own command only; stdin is empty, not the batch's.
+            Cmd::sh("cat; exit 0"),
+            Cmd::sh("printf 'two\nlines\n'"),
+            file_text(dir.path().join("missing").to_str().unwrap()).cmd,
+        ];
+        let refs: Vec<&Cmd> = cmds.iter().collect();
+        let marker = batch_marker();
+        let batch = sh(&batch_cmd(&refs, &marker));
+        let outputs = split_batch(&batch, &marker, cmds.len()).expect("all answered");
+        for (cmd, got) in cmds.iter().zip(&outputs) {
+            let alone = sh(cmd);
+            assert_eq!(got.status, alone.status, "{}", cmd.script);
+            assert_eq!(got.stdout, alone.stdout, "{}", cmd.script);
+            assert_eq!(got.stderr, alone.stderr, "{}", cmd.script);
+        }
+        assert_eq!(outputs[0].stdout, b"ylast line");
+        assert_eq!(
+            (outputs[1].status, &outputs[1].stderr[..]),
+            (Some(3), &b"err\n"[..])
+        );
+        assert_eq!(outputs[4].stdout, b"n");
+    }
+
+    #[test]
+    fn a_batch_cut_short_answers_nothing() {
+        let cmds = [Cmd::sh("echo one"), Cmd::sh("echo two")];
+        let refs: Vec<&Cmd> = cmds.iter().collect();
+        let marker = batch_marker();
+        let whole = sh(&batch_cmd(&refs, &marker));
+        assert!(split_batch(&whole, &marker, 2).is_some());
+        // The connection dropped after the first command.
+        let cut = Output {
+            status: None,
+            stdout: whole.stdout[..whole.stdout.len() - 5].to_vec(),
+            stderr: whole.stderr.clone(),
+        };
+        assert!(split_batch(&cut, &marker, 2).is_none());
+        assert!(split_batch(&Output::default(), &marker, 1).is_none());
+        // Another batch's marker is not this one's.
+        assert!(split_batch(&whole, &batch_marker(), 2).is_none());
+    }
+
+    /// This machine's `sh`, counting the round trips.
+    #[derive(Default)]
+    struct CountingShell {
+        execs: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Host for CountingShell {
+        async fn exec(&self, cmd: &Cmd) -> Result<Output> {
+            self.execs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(sh(cmd))
+        }
+        async fn forward(&self, _: u16) -> Result<std::net::SocketAddr> {
+            crate::bail!("no tunnels here")
+        }
+        async fn upload(
+            &self,
+            _: &std::path::Path,
+            _: &str,
+            _: &super::super::FileMode,
+        ) -> Result<()> {
+            crate::bail!("no uploads here")
+        }
+        fn describe(&self) -> String {
+            "this machine".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn prefetched_facts_cost_one_round_trip_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.hcl");
+        std::fs::write(&file, "client {}\n").unwrap();
+        let path = file.to_str().unwrap();
+        let failing: Fact<bool> =
+            Fact::new(Cmd::sh("echo 'no such unit' >&2; exit 4"), Output::success);
+        let host = CountingShell::default();
+        let execs = || host.execs.load(std::sync::atomic::Ordering::SeqCst);
+        let cache = FactCache::default();
+        let cmds = [
+            file_text(path).cmd,
+            exists(path).cmd,
+            failing.cmd.clone(),
+            exists(path).cmd,
+        ];
+        cache.prefetch(&host, &cmds).await.unwrap();
+        assert_eq!(execs(), 1);
+        assert_eq!(
+            cache
+                .read_checked(&host, &file_text(path))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("client {}\n")
+        );
+        assert!(cache.read(&host, &exists(path)).await.unwrap());
+        assert!(!cache.read(&host, &failing).await.unwrap());
+        let err = cache.read_checked(&host, &failing).await.unwrap_err();
+        assert!(format!("{err:#}").contains("no such unit"), "{err:#}");
+        // Asked already: nothing to fetch.
+        cache.prefetch(&host, &cmds).await.unwrap();
+        assert_eq!(execs(), 1);
+        // Not prefetched: asked on its own, and not kept.
+        assert!(cache
+            .read(&host, &is_dir(dir.path().to_str().unwrap()))
+            .await
+            .unwrap());
+        assert_eq!(execs(), 2);
+        // After a change, the droplet is asked again.
+        std::fs::remove_file(&file).unwrap();
+        cache.forget();
+        assert!(!cache.read(&host, &exists(path)).await.unwrap());
+        assert_eq!(
+            cache.read_checked(&host, &file_text(path)).await.unwrap(),
+            None
+        );
+        assert_eq!(execs(), 4);
     }
 
     #[test]

@@ -217,7 +217,7 @@ pub fn write_script(path: &str, mode: &FileMode, len: u64) -> Script {
     )
 }
 
-fn first_line(script: &str) -> String {
+pub(crate) fn first_line(script: &str) -> String {
     let line = script.lines().next().unwrap_or("");
     if line.chars().count() > 120 {
         format!("{}…", line.chars().take(120).collect::<String>())

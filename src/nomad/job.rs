@@ -154,6 +154,8 @@ pub struct Task {
     pub port_labels: Vec<String>,
     pub network_mode: Option<String>,
     pub force_pull: bool,
+    /// Replaces the image's entrypoint (the docker driver's `entrypoint`).
+    pub entrypoint: Vec<String>,
     pub args: Vec<String>,
     pub env: Vec<(String, EnvValue)>,
     pub volume_mounts: Vec<Mount>,
@@ -248,6 +250,7 @@ pub fn pds_job(image: &str, env: Vec<(String, EnvValue)>) -> Job {
                 port_labels: vec!["http".into()],
                 network_mode: None,
                 force_pull: false,
+                entrypoint: Vec::new(),
                 args: Vec::new(),
                 env,
                 volume_mounts: vec![Mount {
@@ -262,6 +265,51 @@ pub fn pds_job(image: &str, env: Vec<(String, EnvValue)>) -> Job {
             }],
         }],
     }
+}
+
+/// Where the PDS task finds its environment file: the droplet's
+/// `/srv/nomad/pds/pds.env` on the `pds` volume, where pdsadmin and goat look.
+pub const PDS_ENV_IN_TASK: &str = "/pds/pds.env";
+
+/// How the task starts: the image's own entrypoint and command run by a shell
+/// that first exports every variable of [`PDS_ENV_IN_TASK`], so the secrets
+/// reach the PDS without being in the job (anyone who reaches Nomad's API can
+/// read a job). A missing or broken file stops the task before the PDS starts.
+/// `$@` has no braces, so Nomad's `${...}` interpolation leaves it alone.
+pub fn env_file_launcher() -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("set -a; . {PDS_ENV_IN_TASK}; set +a; exec \"$@\""),
+        "--".into(),
+    ]
+}
+
+/// The image's own `Entrypoint` and `Cmd` (`docker image inspect`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageCommand {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+/// The pds job that loads its environment from [`PDS_ENV_IN_TASK`]: only
+/// `plain_env` (no secret) is in the job, the image's command runs under
+/// [`env_file_launcher`].
+pub fn pds_job_with_env_file(
+    image: &str,
+    plain_env: Vec<(String, EnvValue)>,
+    command: &ImageCommand,
+) -> Job {
+    let mut job = pds_job(image, plain_env);
+    let task = &mut job.groups[0].tasks[0];
+    task.entrypoint = env_file_launcher();
+    task.args = command
+        .entrypoint
+        .iter()
+        .chain(&command.cmd)
+        .cloned()
+        .collect();
+    job
 }
 
 /// The IO proxy job (REFERENCE.md, Droplet Superpowers): host networking (it
@@ -300,6 +348,7 @@ pub fn io_job(image: &str) -> Job {
                 port_labels: Vec::new(),
                 network_mode: Some("host".into()),
                 force_pull: true,
+                entrypoint: Vec::new(),
                 args: Vec::new(),
                 env: Vec::new(),
                 volume_mounts: vec![Mount {
@@ -645,6 +694,9 @@ impl Task {
         if self.force_pull {
             c.push(("force_pull", json!(true)));
         }
+        if !self.entrypoint.is_empty() {
+            c.push(("entrypoint", json!(self.entrypoint)));
+        }
         if !self.args.is_empty() {
             c.push(("args", json!(self.args)));
         }
@@ -960,6 +1012,67 @@ mod tests {
         assert_eq!(
             task["VolumeMounts"],
             json!([{ "Volume": "io", "Destination": "/io", "ReadOnly": false }])
+        );
+    }
+
+    #[test]
+    fn the_env_file_job_runs_the_image_command_under_the_launcher_with_no_secret() {
+        let command = ImageCommand {
+            entrypoint: vec!["dumb-init".into(), "--".into()],
+            cmd: vec!["node".into(), "index.js".into()],
+        };
+        let plain = vec![("PDS_HOSTNAME".into(), EnvValue::plain("pds.example.com"))];
+        let job = pds_job_with_env_file("img", plain, &command);
+        assert!(job.secret_values().is_empty());
+        let config = &job.to_api_json()["Job"]["TaskGroups"][0]["Tasks"][0]["Config"];
+        assert_eq!(config["entrypoint"], json!(env_file_launcher()));
+        assert_eq!(
+            config["args"],
+            json!(["dumb-init", "--", "node", "index.js"])
+        );
+        let hcl = job.to_hcl(false);
+        assert!(hcl.contains("entrypoint = [\"/bin/sh\", \"-c\""), "{hcl}");
+    }
+
+    /// The launcher, run by a real `sh` on a file like pds.env: every variable is
+    /// exported to the command, which gets its arguments unchanged.
+    #[test]
+    fn the_launcher_exports_the_file_and_execs_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pds.env");
+        std::fs::write(
+            &file,
+            "# comment\nPDS_ADMIN_PASSWORD=abc123\nPDS_X=\"a b $ c\"\n",
+        )
+        .unwrap();
+        let mut launcher = env_file_launcher();
+        launcher[2] = launcher[2].replace(PDS_ENV_IN_TASK, file.to_str().unwrap());
+        let out = std::process::Command::new(&launcher[0])
+            .args(&launcher[1..])
+            .args([
+                "sh",
+                "-c",
+                "printf '%s|%s|%s' \"$PDS_ADMIN_PASSWORD\" \"$PDS_X\" \"$1\"",
+                "-",
+                "one arg",
+            ])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "abc123|a b $ c|one arg"
+        );
+        std::fs::remove_file(&file).unwrap();
+        let out = std::process::Command::new(&launcher[0])
+            .args(&launcher[1..])
+            .args(["true"])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "a missing env file must stop the task"
         );
     }
 

@@ -3,6 +3,7 @@
 //! summary). The command line resolves flags into values and calls these.
 
 pub mod plan;
+pub mod site;
 pub mod up;
 
 use crate::error::{bail, Result};

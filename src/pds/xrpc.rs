@@ -33,9 +33,23 @@ pub struct Xrpc {
     client: reqwest::Client,
 }
 
+/// How long one call may take (creating an account writes to the PLC directory).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// `_health` answers at once or the PDS is not up; callers poll it.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Xrpc {
     pub fn new(addr: SocketAddr) -> Self {
         Self::with_base(format!("http://{addr}"))
+    }
+
+    /// A client over an HTTP client the run shares (one that never uses a
+    /// proxy: the address is a tunnel's local end).
+    pub fn with_client(addr: SocketAddr, client: reqwest::Client) -> Self {
+        Xrpc {
+            base: format!("http://{addr}"),
+            client,
+        }
     }
 
     pub fn with_base(base: impl Into<String>) -> Self {
@@ -43,7 +57,6 @@ impl Xrpc {
             base: base.into(),
             client: reqwest::Client::builder()
                 .no_proxy()
-                .timeout(Duration::from_secs(60))
                 .build()
                 .expect("a plain HTTP client builds"),
         }
@@ -58,6 +71,7 @@ impl Xrpc {
         let resp = self
             .client
             .get(format!("{}/xrpc/_health", self.base))
+            .timeout(HEALTH_TIMEOUT)
             .send()
             .await
             .context("asking the PDS for /xrpc/_health")?;
@@ -122,6 +136,7 @@ impl Xrpc {
         let resp = self
             .client
             .get(format!("{}/xrpc/{method}", self.base))
+            .timeout(CALL_TIMEOUT)
             .query(&[("handle", handle)])
             .send()
             .await
@@ -151,6 +166,7 @@ impl Xrpc {
         let resp = self
             .client
             .get(format!("{}/xrpc/{method}", self.base))
+            .timeout(CALL_TIMEOUT)
             .query(&[("limit", "1000")])
             .send()
             .await
@@ -176,6 +192,7 @@ impl Xrpc {
         let mut req = self
             .client
             .post(format!("{}/xrpc/{method}", self.base))
+            .timeout(CALL_TIMEOUT)
             .json(&body);
         if let Some(password) = admin_password {
             req = req.basic_auth("admin", Some(password.expose()));

@@ -26,6 +26,10 @@ pub enum Action {
         path: String,
         mode: FileMode,
     },
+    /// Carry out these actions at the same time, over the one connection; done
+    /// when all are (only the droplet's own actions: commands, package work,
+    /// files, uploads). Work that does not depend on apt overlaps with it.
+    Together(Vec<Action>),
     /// Install a file a service reads and restart the service, putting the
     /// previous file back when the service does not come up on the new one.
     InstallConfig(config_file::Install),
@@ -33,6 +37,10 @@ pub enum Action {
     InstallNomad(crate::nomad::install::Install),
     /// Generate the site's secrets, or rewrite `pds.env` around the existing ones.
     SaveEnvFile,
+    /// Copy the site's `pds.env` to the droplet's PDS volume (root, 0600), where
+    /// the PDS task, pdsadmin and goat read it. Its text holds the secrets, so it
+    /// is rendered at apply time by the step that owns it.
+    WriteDropletEnvFile,
     /// Wait until the Nomad node is ready with these host volumes.
     WaitNomadReady { volumes: Vec<String> },
     /// Register a job with Nomad.

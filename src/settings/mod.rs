@@ -159,6 +159,8 @@ pub struct Settings {
     pub acme: Acme,
     pub io: Io,
     pub confirm_email: bool,
+    /// Go on when Nomad's API or the PDS port answers on the public address.
+    pub allow_exposed_api: bool,
     /// Extra PDS environment (`--pds-env KEY=VALUE`), after pdsup's own values.
     pub pds_env: Vec<(String, String)>,
     pub timezone: String,
@@ -194,6 +196,7 @@ impl Settings {
                 ingress_syntax: IoIngressSyntax::Ingress,
             },
             confirm_email: false,
+            allow_exposed_api: false,
             pds_env: Vec::new(),
             timezone: "UTC".into(),
         }

@@ -176,6 +176,13 @@ pub const CONFIRM_EMAIL: Setting = setting(
     Some("false"),
     PER_RUN,
 );
+pub const ALLOW_EXPOSED_API: Setting = setting(
+    "allow_exposed_api",
+    "--allow-exposed-api",
+    "PDSUP_ALLOW_EXPOSED_API",
+    Some("false"),
+    PER_RUN,
+);
 pub const PDS_ENV: Setting = Setting {
     id: "pds_env",
     flag: "--pds-env",
@@ -213,6 +220,7 @@ pub const ALL: &[&Setting] = &[
     &IO_CONFIG_DIR,
     &IO_INGRESS_SYNTAX,
     &CONFIRM_EMAIL,
+    &ALLOW_EXPOSED_API,
     &PDS_ENV,
     &TIMEZONE,
 ];

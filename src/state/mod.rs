@@ -34,12 +34,14 @@ pub struct SiteDir {
 
 /// What `site.toml` remembers between runs: the remembered settings of
 /// `settings::table` (under the same keys), and what the steps record.
-/// Unknown keys are ignored, so a file written by an older pdsup (which also
-/// saved `destination`, the last droplet address) still loads.
+/// Unknown keys are ignored, so a file written by a newer pdsup still loads.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct SiteRecord {
     pub hostname: String,
+    /// The DEST of the last `up` that connected: where the day-2 commands
+    /// (`status`, `account`, `logs`, ...) go when no `--dest` is given.
+    pub destination: Option<String>,
     pub email: Option<String>,
     pub handle: Option<String>,
     pub proxy: Option<String>,
@@ -99,6 +101,29 @@ impl SiteDir {
             root: state_dir.join("sites").join(hostname.as_str()),
             hostname: hostname.clone(),
         }
+    }
+
+    /// The hostnames of the sites kept under `state_dir`, sorted.
+    pub fn list(state_dir: &Path) -> Result<Vec<String>> {
+        let sites = state_dir.join("sites");
+        let entries = match fs::read_dir(&sites) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", sites.display())),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading {}", sites.display()))?;
+            if entry.path().join("site.toml").is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn hostname(&self) -> &Hostname {
+        &self.hostname
     }
 
     pub fn path(&self) -> &Path {
@@ -319,6 +344,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sites_are_listed_by_their_site_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(SiteDir::list(dir.path()).unwrap(), Vec::<String>::new());
+        for name in ["b.example.com", "a.example.com"] {
+            let site = SiteDir::new(dir.path(), &name.parse().unwrap());
+            site.save_record(&SiteRecord {
+                hostname: name.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        // A directory without site.toml (a half-made site) is not a site.
+        fs::create_dir_all(dir.path().join("sites/c.example.com")).unwrap();
+        assert_eq!(
+            SiteDir::list(dir.path()).unwrap(),
+            vec!["a.example.com", "b.example.com"]
+        );
+    }
+
+    #[test]
     fn record_round_trips_and_files_are_private() {
         let dir = tempfile::tempdir().unwrap();
         let site = SiteDir::new(dir.path(), &"pds.example.com".parse().unwrap());
@@ -336,20 +381,25 @@ mod tests {
         assert_eq!(dir_mode & 0o777, 0o700);
     }
     #[test]
-    fn a_site_file_from_an_older_pdsup_still_loads() {
-        // Older versions saved the last droplet address, which nothing read.
+    fn a_site_file_with_unknown_keys_still_loads_and_keeps_its_destination() {
+        // A newer pdsup may save keys this one does not know; `destination`
+        // (saved by every version that connected) is the day-2 default DEST.
         let dir = tempfile::tempdir().unwrap();
         let site = SiteDir::new(dir.path(), &"pds.example.com".parse().unwrap());
         fs::create_dir_all(site.path()).unwrap();
         fs::write(
             site.site_file(),
-            "hostname = \"pds.example.com\"\ndestination = \"root@203.0.113.7\"\nnomad_version = \"1.9.7\"\n",
+            "hostname = \"pds.example.com\"\ndestination = \"root@203.0.113.7\"\nnomad_version = \"1.9.7\"\nfrom_the_future = 3\n",
         )
         .unwrap();
         let record = site.load_record().unwrap().unwrap();
         assert_eq!(record.nomad_version.as_deref(), Some("1.9.7"));
+        assert_eq!(record.destination.as_deref(), Some("root@203.0.113.7"));
         site.save_record(&record).unwrap();
         let text = fs::read_to_string(site.site_file()).unwrap();
-        assert!(!text.contains("destination"), "{text}");
+        assert!(
+            text.contains("destination = \"root@203.0.113.7\""),
+            "{text}"
+        );
     }
 }

@@ -97,9 +97,11 @@ impl DataDir {
 }
 
 pub async fn gather_data_dir(ctx: &Ctx<'_>) -> Result<DataDir> {
+    ctx.read(&data_dir_fact()).await
+}
+
+pub fn data_dir_fact() -> crate::host::facts::Fact<DataDir> {
     super::facts::data_dir(DATA_ID_PATH, PDS_VOLUME_PATH)
-        .read(ctx.host)
-        .await
 }
 
 /// A new random site id (128 bits, hex).
@@ -385,10 +387,21 @@ pub async fn create_account(ctx: &mut Ctx<'_>, handle: &str, email: &str) -> Res
     let invite = pds.create_invite_code(&admin).await?;
     let created = match pds.create_account(email, handle, &password, &invite).await {
         Ok(created) => created,
-        Err(e) if resumed && handle_taken(&e) => {
+        Err(e) if resumed && (handle_taken(&e) || server_error(&e)) => {
             // The cut-off run's request went on on the PDS after the connection
             // dropped, and may still be finishing: that account is this site's.
-            let did = wait_for_handle(ctx, handle).await?;
+            // While it is, a second request for the same handle and email may
+            // also fail inside the PDS (a 500 from its database) rather than
+            // with "handle taken".
+            let did = match wait_for_handle(ctx, handle).await {
+                Ok(did) => did,
+                Err(_) if !handle_taken(&e) => {
+                    return Err(e.with_hint(
+                        "the PDS failed while a cut-off run's request for the same account may                          still have been under way; run the same command again in a minute",
+                    ))
+                }
+                Err(wait) => return Err(wait),
+            };
             record_account(ctx, &did)?;
             let hint = reset_password_hint(&did, &ctx.site.env_file().display().to_string());
             ctx.progress.note(&format!(
@@ -421,6 +434,12 @@ fn handle_taken(e: &crate::error::Error) -> bool {
                 .as_deref()
                 .is_some_and(|m| m.contains("Handle already taken"))
     })
+}
+
+/// The PDS failed on its side (5xx).
+fn server_error(e: &crate::error::Error) -> bool {
+    e.downcast_ref::<XrpcError>()
+        .is_some_and(|x| (500..600).contains(&x.status))
 }
 
 /// Waits for the PDS to resolve `handle`: an account whose creation is still
@@ -512,6 +531,10 @@ impl super::Step for AccountStep {
         Facts::fresh()
     }
 
+    fn probes(&self, _settings: &Settings) -> Vec<crate::host::Cmd> {
+        vec![data_dir_fact().cmd]
+    }
+
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
         gather(ctx).await
     }
@@ -553,6 +576,18 @@ mod tests {
         assert!(!handle_taken(&crate::error::Error::msg(
             "Handle already taken"
         )));
+        let failed = |status: u16| {
+            crate::error::Error::from(XrpcError {
+                method: "com.atproto.server.createAccount".into(),
+                status,
+                error: "InternalServerError".into(),
+                message: None,
+            })
+        };
+        assert!(server_error(&failed(500)));
+        assert!(server_error(&failed(503)));
+        assert!(!server_error(&failed(400)));
+        assert!(!server_error(&crate::error::Error::msg("500")));
     }
 
     const ENV: &str = "/home/me/.local/share/pdsup/sites/pds.example.com/pds.env";

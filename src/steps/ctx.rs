@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::error::{Context, Result};
 
 use super::{packages, pds_job, PlanInput};
-use crate::host::{config_file, Host};
+use crate::host::facts::{Fact, FactCache};
+use crate::host::{config_file, Cmd, Host};
 use crate::nomad::api::NomadApi;
 use crate::pds::xrpc::Xrpc;
 use crate::plan::{Action, Progress};
@@ -45,6 +46,11 @@ pub struct Ctx<'a> {
     secrets: Option<PdsSecrets>,
     nomad: Option<NomadApi>,
     pds: Option<Xrpc>,
+    /// One HTTP client for both tunnels: building one loads the system's CA
+    /// roots, which a run should do once.
+    http: Option<reqwest::Client>,
+    /// Facts fetched ahead, several steps' in one round trip.
+    facts: FactCache,
 }
 
 impl<'a> Ctx<'a> {
@@ -66,6 +72,8 @@ impl<'a> Ctx<'a> {
             secrets: None,
             nomad: None,
             pds: None,
+            http: None,
+            facts: FactCache::default(),
         }
     }
 
@@ -101,6 +109,33 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// Asks the droplet, in one round trip, whichever of `cmds` (facts' commands)
+    /// it has not answered since the last change.
+    pub async fn prefetch(&self, cmds: &[Cmd]) -> Result<()> {
+        self.facts.prefetch(self.host, cmds).await
+    }
+
+    /// A fact, answered ahead by [`Ctx::prefetch`] or asked now.
+    pub async fn read<T>(&self, fact: &Fact<T>) -> Result<T> {
+        self.facts.read(self.host, fact).await
+    }
+
+    /// A fact whose command must succeed (see [`Fact::read_checked`]).
+    pub async fn read_checked<T>(&self, fact: &Fact<T>) -> Result<T> {
+        self.facts.read_checked(self.host, fact).await
+    }
+
+    /// Forgets the answers: the droplet is about to change.
+    pub fn forget_facts(&self) {
+        self.facts.forget();
+    }
+
+    fn http_client(&mut self) -> reqwest::Client {
+        self.http
+            .get_or_insert_with(crate::nomad::api::plain_http_client)
+            .clone()
+    }
+
     /// The Nomad API through a tunnel, opened on first use.
     pub async fn nomad(&mut self) -> Result<&NomadApi> {
         if self.nomad.is_none() {
@@ -109,7 +144,7 @@ impl<'a> Ctx<'a> {
                 .forward(NOMAD_HTTP_PORT)
                 .await
                 .context("opening a tunnel to Nomad's HTTP API")?;
-            self.nomad = Some(NomadApi::new(addr));
+            self.nomad = Some(NomadApi::with_client(addr, self.http_client()));
         }
         Ok(self.nomad.as_ref().expect("just set"))
     }
@@ -122,7 +157,7 @@ impl<'a> Ctx<'a> {
                 .forward(PDS_PORT)
                 .await
                 .context("opening a tunnel to the PDS")?;
-            self.pds = Some(Xrpc::new(addr));
+            self.pds = Some(Xrpc::with_client(addr, self.http_client()));
         }
         Ok(self.pds.as_ref().expect("just set"))
     }
@@ -131,16 +166,15 @@ impl<'a> Ctx<'a> {
     /// here only by mistake, which is a bug in that step.
     pub async fn apply(&mut self, action: &Action) -> Result<()> {
         match action {
-            Action::Run(cmd) => {
-                self.host.run(cmd).await?;
+            Action::Run(_) | Action::Apt(_) | Action::Write { .. } | Action::Upload { .. } => {
+                self.apply_on_host(action).await?
             }
-            Action::Apt(cmd) => packages::run_apt(self, cmd).await?,
-            Action::Write {
-                path,
-                contents,
-                mode,
-            } => self.host.write_file(path, contents.bytes(), mode).await?,
-            Action::Upload { local, path, mode } => self.host.upload(local, path, mode).await?,
+            Action::Together(actions) => {
+                // `&self` only: the actions share the connection, each on a channel of its own.
+                let this = &*self;
+                let all = actions.iter().map(|a| this.apply_on_host(a));
+                futures::future::try_join_all(all).await?;
+            }
             Action::InstallConfig(install) => config_file::apply(self.host, install).await?,
             Action::WaitNomadReady { volumes } => {
                 let (progress, host) = (self.progress, self.host);
@@ -171,10 +205,31 @@ impl<'a> Ctx<'a> {
     }
 }
 
+impl Ctx<'_> {
+    /// The actions that only need the droplet (no API, no local state), which
+    /// may therefore run side by side ([`Action::Together`]).
+    async fn apply_on_host(&self, action: &Action) -> Result<()> {
+        match action {
+            Action::Run(cmd) => {
+                self.host.run(cmd).await?;
+            }
+            Action::Apt(cmd) => packages::run_apt(self, cmd).await?,
+            Action::Write {
+                path,
+                contents,
+                mode,
+            } => self.host.write_file(path, contents.bytes(), mode).await?,
+            Action::Upload { local, path, mode } => self.host.upload(local, path, mode).await?,
+            other => crate::bail!(Internal, "bug: {other:?} cannot run alongside other work"),
+        }
+        Ok(())
+    }
+}
+
 /// Runs a long wait, failing as soon as the connection to the droplet is lost:
 /// the waits take an API that does not answer for a service still starting,
 /// and would otherwise poll a dead tunnel until their timeout.
-async fn while_connected<T>(
+pub(super) async fn while_connected<T>(
     host: &dyn Host,
     wait: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {

@@ -89,7 +89,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         .filter(is_public);
     let public_ip = match from_dest {
         Some(ip) => Some(ip.to_string()),
-        None => public_ipv4().read(ctx.host).await?.map(|ip| ip.to_string()),
+        None => ctx.read(&public_ipv4()).await?.map(|ip| ip.to_string()),
     };
     let facts = Facts {
         public_ip,
@@ -169,6 +169,10 @@ impl super::Step for DnsStep {
 
     fn fresh(&self) -> Facts {
         Facts::fresh()
+    }
+
+    fn probes(&self, _settings: &Settings) -> Vec<crate::host::Cmd> {
+        vec![public_ipv4().cmd]
     }
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {

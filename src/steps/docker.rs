@@ -6,13 +6,17 @@
 //! key alone before anything in /etc/apt changes, so a repository that does not
 //! verify is refused with apt's configuration as it was. An engine that is
 //! already there is kept, whichever package it came from.
+//!
+//! The packages are installed by the packages step, in the one apt transaction
+//! of a run ([`packages`] says which, [`plan_repository`] stages and checks the
+//! repository first); this step starts the service and checks dpkg's word.
 
 use std::path::Path;
 
 use crate::error::{bail, err, Context, Result};
 
 use super::facts;
-use super::packages::{self, DpkgFacts};
+use super::packages::DpkgFacts;
 use super::{Action, Contents, Ctx, StepId, StepPlan};
 use crate::host::facts as host_facts;
 use crate::host::{Cmd, FileMode, Script};
@@ -33,58 +37,61 @@ pub(crate) use apt_get;
 /// The same apt-get prefix, as a value.
 pub const APT: &str = apt_get!();
 
-/// `apt-get update`, then `apt-get install` of `packages`.
-pub fn apt_install(packages: &[&str]) -> Script {
-    Script::new()
-        .line("set -e", &[])
-        .line(concat!(apt_get!(), " update"), &[])
-        .push(concat!(apt_get!(), " install"), &[])
-        .words(packages)
-}
-
 /// Packages that provide a Docker engine (the distribution's or Docker's).
 const ENGINE_PACKAGES: [&str; 2] = ["docker.io", "docker-ce"];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
-    /// Every package's dpkg status: the engine's, and any package work an
-    /// interrupted run (of pdsup or anything else) left half done.
+    /// The engine packages' dpkg status.
     pub dpkg: DpkgFacts,
     pub active: bool,
     pub enabled: bool,
-    /// Which of Docker's repository suites applies.
-    pub os: OsRelease,
 }
 
 impl Facts {
     pub fn fresh() -> Self {
-        Facts {
-            os: OsRelease::fresh(),
-            ..Facts::default()
-        }
+        Facts::default()
     }
 
     /// An engine package is `install ok installed`.
     pub fn engine_installed(&self) -> bool {
         ENGINE_PACKAGES.iter().any(|p| self.dpkg.installed(p))
     }
+}
 
-    /// An engine package was being installed when its run was cut short: the
-    /// repair finishes it, so it is not installed again (nor its rival package).
-    pub fn engine_interrupted(&self) -> bool {
-        ENGINE_PACKAGES.iter().any(|p| self.dpkg.interrupted(p))
-    }
+/// The commands of the facts [`gather`] reads.
+pub fn probes(_settings: &Settings) -> Vec<Cmd> {
+    vec![
+        facts::dpkg_status(&ENGINE_PACKAGES).cmd,
+        host_facts::unit_active("docker").cmd,
+        host_facts::unit_enabled("docker").cmd,
+    ]
 }
 
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let host = ctx.host;
     Ok(Facts {
-        dpkg: facts::dpkg_status(&[]).read(host).await?,
-        active: host_facts::unit_active("docker").read(host).await?,
-        enabled: host_facts::unit_enabled("docker").read(host).await?,
-        os: gather_os(ctx).await?,
+        dpkg: ctx.read(&facts::dpkg_status(&ENGINE_PACKAGES)).await?,
+        active: ctx.read(&host_facts::unit_active("docker")).await?,
+        enabled: ctx.read(&host_facts::unit_enabled("docker")).await?,
     })
 }
+
+/// What Docker needs apt to install: nothing when an engine is there, or was
+/// being installed when its run was cut short (the repair finishes it, so
+/// neither it nor its rival package is installed again).
+pub fn packages(settings: &Settings, dpkg: &DpkgFacts) -> &'static [&'static str] {
+    let engine = ENGINE_PACKAGES
+        .iter()
+        .any(|p| dpkg.installed(p) || dpkg.interrupted(p));
+    match (engine, settings.docker_source) {
+        (true, _) => &[],
+        (false, DockerSource::Docker) => &DOCKER_CE_PACKAGES,
+        (false, DockerSource::Distro) => &["docker.io"],
+    }
+}
+
+/// Docker Engine's packages in Docker's repository.
+const DOCKER_CE_PACKAGES: [&str; 3] = ["docker-ce", "docker-ce-cli", "containerd.io"];
 
 /// Docker's apt signing key, shipped in `assets/` so that nothing fetched at run
 /// time decides what the droplet trusts (fingerprint checked in the tests).
@@ -153,7 +160,7 @@ impl OsRelease {
 }
 
 pub async fn gather_os(ctx: &mut Ctx<'_>) -> Result<OsRelease> {
-    facts::os_release().read(ctx.host).await
+    ctx.read(&facts::os_release()).await
 }
 
 /// Docker's repository (or a mirror of it) as one droplet uses it.
@@ -248,8 +255,26 @@ fn trusted_key(apt: &DockerApt) -> (String, String, String) {
     }
 }
 
-fn plan_repo_install(plan: &mut StepPlan, repo: &AptRepo, apt: &DockerApt) {
-    let (armored, key_name, origin) = trusted_key(apt);
+/// Docker's repository, when the engine is to come from it: its key staged and
+/// the repository checked against that key alone, before anything in /etc/apt
+/// changes. Returns the repository, for [`add_source`] in the transaction; a
+/// release Docker does not serve is a blocker. `ca_certificates`: dpkg says the
+/// package is installed; without it, the check installs it first (a round of
+/// apt of its own) when the repository is https.
+pub fn plan_repository(
+    plan: &mut StepPlan,
+    os: &OsRelease,
+    settings: &Settings,
+    ca_certificates: bool,
+) -> Option<AptRepo> {
+    let repo = match AptRepo::for_droplet(&settings.docker_apt.url, os) {
+        Ok(repo) => repo,
+        Err(why) => {
+            plan.blockers.push(why);
+            return None;
+        }
+    };
+    let (armored, key_name, origin) = trusted_key(&settings.docker_apt);
     plan.change(
         format!(
             "trust {key_name}{origin} for {} (staged in {STAGING})",
@@ -261,7 +286,9 @@ fn plan_repo_install(plan: &mut StepPlan, repo: &AptRepo, apt: &DockerApt) {
             mode: FileMode::root(0o644),
         },
     );
-    let check = check_script(repo, &key_name);
+    // apt needs the CA roots for an https repository only (a mirror may be http).
+    let tls_ready = ca_certificates || !repo.url.starts_with("https://");
+    let check = check_script(&repo, &key_name, tls_ready);
     plan.change(
         format!(
             "check that {} {} is signed by that key",
@@ -270,20 +297,12 @@ fn plan_repo_install(plan: &mut StepPlan, repo: &AptRepo, apt: &DockerApt) {
         Action::Apt(check.clone().cmd()),
     )
     .detail(check.to_string());
-    let install = repo_install_script(repo);
-    plan.change(
-        format!(
-            "install Docker Engine from Docker's apt repository: {}",
-            repo.sources_line(DOCKER_APT_KEY_PATH)
-        ),
-        Action::Apt(install.clone().cmd()),
-    )
-    .detail(install.to_string());
+    Some(repo)
 }
 
 /// Fetches the repository's signed index with the staged key only; on failure the
 /// staging directory goes and nothing of apt's configuration has changed.
-pub fn check_script(repo: &AptRepo, key_name: &str) -> Script {
+pub fn check_script(repo: &AptRepo, key_name: &str, tls_ready: bool) -> Script {
     let key = format!("{STAGING}/docker.asc");
     let list = format!("{STAGING}/docker.list");
     let none = format!("{STAGING}/none");
@@ -295,11 +314,18 @@ pub fn check_script(repo: &AptRepo, key_name: &str) -> Script {
     let unreachable = format!(
         "pdsup: apt could not fetch {url} {suite}. Nothing was changed. Check --docker-apt-url: a mirror laid out like {DOCKER_APT_URL}, without the /debian or /ubuntu pdsup appends."
     );
-    Script::new()
+    let script = Script::new()
         .line("# check the repository against the staged key alone", &[])
-        .line("set -e", &[])
-        .line(concat!(apt_get!(), " update"), &[])
-        .line(concat!(apt_get!(), " install ca-certificates"), &[])
+        .line("set -e", &[]);
+    // Only when missing: its own `apt-get update` is a round of apt the run saves.
+    let script = if tls_ready {
+        script
+    } else {
+        script
+            .line(concat!(apt_get!(), " update"), &[])
+            .line(concat!(apt_get!(), " install ca-certificates"), &[])
+    };
+    script
         .line("chmod 0755 {}", &[STAGING])
         .line("echo {} > {}", &[&repo.sources_line(&key), &list])
         .line("mkdir -p {}", &[&none])
@@ -321,15 +347,12 @@ pub fn check_script(repo: &AptRepo, key_name: &str) -> Script {
         .line("fi", &[])
 }
 
-/// Installs the checked key and source for apt, then Docker Engine.
-pub fn repo_install_script(repo: &AptRepo) -> Script {
+/// `script` then the lines that install the checked key and source for apt
+/// (the transaction's `apt-get update` follows them).
+pub fn add_source(script: Script, repo: &AptRepo) -> Script {
     let line = repo.sources_line(DOCKER_APT_KEY_PATH);
-    Script::new()
-        .line(
-            "# install the checked key and source, then Docker Engine",
-            &[],
-        )
-        .line("set -e", &[])
+    script
+        .line("# Docker's checked key and source", &[])
         .line("install -d -m 0755 /etc/apt/keyrings", &[])
         .line(
             "install -m 0644 {} {}",
@@ -337,46 +360,13 @@ pub fn repo_install_script(repo: &AptRepo) -> Script {
         )
         .line("echo {} > {}", &[&line, DOCKER_APT_LIST_PATH])
         .line("rm -rf {}", &[STAGING])
-        .line(concat!(apt_get!(), " update"), &[])
-        .line(
-            concat!(apt_get!(), " install docker-ce docker-ce-cli containerd.io"),
-            &[],
-        )
 }
 
-pub fn distro_install_script() -> Script {
-    apt_install(&["docker.io"]).line("", &[])
-}
-
-pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
+/// Docker's service, once the packages step installed the engine. A droplet
+/// without an engine (a dry run, or a transaction that did not take) plans
+/// the start, and the re-check fails on it after a real run.
+pub fn plan(facts: &Facts) -> StepPlan {
     let mut plan = StepPlan::new(ID);
-    // Before any apt call of this run (the Docker step is the first to use apt).
-    if let Some((summary, detail, script)) = packages::repair(&facts.dpkg) {
-        plan.change(summary, Action::Apt(script.cmd()))
-            .detail(detail);
-    }
-    let installed = facts.engine_installed() || facts.engine_interrupted();
-    if !installed {
-        match settings.docker_source {
-            DockerSource::Docker => {
-                match AptRepo::for_droplet(&settings.docker_apt.url, &facts.os) {
-                    Ok(repo) => plan_repo_install(&mut plan, &repo, &settings.docker_apt),
-                    Err(why) => {
-                        plan.blockers.push(why);
-                        return plan;
-                    }
-                }
-            }
-            DockerSource::Distro => {
-                let script = distro_install_script();
-                plan.change(
-                    "install docker.io from the distribution",
-                    Action::Apt(script.clone().cmd()),
-                )
-                .detail(script.to_string());
-            }
-        }
-    }
     if !facts.engine_installed() || !facts.active || !facts.enabled {
         plan.change(
             "enable and start the docker service",
@@ -401,19 +391,72 @@ impl super::Step for DockerStep {
         Facts::fresh()
     }
 
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        probes(settings)
+    }
+
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
         gather(ctx).await
     }
 
-    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
-        Ok(plan(facts, input.settings))
+    fn plan(&self, facts: &Facts, _input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        Ok(plan(facts))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::steps::Change;
+    use crate::steps::{packages, Change};
+
+    /// The droplet as the Docker tests see it: the other steps' packages are
+    /// there unless the test's dpkg status says otherwise.
+    #[derive(Clone, Default)]
+    struct Facts {
+        dpkg: DpkgFacts,
+        active: bool,
+        enabled: bool,
+        os: OsRelease,
+    }
+
+    impl Facts {
+        fn fresh() -> Self {
+            Facts {
+                os: OsRelease::fresh(),
+                ..Facts::default()
+            }
+        }
+    }
+
+    /// The packages step's plan, then the docker step's (in a run it is planned
+    /// after the transaction; here against the same facts), as a run shows them.
+    fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
+        let mut dpkg = facts.dpkg.clone();
+        for other in ["unzip", "curl", "ca-certificates", "caddy"] {
+            if !dpkg.packages.contains_key(other) {
+                let ok = DpkgFacts::parse(&format!("status {other} install ok installed\n"));
+                dpkg.packages.extend(ok.packages);
+            }
+        }
+        let mut plan = packages::plan(
+            &packages::Facts {
+                dpkg,
+                os: facts.os.clone(),
+                image: Default::default(),
+            },
+            settings,
+        );
+        if !plan.blockers.is_empty() {
+            return plan;
+        }
+        let docker = super::plan(&super::Facts {
+            dpkg: facts.dpkg.clone(),
+            active: facts.active,
+            enabled: facts.enabled,
+        });
+        plan.changes.extend(docker.changes);
+        plan
+    }
 
     fn os(id: &str, version_id: &str, codename: &str, arch: &str) -> OsRelease {
         OsRelease {
@@ -548,7 +591,7 @@ mod tests {
         assert!(install.contains("echo 'deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu noble stable' > /etc/apt/sources.list.d/docker.list"), "{install}");
         assert!(install.contains("install docker-ce docker-ce-cli containerd.io"));
         settings.docker_source = DockerSource::Distro;
-        let plan = super::plan(&Facts::fresh(), &settings);
+        let plan = self::plan(&Facts::fresh(), &settings);
         assert!(script(&plan.changes[0]).contains("install docker.io"));
     }
 
@@ -681,7 +724,7 @@ mod tests {
             assert_eq!(
                 summaries(&p),
                 [
-                    "install docker.io from the distribution",
+                    "install docker.io (docker) in one apt transaction",
                     "enable and start the docker service"
                 ],
                 "{status}"

@@ -85,13 +85,25 @@ pub fn docker_image_present(image: &str) -> Fact<bool> {
     )
 }
 
+/// The PDS image in Docker and the size of an archive staged for loading.
+pub fn pds_image(image: &str, staged: &str) -> Fact<super::pds_image::ImageFacts> {
+    Fact::new(
+        Script::of(
+            "docker image inspect {} >/dev/null 2>&1 && echo present; \
+             stat -c 'staged %s' {} 2>/dev/null; true",
+            &[image, staged],
+        ),
+        |out| super::pds_image::ImageFacts::parse(&out.stdout_str()),
+    )
+}
+
 /// The PDS data dir: the site id it is marked with, and whether it holds
 /// anything else (the data of a PDS that ran there).
 pub fn data_dir(id_path: &str, dir: &str) -> Fact<DataDir> {
     Fact::new(
         Script::of(
             "cat {} 2>/dev/null; echo; \
-             [ -z \"$(find {} -mindepth 1 -maxdepth 1 ! -name .pdsup-site-id ! -name '.pdsup.*' 2>/dev/null | head -n1)\" ] && echo empty; true",
+             [ -z \"$(find {} -mindepth 1 -maxdepth 1 ! -name .pdsup-site-id ! -name pds.env ! -name '.pdsup.*' 2>/dev/null | head -n1)\" ] && echo empty; true",
             &[id_path, dir],
         ),
         parse_data_dir,

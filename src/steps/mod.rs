@@ -16,10 +16,13 @@ pub mod account;
 pub mod adopt;
 pub mod dns;
 pub mod docker;
+pub mod docker_logs;
+pub mod exposure;
 pub mod facts;
 pub mod nomad_config;
 pub mod nomad_install;
 pub mod packages;
+pub mod pds_image;
 pub mod pds_job;
 pub mod preflight;
 pub mod proxy;
@@ -35,17 +38,22 @@ pub use crate::plan::{Action, Change, Contents, StepId, StepPlan};
 pub use ctx::{AccountOutcome, Ctx, Outcome};
 pub use runner::{RunReport, StepReport};
 
+use crate::host::Cmd;
 use crate::settings::Settings;
 use crate::state::PdsSecrets;
 
 /// The steps of `pdsup up`, in the order they run.
 pub const UP: &[&dyn AnyStep] = &[
     &preflight::PreflightStep,
+    &exposure::ExposureStep,
+    &packages::PackagesStep,
     &docker::DockerStep,
+    &docker_logs::DockerLogsStep,
     &nomad_install::NomadInstallStep,
     &nomad_config::NomadConfigStep,
     &proxy::ProxyStep,
     &secrets::SecretsStep,
+    &pds_image::PdsImageStep,
     &pds_job::PdsJobStep,
     &account::AccountStep,
     &dns::DnsStep,
@@ -70,6 +78,13 @@ pub trait Step: Sync {
 
     /// The facts of a fresh droplet, for planning with no droplet to ask.
     fn fresh(&self) -> Self::Facts;
+
+    /// The commands of the facts `gather` reads with [`Ctx::read`], so that the
+    /// runner can ask for several steps' facts in one round trip. Only a matter
+    /// of speed: a fact not listed is asked for when it is read.
+    fn probes(&self, _settings: &Settings) -> Vec<Cmd> {
+        Vec::new()
+    }
 
     /// Asks the droplet (read-only).
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Self::Facts>;
@@ -111,6 +126,7 @@ pub trait Step: Sync {
 #[async_trait(?Send)]
 pub trait AnyStep: Sync {
     fn id(&self) -> StepId;
+    fn probes(&self, settings: &Settings) -> Vec<Cmd>;
     /// Gathers the facts from the droplet and plans against them.
     async fn plan_live(&self, ctx: &mut Ctx<'_>) -> Result<StepPlan>;
     /// Plans against a fresh droplet's facts (no droplet to ask).
@@ -123,6 +139,10 @@ pub trait AnyStep: Sync {
 impl<S: Step> AnyStep for S {
     fn id(&self) -> StepId {
         Step::id(self)
+    }
+
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        Step::probes(self, settings)
     }
 
     async fn plan_live(&self, ctx: &mut Ctx<'_>) -> Result<StepPlan> {

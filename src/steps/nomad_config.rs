@@ -8,7 +8,7 @@ use crate::error::Result;
 use super::{Action, Ctx, StepId, StepPlan};
 use crate::host::config_file;
 use crate::host::facts as host_facts;
-use crate::host::{FileMode, Script};
+use crate::host::{Cmd, FileMode, Script};
 use crate::nomad::config::{self, HostVolume, TaskInterface};
 use crate::settings::{Proxy, Settings, IO_VOLUME_PATH, NOMAD_CONFIG_PATH, PDS_VOLUME_PATH};
 
@@ -47,9 +47,26 @@ pub fn wanted_volumes(settings: &Settings) -> Vec<HostVolume> {
     volumes
 }
 
+/// The commands of the facts [`gather`] reads (the directories of volumes
+/// declared only in the droplet's nomad.hcl are asked for after reading it).
+pub fn probes(settings: &Settings) -> Vec<Cmd> {
+    let mut cmds = vec![
+        host_facts::file_text(NOMAD_CONFIG_PATH).cmd,
+        host_facts::unit_active("nomad").cmd,
+        host_facts::exists(&config_file::backup_path(NOMAD_CONFIG_PATH)).cmd,
+    ];
+    cmds.extend(
+        wanted_volumes(settings)
+            .into_iter()
+            .map(|v| host_facts::is_dir(&v.path).cmd),
+    );
+    cmds
+}
+
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let host = ctx.host;
-    let config = host.read_text(NOMAD_CONFIG_PATH).await?;
+    let config = ctx
+        .read_checked(&host_facts::file_text(NOMAD_CONFIG_PATH))
+        .await?;
     let mut dirs: Vec<String> = wanted_volumes(ctx.settings)
         .into_iter()
         .map(|v| v.path)
@@ -65,16 +82,18 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     dirs.dedup();
     let mut existing_dirs = Vec::new();
     for dir in dirs {
-        if host_facts::is_dir(&dir).read(host).await? {
+        if ctx.read(&host_facts::is_dir(&dir)).await? {
             existing_dirs.push(dir);
         }
     }
     Ok(Facts {
         config,
         existing_dirs,
-        active: host_facts::unit_active("nomad").read(host).await?,
-        install_interrupted: host_facts::exists(&config_file::backup_path(NOMAD_CONFIG_PATH))
-            .read(host)
+        active: ctx.read(&host_facts::unit_active("nomad")).await?,
+        install_interrupted: ctx
+            .read(&host_facts::exists(&config_file::backup_path(
+                NOMAD_CONFIG_PATH,
+            )))
             .await?,
     })
 }
@@ -204,6 +223,10 @@ impl super::Step for NomadConfigStep {
 
     fn fresh(&self) -> Facts {
         Facts::fresh()
+    }
+
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        probes(settings)
     }
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {

@@ -32,7 +32,6 @@ pub struct Facts {
     pub uname_arch: String,
     pub unit: Option<String>,
     pub has_user: bool,
-    pub has_tools: bool,
     pub enabled: bool,
 }
 
@@ -48,18 +47,30 @@ impl Facts {
 /// The packages the install needs on the droplet (to fetch and unpack the release).
 const TOOLS: [&str; 3] = ["unzip", "curl", "ca-certificates"];
 
+/// Those of [`TOOLS`] dpkg does not have installed, for the packages step's
+/// transaction.
+pub fn packages(dpkg: &super::packages::DpkgFacts) -> Vec<&'static str> {
+    TOOLS.into_iter().filter(|p| !dpkg.installed(p)).collect()
+}
+
+/// The commands of the facts [`gather`] reads.
+pub fn probes(_settings: &Settings) -> Vec<Cmd> {
+    vec![
+        host_facts::uname_arch().cmd,
+        facts::nomad_version().cmd,
+        facts::user_exists("nomad").cmd,
+        host_facts::unit_enabled("nomad").cmd,
+        host_facts::file_text(UNIT_PATH).cmd,
+    ]
+}
+
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let host = ctx.host;
     Ok(Facts {
-        uname_arch: host_facts::uname_arch().read(host).await?,
-        version: facts::nomad_version().read(host).await?,
-        has_user: facts::user_exists("nomad").read(host).await?,
-        enabled: host_facts::unit_enabled("nomad").read(host).await?,
-        has_tools: {
-            let dpkg = facts::dpkg_status(&TOOLS).read(host).await?;
-            TOOLS.iter().all(|p| dpkg.installed(p))
-        },
-        unit: host.read_text(UNIT_PATH).await?,
+        uname_arch: ctx.read(&host_facts::uname_arch()).await?,
+        version: ctx.read(&facts::nomad_version()).await?,
+        has_user: ctx.read(&facts::user_exists("nomad")).await?,
+        enabled: ctx.read(&host_facts::unit_enabled("nomad")).await?,
+        unit: ctx.read_checked(&host_facts::file_text(UNIT_PATH)).await?,
     })
 }
 
@@ -205,12 +216,6 @@ pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
         }
     };
     let wanted = &settings.nomad.version;
-    if !facts.has_tools {
-        plan.change(
-            "install unzip and curl (to fetch and unpack the Nomad release)",
-            Action::Apt(super::docker::apt_install(&TOOLS).cmd()),
-        );
-    }
     if !facts.has_user {
         plan.change(
             "create the nomad system user and directories, like the official package",
@@ -417,6 +422,10 @@ impl super::Step for NomadInstallStep {
         Facts::fresh()
     }
 
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        probes(settings)
+    }
+
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
         gather(ctx).await
     }
@@ -450,9 +459,13 @@ mod tests {
 
     #[test]
     fn fresh_droplet_gets_tools_user_release_and_unit() {
+        let fresh = crate::steps::packages::DpkgFacts::default();
+        assert_eq!(packages(&fresh), TOOLS);
+        let some = crate::steps::packages::DpkgFacts::parse("status curl install ok installed\n");
+        assert_eq!(packages(&some), ["unzip", "ca-certificates"]);
         let plan = plan(&Facts::fresh(), &Settings::example());
         let summaries: Vec<&str> = plan.changes.iter().map(|c| c.summary.as_str()).collect();
-        assert!(summaries[0].contains("unzip"));
+        assert!(summaries[0].contains("nomad system user"));
         assert!(summaries.contains(&"install Nomad 1.10.5"));
         assert!(summaries.iter().any(|s| s.contains("nomad.service")));
         let install = plan.changes.iter().find_map(|c| match &c.action {
@@ -474,7 +487,6 @@ mod tests {
             uname_arch: "aarch64".into(),
             unit: Some(config::systemd_unit().to_string()),
             has_user: true,
-            has_tools: true,
             enabled: true,
         };
         assert!(plan(&facts, &Settings::example()).is_unchanged());

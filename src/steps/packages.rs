@@ -10,6 +10,14 @@
 //! unattended-upgrades holds it for minutes). pdsup waits in front of them and
 //! says who holds the lock, found from `/proc/locks` so that nothing beyond
 //! coreutils is needed on the droplet (`fuser` and `lsof` often are not there).
+//!
+//! **The packages step** installs what every later step needs from apt in one
+//! transaction (one `apt-get update`, one `apt-get install`): each step says
+//! which packages it still needs from dpkg's facts (`docker::packages`,
+//! `nomad_install::packages`, `proxy::packages`), and the later steps only
+//! configure and start their services. Docker's repository is staged and
+//! checked before the transaction. The PDS image archive, which does not need
+//! apt, is uploaded while apt works, over the same connection.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,9 +25,156 @@ use std::time::{Duration, Instant};
 
 use crate::error::{bail, Result};
 
-use super::docker::apt_get;
-use super::Ctx;
+use super::docker::{self, apt_get, OsRelease};
+use super::{nomad_install, pds_image, proxy};
+use super::{Action, Ctx, StepId, StepPlan};
 use crate::host::{Cmd, Script};
+use crate::settings::Settings;
+
+pub const ID: StepId = StepId::new("packages", "packages");
+
+/// What the packages step asks the droplet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// Every package's dpkg status, and `dpkg --audit`: what the steps need,
+    /// and any package work an interrupted run (of pdsup or anything else)
+    /// left half done.
+    pub dpkg: DpkgFacts,
+    /// Which of Docker's repository suites applies.
+    pub os: OsRelease,
+    /// The PDS image and its staged archive (asked only with `--pds-image-archive`).
+    pub image: pds_image::ImageFacts,
+}
+
+impl Facts {
+    pub fn fresh() -> Self {
+        Facts {
+            os: OsRelease::fresh(),
+            ..Facts::default()
+        }
+    }
+}
+
+/// dpkg first: the release and the image are asked only when there is package
+/// work to plan with them (a converged droplet costs one round trip here).
+pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
+    let settings = ctx.settings;
+    let mut facts = Facts {
+        dpkg: ctx.read(&super::facts::dpkg_status(&[])).await?,
+        ..Facts::default()
+    };
+    let wanted = wanted(settings, &facts.dpkg);
+    if wanted.iter().any(|(step, _)| *step == docker::ID) {
+        facts.os = ctx.read(&super::facts::os_release()).await?;
+    }
+    if !wanted.is_empty() && settings.pds_image_archive.is_some() {
+        facts.image = pds_image::gather_image(ctx).await?;
+    }
+    Ok(facts)
+}
+
+/// The packages each later step still needs, by step, in the order they run.
+pub fn wanted(settings: &Settings, dpkg: &DpkgFacts) -> Vec<(StepId, Vec<&'static str>)> {
+    [
+        (docker::ID, docker::packages(settings, dpkg).to_vec()),
+        (nomad_install::ID, nomad_install::packages(dpkg)),
+        (proxy::ID, proxy::packages(settings, dpkg).to_vec()),
+    ]
+    .into_iter()
+    .filter(|(_, packages)| !packages.is_empty())
+    .collect()
+}
+
+/// `apt-get update` once, then one `apt-get install` of `packages`, after
+/// `source` (lines that add an apt source, when there is one to add).
+pub fn transaction_script(source: Option<&docker::AptRepo>, packages: &[&str]) -> Script {
+    let script = Script::new().line("set -e", &[]);
+    let script = match source {
+        Some(repo) => docker::add_source(script, repo),
+        None => script,
+    };
+    script
+        .line(concat!(apt_get!(), " update"), &[])
+        .push(concat!(apt_get!(), " install"), &[])
+        .words(packages)
+}
+
+pub fn plan(facts: &Facts, settings: &Settings) -> StepPlan {
+    let mut plan = StepPlan::new(ID);
+    // Before any apt call of this run.
+    if let Some((summary, detail, script)) = repair(&facts.dpkg) {
+        plan.change(summary, Action::Apt(script.cmd()))
+            .detail(detail);
+    }
+    let wanted = wanted(settings, &facts.dpkg);
+    if wanted.is_empty() {
+        return plan;
+    }
+    let docker_repo = wanted.iter().any(|(step, _)| *step == docker::ID)
+        && settings.docker_source == crate::settings::DockerSource::Docker;
+    let repo = if docker_repo {
+        let ca = facts.dpkg.installed("ca-certificates");
+        match docker::plan_repository(&mut plan, &facts.os, settings, ca) {
+            Some(repo) => Some(repo),
+            None => return plan,
+        }
+    } else {
+        None
+    };
+    let packages: Vec<&str> = wanted.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    let script = transaction_script(repo.as_ref(), &packages);
+    let by_step: Vec<String> = wanted
+        .iter()
+        .map(|(step, p)| format!("{} ({})", p.join(" "), step.name()))
+        .collect();
+    let mut summary = format!("install {} in one apt transaction", by_step.join(", "));
+    let mut detail = String::new();
+    if let Some(repo) = &repo {
+        summary.push_str(&format!(
+            ", Docker Engine from Docker's apt repository: {}",
+            repo.sources_line("/etc/apt/keyrings/docker.asc")
+        ));
+    }
+    detail.push_str(&script);
+    let action = match pds_image::archive_upload(settings, &facts.image) {
+        Some((upload, action)) => {
+            summary.push_str(&format!("; meanwhile {upload}"));
+            detail.push_str(&format!("\nmeanwhile: {upload}"));
+            Action::Together(vec![Action::Apt(script.cmd()), action])
+        }
+        None => Action::Apt(script.cmd()),
+    };
+    plan.change(summary, action).detail(detail);
+    plan
+}
+
+/// Everything the later steps install from apt, in one transaction.
+pub struct PackagesStep;
+
+#[async_trait::async_trait(?Send)]
+impl super::Step for PackagesStep {
+    type Facts = Facts;
+
+    fn id(&self) -> StepId {
+        ID
+    }
+
+    fn probes(&self, _settings: &Settings) -> Vec<Cmd> {
+        vec![super::facts::dpkg_status(&[]).cmd]
+    }
+
+    fn fresh(&self) -> Facts {
+        Facts::fresh()
+    }
+
+    async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
+        gather(ctx).await
+    }
+
+    fn plan(&self, facts: &Facts, input: &super::PlanInput<'_>) -> Result<StepPlan> {
+        Ok(plan(facts, input.settings))
+    }
+}
 
 /// One line per package: `status <name> <want> <flag> <state>` (quoted for `sh`).
 macro_rules! status_format {
@@ -354,6 +509,179 @@ pub async fn run_apt(ctx: &Ctx<'_>, cmd: &Cmd) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::{DockerSource, Proxy};
+
+    fn bench_settings() -> Settings {
+        let mut settings = Settings::example();
+        settings.proxy = Proxy::Caddy;
+        settings.docker_source = DockerSource::Distro;
+        settings
+    }
+
+    fn summaries(plan: &StepPlan) -> Vec<&str> {
+        plan.changes.iter().map(|c| c.summary.as_str()).collect()
+    }
+
+    #[test]
+    fn a_fresh_droplet_gets_one_transaction_with_one_update() {
+        let plan = plan(&Facts::fresh(), &bench_settings());
+        assert_eq!(
+            summaries(&plan),
+            ["install docker.io (docker), unzip curl ca-certificates (nomad), caddy (proxy) in one apt transaction"]
+        );
+        let Action::Apt(cmd) = &plan.changes[0].action else {
+            panic!("{:?}", plan.changes[0].action)
+        };
+        assert_eq!(cmd.script.matches(" update").count(), 1, "{}", cmd.script);
+        assert_eq!(cmd.script.matches(" install ").count(), 1, "{}", cmd.script);
+        assert!(
+            cmd.script
+                .ends_with(" install docker.io unzip curl ca-certificates caddy"),
+            "{}",
+            cmd.script
+        );
+        assert!(cmd.script.contains("DPkg::Lock::Timeout=900"));
+    }
+
+    #[test]
+    fn docker_repository_is_checked_then_added_in_the_transaction() {
+        let mut settings = bench_settings();
+        settings.docker_source = DockerSource::Docker;
+        let plan = plan(&Facts::fresh(), &settings);
+        let s = summaries(&plan);
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert!(s[0].starts_with("trust Docker's apt signing key"), "{s:?}");
+        assert!(s[1].starts_with("check that https://download.docker.com/linux/ubuntu noble"));
+        assert!(s[2].starts_with("install docker-ce docker-ce-cli containerd.io (docker), unzip curl ca-certificates (nomad), caddy (proxy) in one apt transaction, Docker Engine from Docker's apt repository: deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu noble stable"), "{s:?}");
+        let script = |i: usize| match &plan.changes[i].action {
+            Action::Apt(cmd) => cmd.script.clone(),
+            other => panic!("{other:?}"),
+        };
+        // ca-certificates is not there: the check installs it first (its own update).
+        assert!(
+            script(1).contains("install ca-certificates"),
+            "{}",
+            script(1)
+        );
+        let tx = script(2);
+        let source = tx.find("> /etc/apt/sources.list.d/docker.list").unwrap();
+        let update = tx.find(" update").unwrap();
+        assert!(source < update, "{tx}");
+        assert_eq!(tx.matches(" update").count(), 1, "{tx}");
+        // With ca-certificates there, the check runs no full update of its own.
+        let facts = Facts {
+            dpkg: DpkgFacts::parse("status ca-certificates install ok installed\n"),
+            ..Facts::fresh()
+        };
+        let plan = super::plan(&facts, &settings);
+        let Action::Apt(check) = &plan.changes[1].action else {
+            panic!()
+        };
+        assert!(
+            !check.script.contains("install ca-certificates"),
+            "{}",
+            check.script
+        );
+        assert!(!check.script.contains("-y -q update"), "{}", check.script);
+        // Nor for a mirror over http, which needs no CA roots.
+        settings.docker_apt.url = "http://10.213.0.1:8080/docker-apt/linux".into();
+        let plan = super::plan(&Facts::fresh(), &settings);
+        let Action::Apt(check) = &plan.changes[1].action else {
+            panic!()
+        };
+        assert!(
+            !check.script.contains("install ca-certificates"),
+            "{}",
+            check.script
+        );
+    }
+
+    #[test]
+    fn installed_packages_converge_and_half_done_work_is_repaired_first() {
+        let all = "status docker.io install ok installed\nstatus unzip install ok installed\n\
+                   status curl install ok installed\nstatus ca-certificates install ok installed\n\
+                   status caddy install ok installed\n";
+        let facts = Facts {
+            dpkg: DpkgFacts::parse(all),
+            ..Facts::fresh()
+        };
+        assert!(plan(&facts, &bench_settings()).is_unchanged());
+        // docker-ce counts as an engine too, whatever --docker-source says.
+        let ce = Facts {
+            dpkg: DpkgFacts::parse(&all.replace("docker.io", "docker-ce")),
+            ..Facts::fresh()
+        };
+        assert!(plan(&ce, &bench_settings()).is_unchanged());
+        let half = Facts {
+            dpkg: DpkgFacts::parse(
+                &all.replace("caddy install ok installed", "caddy install ok unpacked"),
+            ),
+            ..Facts::fresh()
+        };
+        let p = plan(&half, &bench_settings());
+        assert_eq!(p.changes.len(), 2, "{:?}", summaries(&p));
+        assert!(p.changes[0]
+            .summary
+            .starts_with("finish interrupted package work"));
+        // caddy was not `install ok installed`, so the transaction has it (apt
+        // leaves a package the repair finished alone).
+        assert!(
+            p.changes[1].summary.starts_with("install caddy (proxy)"),
+            "{:?}",
+            summaries(&p)
+        );
+    }
+
+    #[test]
+    fn the_image_archive_is_uploaded_while_apt_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("pds.tar");
+        std::fs::write(&archive, b"0123456789").unwrap();
+        let mut settings = bench_settings();
+        settings.pds_image_archive = Some(archive.clone());
+        let p = plan(&Facts::fresh(), &settings);
+        assert_eq!(p.changes.len(), 1);
+        assert!(
+            p.changes[0].summary.ends_with(&format!(
+                "in one apt transaction; meanwhile upload the PDS image archive {}",
+                archive.display()
+            )),
+            "{}",
+            p.changes[0].summary
+        );
+        match &p.changes[0].action {
+            Action::Together(actions) => {
+                assert!(matches!(actions[0], Action::Apt(_)), "{actions:?}");
+                assert!(
+                    matches!(&actions[1], Action::Upload { local, .. } if *local == archive),
+                    "{actions:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Staged already (a run cut short after the transaction), or the image loaded: apt alone.
+        for image in [
+            pds_image::ImageFacts {
+                present: false,
+                staged_size: Some(10),
+            },
+            pds_image::ImageFacts {
+                present: true,
+                staged_size: None,
+            },
+        ] {
+            let facts = Facts {
+                image,
+                ..Facts::fresh()
+            };
+            let p = plan(&facts, &settings);
+            assert!(
+                matches!(p.changes[0].action, Action::Apt(_)),
+                "{:?}",
+                p.changes[0]
+            );
+        }
+    }
 
     #[test]
     fn status_lines_parse_and_only_ok_installed_counts() {

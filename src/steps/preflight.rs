@@ -8,8 +8,9 @@ use crate::error::Result;
 use crate::host::facts::Fact;
 use crate::host::Script;
 
-use super::packages::{self, LockHolder};
+use super::packages::LockHolder;
 use super::{Ctx, StepId, StepPlan};
+use crate::host::Cmd;
 use crate::nomad::release;
 use crate::settings::{Proxy, Settings};
 
@@ -131,14 +132,24 @@ fn parse_listener(line: &str) -> Option<(u16, String)> {
     Some((port, process))
 }
 
+/// The commands of the facts [`gather`] reads.
+pub fn probes(settings: &Settings) -> Vec<Cmd> {
+    vec![
+        super::facts::preflight().cmd,
+        super::facts::os_release().cmd,
+        crate::host::facts::uname_arch().cmd,
+        super::facts::dpkg_lock_holder().cmd,
+        zone(&settings.timezone).cmd,
+    ]
+}
+
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
-    let host = ctx.host;
-    let mut facts = super::facts::preflight().read_checked(host).await?;
-    let os = super::facts::os_release().read(host).await?;
+    let mut facts = ctx.read_checked(&super::facts::preflight()).await?;
+    let os = ctx.read(&super::facts::os_release()).await?;
     (facts.os_id, facts.os_version, facts.os_name) = (os.id, os.version_id, os.name);
-    facts.arch = crate::host::facts::uname_arch().read(host).await?;
-    facts.dpkg_lock = packages::gather_lock_holder(ctx).await?;
-    facts.zone = Some(zone(&ctx.settings.timezone).read(host).await?);
+    facts.arch = ctx.read(&crate::host::facts::uname_arch()).await?;
+    facts.dpkg_lock = ctx.read(&super::facts::dpkg_lock_holder()).await?;
+    facts.zone = Some(ctx.read(&zone(&ctx.settings.timezone)).await?);
     Ok(facts)
 }
 
@@ -248,6 +259,10 @@ impl super::Step for PreflightStep {
 
     fn fresh(&self) -> Facts {
         Facts::fresh()
+    }
+
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        probes(settings)
     }
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {

@@ -21,7 +21,7 @@ use super::{adopt, facts, Action, Contents, Ctx, StepId, StepPlan};
 use crate::assets;
 use crate::host::config_file;
 use crate::host::facts as host_facts;
-use crate::host::{FileMode, Script};
+use crate::host::{Cmd, FileMode, Script};
 use crate::nomad::api::JobHealth;
 use crate::nomad::job::{self, io_job, Job};
 use crate::settings::{IoIngressSyntax, Proxy, Settings, PDS_PORT};
@@ -254,33 +254,59 @@ fn io_ingress_path(settings: &Settings) -> String {
     format!("{}/pds.hcl", settings.io.config_dir.trim_end_matches('/'))
 }
 
+/// The commands of the facts [`gather`] reads.
+pub fn probes(settings: &Settings) -> Vec<Cmd> {
+    match settings.proxy {
+        Proxy::Caddy => vec![
+            facts::dpkg_status(&["caddy"]).cmd,
+            host_facts::unit_active("caddy").cmd,
+            host_facts::exists(&config_file::backup_path(CADDYFILE_PATH)).cmd,
+            host_facts::file_text(CADDYFILE_PATH).cmd,
+            package_default(CADDYFILE_PATH).cmd,
+            host_facts::file_text(CADDY_SITE_PATH).cmd,
+            host_facts::exists(&config_file::backup_path(CADDY_SITE_PATH)).cmd,
+            host_facts::file_text(CADDY_ACME_ROOT).cmd,
+        ],
+        Proxy::Io => vec![host_facts::file_text(&io_ingress_path(settings)).cmd],
+    }
+}
+
 pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let settings = ctx.settings;
     let mut facts = Facts::default();
     match settings.proxy {
         Proxy::Caddy => {
-            let host = ctx.host;
             // dpkg's word, not a binary on PATH: a cut install leaves one unconfigured.
-            facts.caddy_installed = facts::dpkg_status(&["caddy"])
-                .read(host)
+            facts.caddy_installed = ctx
+                .read(&facts::dpkg_status(&["caddy"]))
                 .await?
                 .installed("caddy");
-            facts.caddy_active = host_facts::unit_active("caddy").read(host).await?;
-            facts.caddyfile_install_interrupted =
-                host_facts::exists(&config_file::backup_path(CADDYFILE_PATH))
-                    .read(host)
-                    .await?;
-            facts.caddyfile = host.read_text(CADDYFILE_PATH).await?;
-            facts.caddyfile_is_package_default = package_default(CADDYFILE_PATH).read(host).await?;
-            facts.caddy_site = host.read_text(CADDY_SITE_PATH).await?;
-            facts.caddy_site_install_interrupted =
-                host_facts::exists(&config_file::backup_path(CADDY_SITE_PATH))
-                    .read(host)
-                    .await?;
-            facts.acme_root = host.read_text(CADDY_ACME_ROOT).await?;
+            facts.caddy_active = ctx.read(&host_facts::unit_active("caddy")).await?;
+            facts.caddyfile_install_interrupted = ctx
+                .read(&host_facts::exists(&config_file::backup_path(
+                    CADDYFILE_PATH,
+                )))
+                .await?;
+            facts.caddyfile = ctx
+                .read_checked(&host_facts::file_text(CADDYFILE_PATH))
+                .await?;
+            facts.caddyfile_is_package_default = ctx.read(&package_default(CADDYFILE_PATH)).await?;
+            facts.caddy_site = ctx
+                .read_checked(&host_facts::file_text(CADDY_SITE_PATH))
+                .await?;
+            facts.caddy_site_install_interrupted = ctx
+                .read(&host_facts::exists(&config_file::backup_path(
+                    CADDY_SITE_PATH,
+                )))
+                .await?;
+            facts.acme_root = ctx
+                .read_checked(&host_facts::file_text(CADDY_ACME_ROOT))
+                .await?;
         }
         Proxy::Io => {
-            facts.io_ingress = ctx.host.read_text(&io_ingress_path(settings)).await?;
+            facts.io_ingress = ctx
+                .read_checked(&host_facts::file_text(&io_ingress_path(settings)))
+                .await?;
             facts.io_image_pin = ctx.record.io_image_pin.clone();
             let job = io_job(&io_image(settings, facts.io_image_pin.as_ref()));
             facts.io_adopted = adopted_io_job(ctx, &job).await?;
@@ -392,6 +418,15 @@ pub async fn job_healthy(ctx: &mut Ctx<'_>, id: &str) -> bool {
     }
 }
 
+/// What the proxy needs apt to install (in the packages step's transaction):
+/// the distribution's Caddy for `--proxy caddy`, unless dpkg has it.
+pub fn packages(settings: &Settings, dpkg: &super::packages::DpkgFacts) -> &'static [&'static str] {
+    match settings.proxy {
+        Proxy::Caddy if !dpkg.installed("caddy") => &["caddy"],
+        _ => &[],
+    }
+}
+
 pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
     let mut plan = StepPlan::new(ID);
     match settings.proxy {
@@ -406,12 +441,6 @@ pub fn plan(facts: &Facts, settings: &Settings) -> Result<StepPlan> {
 /// options included. The user's (no header): it is adopted, see
 /// [`plan_caddy_adopted`].
 fn plan_caddy(plan: &mut StepPlan, facts: &Facts, settings: &Settings) -> Result<()> {
-    if !facts.caddy_installed {
-        plan.change(
-            "install Caddy from the distribution",
-            Action::Apt(super::docker::apt_install(&["caddy"]).cmd()),
-        );
-    }
     let mut reload = false;
     if let Some(root) = &settings.acme.ca_root {
         let pem = std::fs::read_to_string(root)
@@ -825,6 +854,10 @@ impl super::Step for ProxyStep {
         Facts::fresh()
     }
 
+    fn probes(&self, settings: &Settings) -> Vec<Cmd> {
+        probes(settings)
+    }
+
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
         gather(ctx).await
     }
@@ -935,9 +968,15 @@ mod tests {
     fn caddy_converged_is_unchanged_and_fresh_installs() {
         let mut settings = Settings::example();
         settings.proxy = Proxy::Caddy;
+        // Caddy itself comes in the packages step's transaction.
+        let none = crate::steps::packages::DpkgFacts::default();
+        assert_eq!(packages(&settings, &none), ["caddy"]);
+        let installed =
+            crate::steps::packages::DpkgFacts::parse("status caddy install ok installed\n");
+        assert!(packages(&settings, &installed).is_empty());
         let fresh = plan(&Facts::fresh(), &settings).unwrap();
-        assert_eq!(fresh.changes.len(), 2);
-        match &fresh.changes[1].action {
+        assert_eq!(fresh.changes.len(), 1);
+        match &fresh.changes[0].action {
             Action::InstallConfig(config_file::Install {
                 unit,
                 file: Some(file),
@@ -953,7 +992,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        let detail = fresh.changes[1].detail.as_deref().unwrap();
+        let detail = fresh.changes[0].detail.as_deref().unwrap();
         assert!(detail.contains("caddy validate"), "{detail}");
         assert!(detail.contains("systemctl restart caddy"), "{detail}");
         let done = Facts {

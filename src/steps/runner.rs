@@ -4,6 +4,7 @@
 use crate::error::{Context, Result};
 
 use super::{AnyStep, Ctx, PlanInput};
+use crate::host::Cmd;
 use crate::plan::{StepId, StepPlan};
 
 /// How a run went, step by step.
@@ -46,6 +47,16 @@ pub async fn run(ctx: &mut Ctx<'_>, steps: &[&dyn AnyStep], dry_run: bool) -> Re
         ctx.progress.step_started(i + 1, total, id);
         // Errors name their step as `--json` names it in the report.
         let in_step = |e: crate::error::Error| e.with_step(id.key());
+        // Every step's facts in one round trip at the start (all of them, on a
+        // droplet that needs no change); after a change, this step's own.
+        let probes: Vec<Cmd> = match i {
+            0 => steps.iter().flat_map(|s| s.probes(ctx.settings)).collect(),
+            _ => step.probes(ctx.settings),
+        };
+        ctx.prefetch(&probes)
+            .await
+            .with_context(|| format!("{}: gathering facts", id.name()))
+            .map_err(in_step)?;
         let plan = step
             .plan_live(ctx)
             .await
@@ -61,6 +72,7 @@ pub async fn run(ctx: &mut Ctx<'_>, steps: &[&dyn AnyStep], dry_run: bool) -> Re
             )));
         }
         if !dry_run && !plan.changes.is_empty() {
+            ctx.forget_facts();
             for change in &plan.changes {
                 ctx.progress.change_started(change);
                 step.apply(ctx, &change.action)
@@ -68,7 +80,11 @@ pub async fn run(ctx: &mut Ctx<'_>, steps: &[&dyn AnyStep], dry_run: bool) -> Re
                     .with_context(|| format!("{}: {}", id.name(), change.summary))
                     .map_err(in_step)?;
             }
-            step.recheck(ctx)
+            let recheck = async {
+                ctx.prefetch(&step.probes(ctx.settings)).await?;
+                step.recheck(ctx).await
+            };
+            recheck
                 .await
                 .with_context(|| format!("{}: checking the result", id.name()))
                 .map_err(in_step)?;

@@ -56,6 +56,18 @@ fn excerpt(body: &[u8], secrets: &[&str]) -> String {
     }
 }
 
+/// An HTTP client for APIs reached through SSH tunnels on loopback: never
+/// through a proxy from the environment, and quick to give up connecting (a
+/// tunnel answers at once or not at all). Requests set their own timeouts.
+pub fn plain_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        // Only fails when the TLS backend cannot initialise: a broken build.
+        .expect("building the HTTP client")
+}
+
 struct Reply {
     status: StatusCode,
     body: Vec<u8>,
@@ -63,21 +75,23 @@ struct Reply {
 impl NomadApi {
     /// A client for the Nomad HTTP API at `addr` (the local end of the tunnel).
     pub fn new(addr: SocketAddr) -> Self {
-        Self::with_base(format!("http://{addr}"))
+        Self::with_client(addr, plain_http_client())
+    }
+
+    /// The same over an HTTP client the run shares (building one loads the
+    /// system's CA roots, which a run needs to do once at most).
+    pub fn with_client(addr: SocketAddr, client: reqwest::Client) -> Self {
+        NomadApi {
+            base: format!("http://{addr}"),
+            client,
+        }
     }
 
     /// A client for the Nomad HTTP API at a base URL such as `http://127.0.0.1:4646`.
     pub fn with_base(base: impl Into<String>) -> Self {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            // Only fails when the TLS backend cannot initialise: a broken build.
-            .expect("building the HTTP client");
         NomadApi {
             base: base.into().trim_end_matches('/').to_string(),
-            client,
+            client: plain_http_client(),
         }
     }
 
@@ -86,7 +100,8 @@ impl NomadApi {
     async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> ApiResult<Reply> {
         let mut req = self
             .client
-            .request(method.clone(), format!("{}{path}", self.base));
+            .request(method.clone(), format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT);
         if let Some(body) = body {
             req = req.json(body);
         }

@@ -20,9 +20,9 @@ mod wait;
 
 use reqwest::Method;
 
-pub use client::NomadApi;
+pub use client::{plain_http_client, NomadApi};
 pub use types::*;
-pub use wait::{JobFailed, JobHealth, Readiness, StartFailure};
+pub use wait::{JobFailed, JobHealth, Readiness, StartFailure, Until};
 
 /// An error from one API call.
 #[derive(Debug, thiserror::Error)]

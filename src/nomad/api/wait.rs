@@ -17,6 +17,19 @@ const POLL: Duration = Duration::from_secs(1);
 /// before `wait_job_*` gives up (the node was ready, so it will not fix itself).
 const PLACEMENT_GRACE: Duration = Duration::from_secs(20);
 
+/// What a wait for a job version takes as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// The allocation and all its tasks running: for a first start, where
+    /// the caller then asks the service itself (nothing older can answer in
+    /// its place), rather than wait out Nomad's check interval and
+    /// `min_healthy_time`.
+    Running,
+    /// Nomad's own verdict: the allocation healthy (its checks passed for
+    /// `min_healthy_time`) or the version's deployment successful.
+    Healthy,
+}
+
 impl NomadApi {
     /// One look at whether the local node can run pdsup's jobs.
     pub async fn node_readiness(&self, volumes: &[&str]) -> Readiness {
@@ -128,12 +141,34 @@ impl NomadApi {
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
     ) -> crate::error::Result<()> {
+        let version = self.current_version(job).await?;
+        self.wait_job_version(job, version, Until::Healthy, timeout, progress)
+            .await
+    }
+
+    /// Waits until the job's current version runs: on its first start
+    /// (version 0) until its allocation runs, after that until Nomad finds
+    /// it healthy (an older allocation may still be answering meanwhile).
+    pub async fn wait_job_started(
+        &self,
+        job: &str,
+        timeout: Duration,
+        progress: &mut dyn FnMut(&str),
+    ) -> crate::error::Result<()> {
+        let version = self.current_version(job).await?;
+        let until = match version {
+            0 => Until::Running,
+            _ => Until::Healthy,
+        };
+        self.wait_job_version(job, version, until, timeout, progress)
+            .await
+    }
+
+    async fn current_version(&self, job: &str) -> crate::error::Result<u64> {
         let Some(spec) = self.job(job).await? else {
             bail!(Api, "job {job} is not registered with Nomad");
         };
-        let version = spec["Version"].as_u64().unwrap_or(0);
-        self.wait_job_version_healthy(job, version, timeout, progress)
-            .await
+        Ok(spec["Version"].as_u64().unwrap_or(0))
     }
 
     /// Waits until the newest allocation of `version` of `job` runs and is
@@ -148,11 +183,24 @@ impl NomadApi {
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
     ) -> crate::error::Result<()> {
+        self.wait_job_version(job, version, Until::Healthy, timeout, progress)
+            .await
+    }
+
+    /// As [`NomadApi::wait_job_version_healthy`], done at `until`.
+    pub async fn wait_job_version(
+        &self,
+        job: &str,
+        version: u64,
+        until: Until,
+        timeout: Duration,
+        progress: &mut dyn FnMut(&str),
+    ) -> crate::error::Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         let mut unplaced_since: Option<Instant> = None;
         loop {
-            let status = match self.job_health(job, version).await {
+            let status = match self.job_health_until(job, version, until).await {
                 Ok(s) => s,
                 Err(e) => JobHealth::Waiting(format!("Nomad's API does not answer ({e})")),
             };
@@ -188,6 +236,16 @@ impl NomadApi {
 
     /// One look at a job version's health.
     pub async fn job_health(&self, job: &str, version: u64) -> ApiResult<JobHealth> {
+        self.job_health_until(job, version, Until::Healthy).await
+    }
+
+    /// One look at a job version, [`JobHealth::Healthy`] once `until` holds.
+    pub async fn job_health_until(
+        &self,
+        job: &str,
+        version: u64,
+        until: Until,
+    ) -> ApiResult<JobHealth> {
         let allocs = self.allocations(job).await?;
         let newest = allocs
             .iter()
@@ -239,6 +297,12 @@ impl NomadApi {
             }
             _ => {}
         }
+        let tasks_running = alloc.client_status == "running"
+            && !alloc.task_states.is_empty()
+            && alloc.task_states.values().all(|t| t.state == "running");
+        if until == Until::Running && tasks_running {
+            return Ok(JobHealth::Healthy);
+        }
         match alloc.healthy() {
             Some(true) if alloc.client_status == "running" => return Ok(JobHealth::Healthy),
             Some(false) => {
@@ -278,12 +342,7 @@ impl NomadApi {
             },
             // A job without deployments (none ever created): running tasks are
             // all the health Nomad will report.
-            None if alloc.client_status == "running"
-                && !alloc.task_states.is_empty()
-                && alloc.task_states.values().all(|t| t.state == "running") =>
-            {
-                return Ok(JobHealth::Healthy)
-            }
+            None if tasks_running => return Ok(JobHealth::Healthy),
             _ => {}
         }
         let mut text = format!("allocation {} {}", alloc.short_id(), alloc.client_status);

@@ -605,6 +605,35 @@ mod tests {
         assert!(a.ends_with("busybox httpd -f -p 80"), "{a}");
     }
 
+    /// Nomad's driver sets the container's Entrypoint to `entrypoint` and its Cmd
+    /// to `command` then `args` (replacing the image's CMD): with `docker run`
+    /// that is `--entrypoint` with the first word and the rest before the Cmd.
+    #[test]
+    fn entrypoint_and_args_replace_the_images_command() {
+        let c = cfg(json!({
+            "image": "pds",
+            "entrypoint": ["/bin/sh", "-c", "set -a; . /pds/pds.env; set +a; exec \"$@\"", "--"],
+            "args": ["dumb-init", "--", "node", "index.js"],
+        }))
+        .unwrap();
+        let a = run_args(&spec(c)).unwrap();
+        let at = a.iter().position(|w| w == "--entrypoint").unwrap();
+        assert_eq!(a[at + 1], "/bin/sh");
+        let image = a.iter().position(|w| w == "pds").unwrap();
+        assert_eq!(
+            a[image + 1..],
+            [
+                "-c",
+                "set -a; . /pds/pds.env; set +a; exec \"$@\"",
+                "--",
+                "dumb-init",
+                "--",
+                "node",
+                "index.js"
+            ]
+        );
+    }
+
     #[test]
     fn host_network_publishes_nothing_and_unknown_labels_fail() {
         let c = cfg(json!({"image": "io", "ports": ["http"], "network_mode": "host"})).unwrap();

@@ -503,6 +503,12 @@ async fn start(
         .map(|a| docker::interpolate(a, &env))
         .collect();
     dc.command = dc.command.as_ref().map(|c| docker::interpolate(c, &env));
+    // Nomad interpolates every string of the task config, the entrypoint included.
+    dc.entrypoint = dc
+        .entrypoint
+        .iter()
+        .map(|a| docker::interpolate(a, &env))
+        .collect();
     if dc.privileged && !cfg.docker_allow_privileged {
         return Err(unrecoverable(
             "Docker privileged mode is disabled on this Nomad agent".into(),
