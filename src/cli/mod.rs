@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod site;
+pub mod status;
 pub mod up;
 
 use std::process::ExitCode;
@@ -69,6 +70,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// Show what `up` would change: for a fresh droplet (no DEST, no network) or against DEST (read-only)
     Plan(up::PlanArgs),
+    /// The site's health: droplet, Docker, Nomad, proxy, PDS, TLS, disk, accounts (fails when not OK)
+    Status(status::StatusArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -101,6 +104,7 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
     match cli.command {
         Command::Up(args) => up::up(args, &global).await,
         Command::Plan(args) => up::plan(args, &global).await,
+        Command::Status(args) => status::status(args, &global).await,
     }
 }
 

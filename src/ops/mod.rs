@@ -4,6 +4,7 @@
 
 pub mod plan;
 pub mod site;
+pub mod status;
 pub mod up;
 
 use crate::error::{bail, Result};
