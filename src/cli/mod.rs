@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each a thin layer over `steps`.
 //! `main` only parses, runs, and renders errors once (`error:` … `caused by:`).
 
+pub mod account;
 pub mod args;
 pub mod site;
 pub mod status;
@@ -72,6 +73,10 @@ pub enum Command {
     Plan(up::PlanArgs),
     /// The site's health: droplet, Docker, Nomad, proxy, PDS, TLS, disk, accounts (fails when not OK)
     Status(status::StatusArgs),
+    /// The PDS's accounts: list, create, delete, reset-password, takedown, untakedown
+    Account(account::AccountArgs),
+    /// Make invite codes
+    Invite(account::InviteArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -105,6 +110,8 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
         Command::Up(args) => up::up(args, &global).await,
         Command::Plan(args) => up::plan(args, &global).await,
         Command::Status(args) => status::status(args, &global).await,
+        Command::Account(args) => account::account(args, &global).await,
+        Command::Invite(args) => account::invite(args, &global).await,
     }
 }
 

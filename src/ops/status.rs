@@ -183,6 +183,8 @@ pub struct Observed {
     pub nomad_agent: Option<std::result::Result<String, String>>,
     pub caddy: Option<String>,
     pub caddy_active: Option<String>,
+    /// The ACME CA Caddy is told to use instead of its default (`--acme-ca`).
+    pub acme_ca: Option<String>,
     pub pds_job: Option<std::result::Result<JobObs, String>>,
     pub io_job: Option<std::result::Result<JobObs, String>>,
     pub pds_health: Option<std::result::Result<String, String>>,
@@ -203,10 +205,11 @@ fn bytes(n: u64) -> String {
     }
 }
 
-/// Judges what was observed. `proxy` and `private_acme` come from the site's
-/// settings: a site on a test or staging ACME CA (`--acme-ca`) has a
+/// Judges what was observed. A site on a test or staging ACME CA (`--acme-ca`,
+/// as the proxy's config on the droplet says, or `private_acme`) has a
 /// certificate the droplet's roots do not know, which is expected there.
 pub fn assess(obs: &Observed, proxy: Proxy, private_acme: bool) -> Vec<Check> {
+    let private_acme = private_acme || obs.acme_ca.is_some();
     let mut checks = vec![check("droplet", Level::Ok, "reachable over SSH")];
     let missing = |name: &str, what: &str| check(name, Level::Fail, format!("{what} not found"));
     checks.push(match &obs.os {
@@ -436,6 +439,7 @@ const DROPLET_SCRIPT: &str = concat!(
     "echo '##nomad'; nomad version 2>/dev/null | head -n1\n",
     "echo '##caddy'; caddy version 2>/dev/null | head -n1 | cut -d' ' -f1\n",
     "echo '##caddy_active'; systemctl is-active caddy 2>/dev/null\n",
+    "echo '##acme_ca'; grep -hsE '^[[:space:]]*(acme_ca|ca) ' /etc/caddy/Caddyfile /etc/caddy/pdsup.caddy\n",
     "echo '##du'; du -sb /srv/nomad/pds 2>/dev/null | cut -f1\n",
     "echo '##df'; df -B1 --output=size,avail /srv/nomad/pds 2>/dev/null | tail -n1\n",
     "echo '##now'; date +%s\n",
@@ -476,6 +480,7 @@ pub fn parse_droplet(text: &str, obs: &mut Observed) {
     obs.nomad_cli = first("nomad");
     obs.caddy = first("caddy");
     obs.caddy_active = first("caddy_active");
+    obs.acme_ca = first("acme_ca").and_then(|l| l.split_whitespace().nth(1).map(str::to_string));
     obs.now = first("now").and_then(|n| n.parse().ok());
     let used = first("du").and_then(|n| n.parse().ok());
     obs.disk = first("df").and_then(|line| {
@@ -614,7 +619,7 @@ pub async fn status(
 mod tests {
     use super::*;
 
-    const DROPLET_OUT: &str = "##os\nDebian GNU/Linux 12 (bookworm)\n##docker\n24.0.7\n##nomad\nNomad v1.10.5\n##caddy\nv2.6.2\n##caddy_active\nactive\n##du\n123456789\n##df\n 100000000000  60000000000\n##now\n1764770000\n##tls\nresult 200 20\nexpires 1772546000\n";
+    const DROPLET_OUT: &str = "##os\nDebian GNU/Linux 12 (bookworm)\n##docker\n24.0.7\n##nomad\nNomad v1.10.5\n##caddy\nv2.6.2\n##caddy_active\nactive\n##acme_ca\n##du\n123456789\n##df\n 100000000000  60000000000\n##now\n1764770000\n##tls\nresult 200 20\nexpires 1772546000\n";
 
     fn healthy() -> Observed {
         let mut obs = Observed::default();
@@ -677,6 +682,19 @@ mod tests {
     }
 
     #[test]
+    fn the_proxys_own_acme_ca_makes_its_certificate_expected() {
+        let mut obs = Observed::default();
+        let out = DROPLET_OUT.replace(
+            "##acme_ca\n",
+            "##acme_ca\n\t\tca https://10.213.0.1:14000/dir\n",
+        );
+        parse_droplet(&out, &mut obs);
+        assert_eq!(obs.acme_ca.as_deref(), Some("https://10.213.0.1:14000/dir"));
+        let (level, msg) = level_of(&assess(&obs, Proxy::Caddy, false), "certificate");
+        assert_eq!(level, Level::Ok, "{msg}");
+    }
+
+    #[test]
     fn an_untrusted_certificate_on_a_public_ca_is_a_warning() {
         let checks = assess(&healthy(), Proxy::Caddy, false);
         let (level, msg) = level_of(&checks, "certificate");
@@ -701,7 +719,10 @@ mod tests {
         let (level, msg) = level_of(&report.checks, "pds job");
         assert_eq!(level, Level::Fail);
         assert!(msg.contains("job pds is stopped"), "{msg}");
-        assert!(report.problem().unwrap().contains("pds job: job pds is stopped"));
+        assert!(report
+            .problem()
+            .unwrap()
+            .contains("pds job: job pds is stopped"));
         assert_eq!(report.json()["status"], "fail");
     }
 
@@ -729,18 +750,23 @@ mod tests {
         assert_eq!(run("running", Some(false), 0).level, Level::Fail);
         let pending = run("pending", None, 2);
         assert_eq!(pending.level, Level::Fail);
-        assert!(pending.message.contains("Terminated: exit 1"), "{pending:?}");
+        assert!(
+            pending.message.contains("Terminated: exit 1"),
+            "{pending:?}"
+        );
         let gone = job_check("j", "pds", Some(&Ok(JobObs::default())));
         assert!(gone.message.contains("not in Nomad"), "{gone:?}");
     }
 
     #[test]
     fn a_nearly_full_disk_fails_and_a_filling_one_warns() {
-        let at = |free: u64| disk_check(Some(DiskObs {
-            pds_used: None,
-            size: 1000 * 1024 * 1024,
-            free: free * 1024 * 1024,
-        }));
+        let at = |free: u64| {
+            disk_check(Some(DiskObs {
+                pds_used: None,
+                size: 1000 * 1024 * 1024,
+                free: free * 1024 * 1024,
+            }))
+        };
         assert_eq!(at(500).level, Level::Ok);
         assert_eq!(at(100).level, Level::Warn);
         let full = at(20);
@@ -772,7 +798,10 @@ mod tests {
             expires: Some(-1),
             ..expiring
         };
-        assert_eq!(tls_checks(Some(&expired), Some(0), false)[1].level, Level::Fail);
+        assert_eq!(
+            tls_checks(Some(&expired), Some(0), false)[1].level,
+            Level::Fail
+        );
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub fn parse_repos_page(page: &Value) -> Result<(Vec<Repo>, Option<String>)> {
         repos: Vec<Repo>,
     }
     let page: Page = serde_json::from_value(page.clone()).context("reading listRepos' page")?;
-    let cursor = page.cursor.filter(|c| !c.is_empty() && !page.repos.is_empty());
+    let cursor = page
+        .cursor
+        .filter(|c| !c.is_empty() && !page.repos.is_empty());
     Ok((page.repos, cursor))
 }
 

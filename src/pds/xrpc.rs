@@ -247,8 +247,7 @@ impl Xrpc {
         if text.trim().is_empty() {
             return Ok(serde_json::Value::Null);
         }
-        Ok(serde_json::from_str(&text)
-            .with_context(|| format!("reading the answer to {method}"))?)
+        serde_json::from_str(&text).with_context(|| format!("reading the answer to {method}"))
     }
 }
 
