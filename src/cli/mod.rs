@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod args;
+pub mod logs;
 pub mod site;
 pub mod status;
 pub mod up;
@@ -77,6 +78,8 @@ pub enum Command {
     Account(account::AccountArgs),
     /// Make invite codes
     Invite(account::InviteArgs),
+    /// The PDS's, the proxy's or Nomad's log (--follow, --since)
+    Logs(logs::LogsArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -112,6 +115,7 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
         Command::Status(args) => status::status(args, &global).await,
         Command::Account(args) => account::account(args, &global).await,
         Command::Invite(args) => account::invite(args, &global).await,
+        Command::Logs(args) => logs::logs(args, &global).await,
     }
 }
 
