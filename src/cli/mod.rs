@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod args;
+pub mod crawl;
 pub mod logs;
 pub mod site;
 pub mod status;
@@ -80,6 +81,8 @@ pub enum Command {
     Invite(account::InviteArgs),
     /// The PDS's, the proxy's or Nomad's log (--follow, --since)
     Logs(logs::LogsArgs),
+    /// Ask relays to crawl the PDS [default: the site's PDS_CRAWLERS]
+    RequestCrawl(crawl::CrawlArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -116,6 +119,7 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
         Command::Account(args) => account::account(args, &global).await,
         Command::Invite(args) => account::invite(args, &global).await,
         Command::Logs(args) => logs::logs(args, &global).await,
+        Command::RequestCrawl(args) => crawl::request_crawl(args, &global).await,
     }
 }
 

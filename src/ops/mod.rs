@@ -3,6 +3,7 @@
 //! summary). The command line resolves flags into values and calls these.
 
 pub mod account;
+pub mod crawl;
 pub mod logs;
 pub mod plan;
 pub mod site;
