@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod args;
+pub mod completions;
 pub mod crawl;
 pub mod logs;
 pub mod site;
@@ -83,6 +84,10 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Ask relays to crawl the PDS [default: the site's PDS_CRAWLERS]
     RequestCrawl(crawl::CrawlArgs),
+    /// Shell completions on stdout (bash, zsh, fish, elvish, powershell)
+    Completions(completions::CompletionsArgs),
+    /// The man page (roff) on stdout: `pdsup man > pdsup.1`
+    Man(completions::ManArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -120,6 +125,8 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
         Command::Invite(args) => account::invite(args, &global).await,
         Command::Logs(args) => logs::logs(args, &global).await,
         Command::RequestCrawl(args) => crawl::request_crawl(args, &global).await,
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
 
