@@ -135,7 +135,12 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
 fn report_error(err: &Error, json: bool) {
     // For the journal (`--local`); the stderr logger leaves `progress` records to the UI.
     log::error!(target: "progress", "{err:#}");
-    if json {
+    // A report that is itself the JSON document (status) is not followed by a second one.
+    if json
+        && err
+            .downcast_ref::<crate::ops::status::ReportedUnhealthy>()
+            .is_none()
+    {
         println!("{}", error_json(err));
     }
     eprint!("{}", error_text(err));

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::error::{bail, Result};
+use crate::error::Result;
 use crate::host::{Host, Script};
 use crate::nomad::api::{AllocStub, NomadApi};
 use crate::pds::xrpc::Xrpc;
@@ -195,6 +195,7 @@ pub struct Observed {
 }
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+const MIB: u64 = 1024 * 1024;
 
 fn bytes(n: u64) -> String {
     let n = n as f64;
@@ -417,9 +418,13 @@ fn disk_check(disk: Option<DiskObs>) -> Check {
         bytes(d.free),
         bytes(d.size)
     );
-    let level = if free_pct < 5.0 {
+    // Bounds that fit a 25 GB droplet and a 64 MB test volume alike: a tenth
+    // (fail) and a fifth (warn) of the disk, at most 512 MiB and 2 GiB.
+    let fail_below = (512 * MIB).min(d.size / 10);
+    let warn_below = (2048 * MIB).min(d.size / 5);
+    let level = if d.free < fail_below {
         Level::Fail
-    } else if free_pct < 15.0 {
+    } else if d.free < warn_below {
         Level::Warn
     } else {
         Level::Ok
@@ -610,10 +615,20 @@ pub async fn status(
         print!("{}", report.text());
     }
     if let Some(problem) = report.problem() {
-        bail!(Unhealthy, "{} is not healthy: {problem}", report.hostname);
+        return Err(crate::error::Error::from_source(
+            crate::error::ErrorKind::Unhealthy,
+            ReportedUnhealthy(format!("{} is not healthy: {problem}", report.hostname)),
+        ));
     }
     Ok(())
 }
+
+/// The error of a report that found problems. With `--json` the report is
+/// the one JSON document on stdout, so the command line prints this error on
+/// stderr only.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReportedUnhealthy(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -768,11 +783,23 @@ mod tests {
             }))
         };
         assert_eq!(at(500).level, Level::Ok);
-        assert_eq!(at(100).level, Level::Warn);
+        assert_eq!(at(150).level, Level::Warn);
         let full = at(20);
         assert_eq!(full.level, Level::Fail);
         assert!(full.message.contains("nearly full"), "{full:?}");
         assert_eq!(disk_check(None).level, Level::Fail);
+        // A big disk: 10 GiB free of 250 is plenty, 1 GiB is late, 100 MiB is full.
+        let big = |free_mib: u64| {
+            disk_check(Some(DiskObs {
+                pds_used: None,
+                size: 250 * 1024 * MIB,
+                free: free_mib * MIB,
+            }))
+            .level
+        };
+        assert_eq!(big(10 * 1024), Level::Ok);
+        assert_eq!(big(1024), Level::Warn);
+        assert_eq!(big(100), Level::Fail);
     }
 
     #[test]

@@ -54,8 +54,9 @@ pub fn parse_repos_page(page: &Value) -> Result<(Vec<Repo>, Option<String>)> {
     Ok((page.repos, cursor))
 }
 
-/// Page size for `listRepos`: the PDS's maximum.
-pub const PAGE: usize = 1000;
+/// Page size for `listRepos`: pdsadmin asks for 100 and stops there; pdsup
+/// follows the cursor, and small pages keep each answer quick.
+pub const PAGE: usize = 100;
 
 /// Every repository hosted, following the cursor page after page;
 /// `progress` gets the count so far.
