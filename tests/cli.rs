@@ -746,3 +746,53 @@ fn a_json_error_carries_its_kind_and_exit_code() {
     assert!(report["hint"].is_null(), "{report}");
     assert!(report["caused_by"].is_array(), "{report}");
 }
+
+#[test]
+fn day_two_commands_refuse_bad_input_before_connecting() {
+    let empty = tempfile::tempdir().unwrap();
+    for args in [
+        &["status"][..],
+        &["account", "list"],
+        &["logs"],
+        &["request-crawl", "--dry-run"],
+    ] {
+        let out = pdsup(args, empty.path());
+        assert_eq!(out.status.code(), Some(BAD_INPUT), "{args:?}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("run `pdsup up` first"), "{args:?}: {err}");
+    }
+    let out = pdsup(&["logs", "--since", "10y"], empty.path());
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{out:?}");
+    assert!(text(&out.stderr).contains("unknown unit"), "{out:?}");
+    let out = pdsup(&["request-crawl", "ftp://relay.example.com"], empty.path());
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{out:?}");
+    let out = pdsup(
+        &[
+            "account",
+            "delete",
+            "not a handle!",
+            "--hostname",
+            "pds.example.com",
+        ],
+        empty.path(),
+    );
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{out:?}");
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_same_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = pdsup(&["completions", shell], dir.path());
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = text(&out.stdout);
+        for word in ["status", "request-crawl", "--follow"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let man = pdsup(&["man"], dir.path());
+    assert!(man.status.success(), "{man:?}");
+    let page = text(&man.stdout);
+    assert!(page.contains(".TH pdsup 1"), "{page}");
+    assert!(page.replace("\\-", "-").contains("request-crawl"), "{page}");
+}

@@ -1,8 +1,13 @@
 //! The command line: one file per subcommand, each a thin layer over `steps`.
 //! `main` only parses, runs, and renders errors once (`error:` … `caused by:`).
 
+pub mod account;
 pub mod args;
+pub mod completions;
+pub mod crawl;
+pub mod logs;
 pub mod site;
+pub mod status;
 pub mod up;
 
 use std::process::ExitCode;
@@ -69,6 +74,20 @@ pub enum Command {
     Up(up::UpArgs),
     /// Show what `up` would change: for a fresh droplet (no DEST, no network) or against DEST (read-only)
     Plan(up::PlanArgs),
+    /// The site's health: droplet, Docker, Nomad, proxy, PDS, TLS, disk, accounts (fails when not OK)
+    Status(status::StatusArgs),
+    /// The PDS's accounts: list, create, delete, reset-password, takedown, untakedown
+    Account(account::AccountArgs),
+    /// Make invite codes
+    Invite(account::InviteArgs),
+    /// The PDS's, the proxy's or Nomad's log (--follow, --since)
+    Logs(logs::LogsArgs),
+    /// Ask relays to crawl the PDS [default: the site's PDS_CRAWLERS]
+    RequestCrawl(crawl::CrawlArgs),
+    /// Shell completions on stdout (bash, zsh, fish, elvish, powershell)
+    Completions(completions::CompletionsArgs),
+    /// The man page (roff) on stdout: `pdsup man > pdsup.1`
+    Man(completions::ManArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -101,6 +120,13 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
     match cli.command {
         Command::Up(args) => up::up(args, &global).await,
         Command::Plan(args) => up::plan(args, &global).await,
+        Command::Status(args) => status::status(args, &global).await,
+        Command::Account(args) => account::account(args, &global).await,
+        Command::Invite(args) => account::invite(args, &global).await,
+        Command::Logs(args) => logs::logs(args, &global).await,
+        Command::RequestCrawl(args) => crawl::request_crawl(args, &global).await,
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
 
@@ -109,7 +135,12 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
 fn report_error(err: &Error, json: bool) {
     // For the journal (`--local`); the stderr logger leaves `progress` records to the UI.
     log::error!(target: "progress", "{err:#}");
-    if json {
+    // A report that is itself the JSON document (status) is not followed by a second one.
+    if json
+        && err
+            .downcast_ref::<crate::ops::status::ReportedUnhealthy>()
+            .is_none()
+    {
         println!("{}", error_json(err));
     }
     eprint!("{}", error_text(err));

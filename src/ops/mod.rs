@@ -2,8 +2,12 @@
 //! plus what comes before (connecting, the site's state) and after (the
 //! summary). The command line resolves flags into values and calls these.
 
+pub mod account;
+pub mod crawl;
+pub mod logs;
 pub mod plan;
 pub mod site;
+pub mod status;
 pub mod up;
 
 use crate::error::{bail, Result};

@@ -1,4 +1,5 @@
 //! The PDS: its environment file (`env`) and its XRPC API (`xrpc`).
 
+pub mod admin;
 pub mod env;
 pub mod xrpc;

@@ -208,6 +208,64 @@ impl Xrpc {
             .await
             .with_context(|| format!("reading the answer to {method}"))
     }
+
+    /// A query (GET) with `params`, as admin when `admin_password` is given;
+    /// the answer as JSON (`pds::admin` builds its calls on this).
+    pub async fn query_json(
+        &self,
+        method: &str,
+        admin_password: Option<&Secret>,
+        params: &[(&str, &str)],
+    ) -> Result<serde_json::Value> {
+        let mut req = self
+            .client
+            .get(format!("{}/xrpc/{method}", self.base))
+            .query(params);
+        if let Some(password) = admin_password {
+            req = req.basic_auth("admin", Some(password.expose()));
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {method}"))?;
+        if !resp.status().is_success() {
+            return Err(xrpc_error(method, resp).await.into());
+        }
+        resp.json()
+            .await
+            .with_context(|| format!("reading the answer to {method}"))
+    }
+
+    /// A procedure (POST of `body`); its answer as JSON, `null` when it has none.
+    pub async fn procedure_json(
+        &self,
+        method: &str,
+        admin_password: Option<&Secret>,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let mut req = self
+            .client
+            .post(format!("{}/xrpc/{method}", self.base))
+            .json(&body);
+        if let Some(password) = admin_password {
+            req = req.basic_auth("admin", Some(password.expose()));
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {method}"))?;
+        if !resp.status().is_success() {
+            return Err(xrpc_error(method, resp).await.into());
+        }
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("reading the answer to {method}"))?;
+        if text.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("reading the answer to {method}"))
+    }
 }
 
 async fn xrpc_error(method: &str, resp: reqwest::Response) -> XrpcError {

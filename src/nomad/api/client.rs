@@ -392,6 +392,72 @@ impl NomadApi {
         }
         Ok(String::from_utf8_lossy(&reply.body).into_owned())
     }
+
+    /// The last `tail_bytes` of a task's stdout or stderr (`pdsup logs`).
+    pub async fn log_tail(
+        &self,
+        alloc: &str,
+        task: &str,
+        stream: LogStream,
+        tail_bytes: u64,
+    ) -> ApiResult<Vec<u8>> {
+        let path = format!(
+            "/v1/client/fs/logs/{}?task={}&type={}&plain=true&origin=end&offset={tail_bytes}",
+            enc(alloc),
+            enc(task),
+            stream.as_str()
+        );
+        let reply = self.send(Method::GET, &path, None).await?;
+        if !reply.status.is_success() {
+            return Err(Self::status_error(Method::GET, &path, &reply, &[]));
+        }
+        Ok(reply.body)
+    }
+
+    /// Follows a task's stdout or stderr from `tail_bytes` before its end,
+    /// handing each chunk to `sink` until the allocation ends (Nomad closes
+    /// the stream) or the caller drops the future.
+    pub async fn follow_log(
+        &self,
+        alloc: &str,
+        task: &str,
+        stream: LogStream,
+        tail_bytes: u64,
+        sink: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> ApiResult<()> {
+        let path = format!(
+            "/v1/client/fs/logs/{}?task={}&type={}&plain=true&follow=true&origin=end&offset={tail_bytes}",
+            enc(alloc),
+            enc(task),
+            stream.as_str()
+        );
+        // A client without the API client's overall timeout: the stream lasts.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .expect("a plain HTTP client builds");
+        let transport = |source: reqwest::Error| ApiError::Transport {
+            method: Method::GET,
+            path: path.clone(),
+            source,
+        };
+        let mut resp = client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            let reply = Reply { status, body };
+            return Err(Self::status_error(Method::GET, &path, &reply, &[]));
+        }
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            sink(&chunk);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
