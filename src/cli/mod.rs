@@ -2,6 +2,7 @@
 //! `main` only parses, runs, and renders errors once (`error:` … `caused by:`).
 
 pub mod args;
+pub mod fleet;
 pub mod site;
 pub mod up;
 
@@ -69,6 +70,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// Show what `up` would change: for a fresh droplet (no DEST, no network) or against DEST (read-only)
     Plan(up::PlanArgs),
+    /// Many sites from one file (a workshop): up, plan, status or down on each, in parallel
+    Fleet(fleet::FleetArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -101,6 +104,7 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
     match cli.command {
         Command::Up(args) => up::up(args, &global).await,
         Command::Plan(args) => up::plan(args, &global).await,
+        Command::Fleet(args) => fleet::fleet(args, &global).await,
     }
 }
 

@@ -2,6 +2,7 @@
 //! plus what comes before (connecting, the site's state) and after (the
 //! summary). The command line resolves flags into values and calls these.
 
+pub mod fleet;
 pub mod plan;
 pub mod site;
 pub mod up;
