@@ -180,7 +180,7 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
         let json = serde_json::json!({
             "ok": failed.is_empty(),
             "op": op.name(),
-            "sites": rows,
+            "sites": rows.iter().map(SiteRow::json).collect::<Vec<_>>(),
             "handouts": handouts.as_ref().map(|h| h.display().to_string()),
         });
         println!("{}", serde_json::to_string_pretty(&json)?);

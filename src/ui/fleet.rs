@@ -177,7 +177,7 @@ impl Progress for SiteProgress {
 }
 
 /// One line of the closing table.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteRow {
     pub hostname: String,
     /// What happened (`converged`, `unchanged`, `healthy (0.4.1)`), or why it failed.
@@ -188,6 +188,27 @@ pub struct SiteRow {
     pub seconds: u64,
     /// The site's full log.
     pub log: String,
+}
+
+impl SiteRow {
+    /// The row in `--json`'s `sites`.
+    pub fn json(&self) -> serde_json::Value {
+        let (result, error) = match &self.result {
+            Ok(what) => (Some(what), None),
+            Err(why) => (None, Some(why)),
+        };
+        serde_json::json!({
+            "hostname": self.hostname,
+            "ok": self.result.is_ok(),
+            "result": result,
+            "error": error,
+            "accounts_created": self.accounts_created,
+            "accounts_existing": self.accounts_existing,
+            "dns_records": self.dns_records,
+            "seconds": self.seconds,
+            "log": self.log,
+        })
+    }
 }
 
 /// The closing table: each site's result, its accounts and its time, then
@@ -424,6 +445,20 @@ mod tests {
             "{table}"
         );
         assert!(!table.contains("  t2.workshop.example:\n"), "{table}");
+        assert_eq!(
+            rows[1].json(),
+            serde_json::json!({
+                "hostname": "t2.workshop.example",
+                "ok": false,
+                "result": null,
+                "error": "connecting to root@10.0.0.9: timed out",
+                "accounts_created": 2,
+                "accounts_existing": 0,
+                "dns_records": [],
+                "seconds": 125,
+                "log": "/out/logs/t2.workshop.example.log",
+            })
+        );
         let plain = render_table(&rows[..1], false);
         assert!(
             plain.starts_with("SITE                   TIME  RESULT\n"),
