@@ -369,6 +369,17 @@ fn a_fleet_converges_what_it_reaches_then_the_site_that_came_back_then_goes_down
     assert_logins(&droplets, &all);
     assert_no_passwords(&all, &logs_text(&o), "a site's log");
 
+    // Status: every droplet answers and every PDS is healthy.
+    let status = o.run(&["fleet", "status", &file]);
+    assert_eq!(status.code, Some(0), "{}", status.describe());
+    for site in SITES {
+        assert!(
+            table_line(&status, site).contains("the PDS is healthy"),
+            "{}",
+            status.describe()
+        );
+    }
+
     // Down: the jobs stop, the data stays.
     let gone = o.run(&["fleet", "down", &file]);
     assert_eq!(gone.code, Some(0), "{}", gone.describe());

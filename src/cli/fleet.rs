@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::args::{self, SiteArgs, SshArgs};
 use super::up::Global;
-use crate::error::{bail, Context, ErrorKind, Result};
+use crate::error::{bail, err, Context, ErrorKind, Result};
 use crate::host::ssh::SshOptions;
 use crate::ops::fleet::{self, FleetOp, FleetRun, FleetSite};
 use crate::settings::fleet as fleet_file;
@@ -102,12 +102,16 @@ fn resolve(args: &FleetFileArgs, op: FleetOp, global: &Global) -> Result<FleetRu
         }
     }
     if !problems.is_empty() {
-        bail!(
+        return Err(err!(
             BadInput,
             "{} of the fleet's sites cannot run; nothing was contacted:\n  {}",
             problems.len(),
             problems.join("\n  ")
-        );
+        )
+        .with_hint(
+            "each of up's flags is a key of the fleet file's [settings] or of a site's table, \
+             by its site.toml name: --email is email, --plc-url is plc_url",
+        ));
     }
     let out_dir = match &args.out {
         Some(d) => d.clone(),
