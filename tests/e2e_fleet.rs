@@ -270,6 +270,22 @@ fn a_fleet_converges_what_it_reaches_then_the_site_that_came_back_then_goes_down
         refused.describe()
     );
 
+    // The plan contacts every droplet and changes nothing, nor the local state.
+    let plan = o.run(&["fleet", "plan", &file]);
+    assert_eq!(plan.code, Some(0), "{}", plan.describe());
+    for site in SITES {
+        assert!(
+            table_line(&plan, site).contains("change(s) planned, 2 account(s) to create"),
+            "{}",
+            plan.describe()
+        );
+        let dir = o.state.path().join("sites").join(site);
+        assert!(
+            !dir.join("site.toml").exists(),
+            "{site}: the plan saved site.toml"
+        );
+    }
+
     // The third droplet is unreachable: its sshd is stopped.
     let down = &droplets[2];
     let out = down.exec("systemctl stop ssh.service; systemctl stop ssh.socket 2>/dev/null; systemctl is-active ssh.service || true");

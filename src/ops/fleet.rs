@@ -270,19 +270,18 @@ async fn converge(
         }
     }
     if dry_run {
-        let to_create = match ctx.pds().await {
-            Ok(_) => {
-                let mut n = 0;
-                for p in &site.participants {
-                    let pds = ctx.pds().await?;
-                    if pds.resolve_handle(&p.handle).await?.is_none() {
-                        n += 1;
-                    }
+        // A PDS that does not run yet has none of them.
+        let missing = async {
+            let pds = ctx.pds().await?;
+            let mut n = 0;
+            for p in &site.participants {
+                if pds.resolve_handle(&p.handle).await?.is_none() {
+                    n += 1;
                 }
-                n
             }
-            Err(_) => site.participants.len(),
+            Ok::<_, crate::error::Error>(n)
         };
+        let to_create = missing.await.unwrap_or(site.participants.len());
         done.result = format!(
             "{planned} change(s) planned, {to_create} account(s) to create (details in the log)"
         );
