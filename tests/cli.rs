@@ -818,3 +818,39 @@ fn a_fleet_plan_names_each_site_it_could_not_reach() {
     }
     assert!(stderr.contains("2 of 2 sites failed"), "{stderr}");
 }
+
+/// With --json, a fleet whose sites failed prints one document: every site's
+/// row and the error's kind and exit code.
+#[test]
+fn a_failed_fleet_in_json_is_one_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.path().join("workshop.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[settings]\nemail = \"me@example.com\"\nhandle = \"org\"\n\n\
+             [[sites]]\nhostname = \"t1.example.com\"\ndest = \"root@127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = pdsup(
+        &["fleet", "plan", &file.display().to_string(), "--json"],
+        dir.path(),
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {stdout}"));
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert_eq!(doc["kind"], "other", "{doc}");
+    assert_eq!(doc["exit_code"], 1, "{doc}");
+    assert_eq!(doc["sites"][0]["hostname"], "t1.example.com", "{doc}");
+    assert_eq!(doc["sites"][0]["ok"], false, "{doc}");
+    let why = doc["sites"][0]["error"].as_str().unwrap_or_default();
+    assert!(why.starts_with("connecting to 127.0.0.1"), "{doc}");
+}

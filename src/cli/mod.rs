@@ -114,7 +114,16 @@ fn report_error(err: &Error, json: bool) {
     // For the journal (`--local`); the stderr logger leaves `progress` records to the UI.
     log::error!(target: "progress", "{err:#}");
     if json {
-        println!("{}", error_json(err));
+        let mut doc = error_json(err);
+        // A fleet's error is its document, with every site's row.
+        if let Some(failed) = err.downcast_ref::<crate::ops::fleet::SitesFailed>() {
+            let mut fleet = failed.document.clone();
+            if let (Some(all), Some(error)) = (fleet.as_object_mut(), doc.as_object()) {
+                all.extend(error.clone());
+            }
+            doc = fleet;
+        }
+        println!("{doc}");
     }
     eprint!("{}", error_text(err));
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::Output;
-use crate::error::{bail, err, Context, Result};
+use crate::error::{err, Context, Result};
 use crate::host::dest::Destination;
 use crate::host::ssh::{SshHost, SshOptions};
 use crate::pds::xrpc::XrpcError;
@@ -176,15 +176,15 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
         .filter(|r| r.result.is_err())
         .map(|r| r.hostname.as_str())
         .collect();
-    if fleet.output.json {
-        let json = serde_json::json!({
-            "ok": failed.is_empty(),
-            "op": op.name(),
-            "sites": rows.iter().map(SiteRow::json).collect::<Vec<_>>(),
-            "handouts": handouts.as_ref().map(|h| h.display().to_string()),
-        });
-        println!("{}", serde_json::to_string_pretty(&json)?);
-    } else {
+    let document = serde_json::json!({
+        "ok": failed.is_empty(),
+        "op": op.name(),
+        "sites": rows.iter().map(SiteRow::json).collect::<Vec<_>>(),
+        "handouts": handouts.as_ref().map(|h| h.display().to_string()),
+    });
+    if fleet.output.json && failed.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else if !fleet.output.json {
         print!(
             "\n{}",
             fleet_ui::render_table(&rows, matches!(op, FleetOp::Up | FleetOp::Plan))
@@ -197,17 +197,36 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
         }
     }
     if !failed.is_empty() {
-        bail!(
-            Other,
-            "{} of {} sites failed: {} (the table above says why; each site's log is in {})",
+        let message = format!(
+            "{} of {} sites failed: {} (the table says why; each site's log is in {})",
             failed.len(),
             rows.len(),
             failed.join(", "),
             logs.display()
         );
+        return Err(crate::error::Error::from_source(
+            crate::error::ErrorKind::Other,
+            SitesFailed { message, document },
+        ));
     }
     Ok(())
 }
+
+/// Some sites failed. With `--json`, the error is the fleet's document
+/// (every site's row, `ok: false`), so stdout still holds one JSON document.
+#[derive(Debug)]
+pub struct SitesFailed {
+    pub message: String,
+    pub document: serde_json::Value,
+}
+
+impl std::fmt::Display for SitesFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SitesFailed {}
 
 /// An error as one line for the table: its message and causes.
 fn one_line(e: &crate::error::Error) -> String {
