@@ -185,10 +185,7 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
     if fleet.output.json && failed.is_empty() {
         println!("{}", serde_json::to_string_pretty(&document)?);
     } else if !fleet.output.json {
-        print!(
-            "\n{}",
-            fleet_ui::render_table(&rows, matches!(op, FleetOp::Up | FleetOp::Plan))
-        );
+        print!("\n{}", fleet_ui::render_table(&rows, op == FleetOp::Up));
         if let Some(dir) = &handouts {
             println!(
                 "\nHandouts (they hold passwords: print them, then keep or delete them): {}",
