@@ -796,3 +796,121 @@ fn completions_and_the_man_page_come_from_the_same_flags() {
     assert!(page.contains(".TH pdsup 1"), "{page}");
     assert!(page.replace("\\-", "-").contains("request-crawl"), "{page}");
 }
+
+/// A fleet file's problems, each with its line, and a site whose settings do
+/// not resolve: refused before any droplet is contacted, nothing saved.
+#[test]
+fn a_fleet_file_is_checked_whole_before_any_droplet() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("workshop.toml");
+    std::fs::write(
+        &file,
+        "[settings]\nproxy = 1\ncolour = \"red\"\n\n[[sites]]\nhostname = \"t1.example.com\"\n",
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let out = pdsup(&["fleet", "up", &path], dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{stderr}");
+    for want in [
+        "workshop.toml has 3 problems; nothing was contacted",
+        "workshop.toml:2: proxy must be a string",
+        "workshop.toml:3: unknown key \"colour\"",
+        "workshop.toml:5: this site has no dest",
+    ] {
+        assert!(stderr.contains(want), "{want:?} not in {stderr}");
+    }
+    // A value that parses as TOML but not as its setting names its line.
+    std::fs::write(
+        &file,
+        "[settings]\nemail = \"me@example.com\"\nhandle = \"org\"\n\n[[sites]]\nhostname = \"t1.example.com\"\ndest = \"root@127.0.0.1:1\"\nplc_url = \"ftp://plc\"\n",
+    )
+    .unwrap();
+    let out = pdsup(&["fleet", "plan", &path], dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{stderr}");
+    assert!(
+        stderr.contains("plc_url in ") && stderr.contains("workshop.toml line 8"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("sites").exists(), "state was saved");
+    assert!(
+        !dir.path().join("workshop.out").exists(),
+        "logs were started"
+    );
+}
+
+/// Unreachable droplets fail their own sites only; the table names each and
+/// why, and the exit code says a site failed.
+#[test]
+fn a_fleet_plan_names_each_site_it_could_not_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (p1, p2) = (port(1), port(2));
+    let file = dir.path().join("workshop.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[settings]\nemail = \"me@example.com\"\nhandle = \"org\"\n\n\
+             [[sites]]\nhostname = \"t1.example.com\"\ndest = \"root@127.0.0.1:{p1}\"\n\n\
+             [[sites]]\nhostname = \"t2.example.com\"\ndest = \"root@127.0.0.1:{p2}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = pdsup(&["fleet", "plan", &file.display().to_string()], dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    for site in ["t1.example.com", "t2.example.com"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(site))
+            .unwrap_or_else(|| panic!("no line for {site}: {stdout}"));
+        assert!(line.contains("FAILED: connecting to 127.0.0.1"), "{line}");
+        let log = dir.path().join(format!("workshop.out/logs/{site}.log"));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("error: connecting to 127.0.0.1"), "{text}");
+    }
+    assert!(stderr.contains("2 of 2 sites failed"), "{stderr}");
+}
+
+/// With --json, a fleet whose sites failed prints one document: every site's
+/// row and the error's kind and exit code.
+#[test]
+fn a_failed_fleet_in_json_is_one_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.path().join("workshop.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[settings]\nemail = \"me@example.com\"\nhandle = \"org\"\n\n\
+             [[sites]]\nhostname = \"t1.example.com\"\ndest = \"root@127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = pdsup(
+        &["fleet", "plan", &file.display().to_string(), "--json"],
+        dir.path(),
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {stdout}"));
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert_eq!(doc["kind"], "other", "{doc}");
+    assert_eq!(doc["exit_code"], 1, "{doc}");
+    assert_eq!(doc["sites"][0]["hostname"], "t1.example.com", "{doc}");
+    assert_eq!(doc["sites"][0]["ok"], false, "{doc}");
+    let why = doc["sites"][0]["error"].as_str().unwrap_or_default();
+    assert!(why.starts_with("connecting to 127.0.0.1"), "{doc}");
+}

@@ -143,6 +143,8 @@ pub struct SshArgs {
 #[derive(Debug, Clone, Default)]
 pub struct SiteArgs {
     given: BTreeMap<&'static str, (Given, Vec<String>)>,
+    /// A fleet file's values for the site (`pdsup fleet`), below the flags.
+    fleet: BTreeMap<&'static str, Resolved>,
 }
 
 impl Args for SiteArgs {
@@ -183,7 +185,10 @@ impl FromArgMatches for SiteArgs {
                 .collect::<Result<Vec<_>, _>>()?;
             given.insert(setting.id, (from, values));
         }
-        Ok(SiteArgs { given })
+        Ok(SiteArgs {
+            given,
+            fleet: BTreeMap::new(),
+        })
     }
 
     fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
@@ -201,7 +206,19 @@ impl SiteArgs {
             table::HOSTNAME.id,
             (Given::Flag, vec![hostname.as_str().to_string()]),
         );
-        SiteArgs { given }
+        SiteArgs {
+            given,
+            fleet: BTreeMap::new(),
+        }
+    }
+
+    /// A fleet's site: its hostname, and the fleet file's values for it as a
+    /// layer between the flags (none) and its `site.toml`.
+    pub fn for_fleet_site(hostname: &Hostname, values: BTreeMap<&'static str, Resolved>) -> Self {
+        SiteArgs {
+            fleet: values,
+            ..Self::for_hostname(hostname)
+        }
     }
 
     /// The layers of this run, over the site's record (if it has one) read
@@ -209,6 +226,7 @@ impl SiteArgs {
     fn layers(&self, record: Option<&SiteRecord>, site_file: Option<&Path>) -> Layers {
         Layers {
             given: self.given.clone(),
+            fleet: self.fleet.clone(),
             site: record
                 .map(|r| toml::Table::try_from(r).expect("a SiteRecord is a TOML table"))
                 .unwrap_or_default(),
@@ -253,7 +271,7 @@ fn docker_apt(layers: &Layers) -> Result<DockerApt> {
         .resolve(&table::DOCKER_APT_URL)
         .expect("the table has a default");
     let key = if raw_url.origin.is_given() {
-        layers.given(&table::DOCKER_APT_KEY)
+        layers.chosen(&table::DOCKER_APT_KEY)
     } else {
         layers.resolve(&table::DOCKER_APT_KEY)
     };

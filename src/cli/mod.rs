@@ -5,6 +5,7 @@ pub mod account;
 pub mod args;
 pub mod completions;
 pub mod crawl;
+pub mod fleet;
 pub mod logs;
 pub mod site;
 pub mod status;
@@ -88,6 +89,8 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// The man page (roff) on stdout: `pdsup man > pdsup.1`
     Man(completions::ManArgs),
+    /// Many sites from one file (a workshop): up, plan, status or down on each, in parallel
+    Fleet(fleet::FleetArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -127,6 +130,7 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
         Command::RequestCrawl(args) => crawl::request_crawl(args, &global).await,
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => completions::man(args),
+        Command::Fleet(args) => fleet::fleet(args, &global).await,
     }
 }
 
@@ -136,12 +140,20 @@ fn report_error(err: &Error, json: bool) {
     // For the journal (`--local`); the stderr logger leaves `progress` records to the UI.
     log::error!(target: "progress", "{err:#}");
     // A report that is itself the JSON document (status) is not followed by a second one.
-    if json
-        && err
-            .downcast_ref::<crate::ops::status::ReportedUnhealthy>()
-            .is_none()
-    {
-        println!("{}", error_json(err));
+    let reported = err
+        .downcast_ref::<crate::ops::status::ReportedUnhealthy>()
+        .is_some();
+    if json && !reported {
+        let mut doc = error_json(err);
+        // A fleet's error is its document, with every site's row.
+        if let Some(failed) = err.downcast_ref::<crate::ops::fleet::SitesFailed>() {
+            let mut fleet = failed.document.clone();
+            if let (Some(all), Some(error)) = (fleet.as_object_mut(), doc.as_object()) {
+                all.extend(error.clone());
+            }
+            doc = fleet;
+        }
+        println!("{doc}");
     }
     eprint!("{}", error_text(err));
 }

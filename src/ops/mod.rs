@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod crawl;
+pub mod fleet;
 pub mod logs;
 pub mod plan;
 pub mod site;

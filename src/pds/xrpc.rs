@@ -266,6 +266,55 @@ impl Xrpc {
         }
         serde_json::from_str(&text).with_context(|| format!("reading the answer to {method}"))
     }
+
+    /// Logs in as an account (`createSession`): its DID and an access token.
+    pub async fn create_session(&self, identifier: &str, password: &Secret) -> Result<Session> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Created {
+            did: String,
+            access_jwt: String,
+        }
+        let created: Created = self
+            .post(
+                "com.atproto.server.createSession",
+                None,
+                json!({"identifier": identifier, "password": password.expose()}),
+            )
+            .await?;
+        Ok(Session {
+            did: created.did,
+            access_jwt: Secret::new(created.access_jwt),
+        })
+    }
+
+    /// Sets the display name of the session's account (its `app.bsky.actor.profile`).
+    pub async fn put_display_name(&self, session: &Session, display_name: &str) -> Result<()> {
+        let method = "com.atproto.repo.putRecord";
+        let resp = self
+            .client
+            .post(format!("{}/xrpc/{method}", self.base))
+            .bearer_auth(session.access_jwt.expose())
+            .json(&json!({
+                "repo": session.did,
+                "collection": "app.bsky.actor.profile",
+                "rkey": "self",
+                "record": {"$type": "app.bsky.actor.profile", "displayName": display_name},
+            }))
+            .send()
+            .await
+            .with_context(|| format!("calling {method}"))?;
+        if !resp.status().is_success() {
+            return Err(xrpc_error(method, resp).await.into());
+        }
+        Ok(())
+    }
+}
+
+/// A logged-in account (`createSession`).
+pub struct Session {
+    pub did: String,
+    pub access_jwt: Secret,
 }
 
 async fn xrpc_error(method: &str, resp: reqwest::Response) -> XrpcError {

@@ -2,6 +2,7 @@
 //! flags, the environment and the site's saved state, validated, and then read-only.
 //! Which setting comes from where is the table in [`table`].
 
+pub mod fleet;
 pub mod table;
 
 use std::fmt;

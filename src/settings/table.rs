@@ -241,12 +241,21 @@ pub enum Origin {
         key: &'static str,
         file: String,
     },
+    /// A fleet file's value for one site (`pdsup fleet`): the key and where
+    /// it stands (`workshop.toml line 12`).
+    Fleet {
+        key: &'static str,
+        at: String,
+    },
     Default,
 }
 
 impl Origin {
     pub fn is_given(&self) -> bool {
-        matches!(self, Origin::Flag(_) | Origin::Env(_))
+        matches!(
+            self,
+            Origin::Flag(_) | Origin::Env(_) | Origin::Fleet { .. }
+        )
     }
 
     /// The origin as a prefix of one entry's name in a list: `--pds-env`
@@ -254,6 +263,7 @@ impl Origin {
     pub fn of_entries(&self) -> String {
         match self {
             Origin::SiteFile { key, file } => format!("{file} {key}"),
+            Origin::Fleet { key, at } => format!("{at} {key}"),
             other => other.to_string(),
         }
     }
@@ -265,6 +275,7 @@ impl fmt::Display for Origin {
             Origin::Flag(flag) => f.write_str(flag),
             Origin::Env(var) => f.write_str(var),
             Origin::SiteFile { key, file } => write!(f, "{key} in {file}"),
+            Origin::Fleet { key, at } => write!(f, "{key} in {at}"),
             Origin::Default => f.write_str("default"),
         }
     }
@@ -296,6 +307,9 @@ impl Resolved {
 pub struct Layers {
     /// What clap found on the command line or in the environment, raw, by setting id.
     pub given: BTreeMap<&'static str, (Given, Vec<String>)>,
+    /// A fleet file's values for this site (`pdsup fleet`), by setting id:
+    /// below what was given to the run, above `site.toml`.
+    pub fleet: BTreeMap<&'static str, Resolved>,
     /// The site's `site.toml`, by key.
     pub site: toml::Table,
     /// How errors name the site file.
@@ -303,10 +317,11 @@ pub struct Layers {
 }
 
 impl Layers {
-    /// The merge: flag or environment, then the site file (remembered settings
-    /// only), then the default. `None` when no layer has a value.
+    /// The merge: flag or environment, then the fleet file, then the site
+    /// file (remembered settings only), then the default. `None` when no
+    /// layer has a value.
     pub fn resolve(&self, setting: &'static Setting) -> Option<Resolved> {
-        self.given(setting)
+        self.chosen(setting)
             .or_else(|| self.remembered(setting))
             .or_else(|| {
                 setting.default.map(|value| Resolved {
@@ -314,6 +329,12 @@ impl Layers {
                     origin: Origin::Default,
                 })
             })
+    }
+
+    /// The value chosen for this run: given (flag, environment), else the fleet file's.
+    pub fn chosen(&self, setting: &'static Setting) -> Option<Resolved> {
+        self.given(setting)
+            .or_else(|| self.fleet.get(setting.id).cloned())
     }
 
     /// The value given to this run, by flag or environment variable.
@@ -364,7 +385,31 @@ mod tests {
                 .collect(),
             site: toml::from_str(site).unwrap(),
             site_file: "/state/sites/pds.example.com/site.toml".into(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_fleet_value_is_below_the_flag_and_above_the_site_file() {
+        let mut l = layers(&[], "plc_url = \"http://site\"\n");
+        let at = "workshop.toml line 7".to_string();
+        l.fleet.insert(
+            "plc_url",
+            Resolved {
+                values: vec!["http://fleet".into()],
+                origin: Origin::Fleet { key: "plc_url", at },
+            },
+        );
+        let r = l.resolve(&PLC_URL).unwrap();
+        assert_eq!(
+            (r.one(), r.origin.to_string().as_str()),
+            ("http://fleet", "plc_url in workshop.toml line 7")
+        );
+        assert!(r.origin.is_given());
+        assert_eq!(r.origin.of_entries(), "workshop.toml line 7 plc_url");
+        l.given
+            .insert("plc_url", (Given::Flag, vec!["http://flag".into()]));
+        assert_eq!(l.resolve(&PLC_URL).unwrap().one(), "http://flag");
     }
 
     #[test]

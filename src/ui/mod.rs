@@ -3,6 +3,7 @@
 //! one JSON document with `--json`). Every progress event is also a `log` record
 //! under the `progress` target, which is how `--local` runs reach the journal.
 
+pub mod fleet;
 pub mod logging;
 pub mod summary;
 
