@@ -2,8 +2,11 @@
 //! `main` only parses, runs, and renders errors once (`error:` … `caused by:`).
 
 pub mod args;
+pub mod dns;
+pub mod down;
 pub mod site;
 pub mod up;
+pub mod upgrade;
 
 use std::process::ExitCode;
 
@@ -69,6 +72,14 @@ pub enum Command {
     Up(up::UpArgs),
     /// Show what `up` would change: for a fresh droplet (no DEST, no network) or against DEST (read-only)
     Plan(up::PlanArgs),
+    /// The DNS records the site needs; with --check, whether each resolves as it should
+    Dns(dns::DnsArgs),
+    /// Run a newer PDS image (a Nomad deployment that reverts when it is not healthy)
+    Upgrade(upgrade::UpgradeArgs),
+    /// Return to the PDS image the last upgrade replaced
+    Rollback(upgrade::RollbackArgs),
+    /// Stop and remove the Nomad jobs pdsup deployed; the PDS data stays (unless --purge-data)
+    Down(down::DownArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -101,6 +112,10 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
     match cli.command {
         Command::Up(args) => up::up(args, &global).await,
         Command::Plan(args) => up::plan(args, &global).await,
+        Command::Dns(args) => dns::dns(args, &global).await,
+        Command::Upgrade(args) => upgrade::upgrade(args, &global).await,
+        Command::Rollback(args) => upgrade::rollback(args, &global).await,
+        Command::Down(args) => down::down(args, &global).await,
     }
 }
 
@@ -109,7 +124,7 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
 fn report_error(err: &Error, json: bool) {
     // For the journal (`--local`); the stderr logger leaves `progress` records to the UI.
     log::error!(target: "progress", "{err:#}");
-    if json {
+    if json && err.downcast_ref::<crate::ops::Reported>().is_none() {
         println!("{}", error_json(err));
     }
     eprint!("{}", error_text(err));
