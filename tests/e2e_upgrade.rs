@@ -328,9 +328,9 @@ fn down_checks(op: &Operator, d: &Droplet) {
     let registered = d.ssh_with_stdin(
         "root",
         "curl -fsS -X POST --data-binary @- http://127.0.0.1:4646/v1/jobs",
-        json!({"Job": {"ID": "users-own", "Name": "users-own", "Type": "batch", "Datacenters": ["*"],
+        json!({"Job": {"ID": "users-own", "Name": "users-own", "Type": "service", "Datacenters": ["*"],
             "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "docker",
-            "Config": {"image": "pdsup-test/pds:0.4.1", "command": "true"}}]}]}})
+            "Config": {"image": "ghcr.io/bluesky-social/pds:0.4", "entrypoint": ["sleep"], "args": ["3600"]}}]}]}})
         .to_string()
         .as_bytes(),
     );

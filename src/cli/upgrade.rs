@@ -76,6 +76,8 @@ pub async fn upgrade(args: UpgradeArgs, global: &Global) -> Result<()> {
     let session = site.connect(destination, &options).await?;
     let target = Target {
         image,
+        // No version and no image: the site's tag, pulled again.
+        refresh: args.to.is_none() && args.image.is_none() && args.pds_image_archive.is_none(),
         archive: args.pds_image_archive,
     };
     upgrade::upgrade(session, target, args.force, args.dry_run, global.output()).await

@@ -20,6 +20,7 @@ use crate::error::{bail, err, Result};
 use crate::host::facts::Fact;
 use crate::host::Script;
 use crate::inputs::ImageRef;
+use crate::plan::Progress;
 use crate::state::PdsRelease;
 use crate::steps::{self, Ctx};
 use crate::ui::Ui;
@@ -37,6 +38,14 @@ pub struct Target {
     pub image: String,
     /// Load the image from this `docker save` tarball instead of pulling it.
     pub archive: Option<PathBuf>,
+    /// Pull `image` (a floating tag such as `pds:0.4`) again and run what it
+    /// now stands for, by digest: Nomad never pulls a tag Docker already has.
+    pub refresh: bool,
+}
+
+/// Pulls `image` on the droplet again.
+fn pull_again(image: &str) -> crate::host::Cmd {
+    Script::of("docker pull --quiet {} >/dev/null", &[image]).cmd()
 }
 
 /// `--to VERSION`: the site's image repository at that tag
@@ -159,6 +168,23 @@ pub async fn upgrade(
     let before = current_release(&session, &ui).await;
     check_not_downgrade(before.version.as_deref(), &target.image, force)?;
 
+    let mut target = target;
+    if target.refresh && !dry_run {
+        ui.progress(&format!("pulling {} again", target.image));
+        session
+            .host
+            .run(&pull_again(&target.image))
+            .await
+            .map_err(|e| e.context(format!("pulling {} on the droplet", target.image)))?;
+        match image_digest(&target.image).read(session.host.as_ref()).await? {
+            Some(by_digest) => target.image = by_digest,
+            None => bail!(
+                Blocked,
+                "{} has no registry digest on the droplet after the pull, so pdsup cannot tell                  Nomad to run the newer image; give the version with --to VERSION or the image                  with --image REF",
+                target.image
+            ),
+        }
+    }
     let mut settings = session.site.settings.clone();
     settings.pds_image = target.image.clone();
     settings.pds_image_archive = target.archive.clone();
@@ -369,6 +395,7 @@ pub fn rollback_target(session: &Session, archive: Option<PathBuf>) -> Result<Ta
     Ok(Target {
         image: previous.image.clone(),
         archive,
+        refresh: false,
     })
 }
 
