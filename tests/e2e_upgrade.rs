@@ -322,6 +322,15 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     eprintln!("tier e2e_upgrade: {:.0?}", tier.elapsed());
 }
 
+/// The PDS's durable files: SQLite's -wal and -shm files come and go (the
+/// PDS checkpoints and removes them when it stops cleanly).
+fn data_files(d: &Droplet) -> String {
+    d.ssh_ok(
+        "root",
+        "cd /srv/nomad/pds && find . -type f ! -name '*-wal' ! -name '*-shm' | sort",
+    )
+}
+
 /// `down`: pdsup's jobs go, a job of the user's stays, the data stays.
 fn down_checks(op: &Operator, d: &Droplet) {
     // A job of the user's, which down must leave alone.
@@ -339,8 +348,12 @@ fn down_checks(op: &Operator, d: &Droplet) {
         "the user's job:\n{}",
         describe(&registered)
     );
-    let data_before = d.ssh_ok("root", "ls /srv/nomad/pds | sort");
-    assert!(data_before.contains("account.sqlite"), "{data_before}");
+    let data_before = data_files(d);
+    assert!(data_before.contains("./account.sqlite"), "{data_before}");
+    assert!(
+        data_before.contains("./actors/"),
+        "no repo in the data: {data_before}"
+    );
     let dry = ok_json(&op.day2(&["down", "--dry-run", "--json"]), "down --dry-run");
     assert_eq!(dry["dry_run"], true, "{dry}");
     let ids = |v: &Value| -> Vec<String> {
@@ -377,11 +390,7 @@ fn down_checks(op: &Operator, d: &Droplet) {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-    assert_eq!(
-        d.ssh_ok("root", "ls /srv/nomad/pds | sort"),
-        data_before,
-        "down touched the data"
-    );
+    assert_eq!(data_files(d), data_before, "down touched the data");
 
     // --purge-data wants the hostname typed; a wrong answer changes nothing.
     let mut purge = Command::new(env!("CARGO_BIN_EXE_pdsup"));
@@ -408,5 +417,5 @@ fn down_checks(op: &Operator, d: &Droplet) {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert_eq!(d.ssh_ok("root", "ls /srv/nomad/pds | sort"), data_before);
+    assert_eq!(data_files(d), data_before);
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::site::Session;
 use super::Output;
-use crate::error::{bail, err, Result};
+use crate::error::{bail, Result};
 use crate::host::facts::Fact;
 use crate::host::Script;
 use crate::inputs::ImageRef;
@@ -322,13 +322,13 @@ async fn explain_failure(
             before.image
         )
     };
-    err!(
-        Unhealthy,
-        "the upgrade to {} did not become healthy: {state}",
-        target.image
-    )
-    .context(format!("{failure:#}"))
-    .with_hint(hint)
+    failure
+        .context(format!(
+            "the upgrade to {} did not become healthy: {state}",
+            target.image
+        ))
+        .with_kind(crate::error::ErrorKind::Unhealthy)
+        .with_hint(hint)
 }
 
 /// A job version newer than those before the upgrade that runs `image`
