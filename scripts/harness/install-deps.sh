@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(docker.io debootstrap openssh-server openssh-client gnupg zip unzip curl
   ca-certificates apt-utils pebble busybox-static sqlite3 iproute2 python3 g++ make nodejs npm
   openssl xxd)  # openssl, xxd: scripts/floor.sh (the benchmark's floor) makes the PDS secrets
+packages+=(dnsmasq-base)  # tests/dns.rs: a DNS server for `pdsup dns --check` (no service, just the binary)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

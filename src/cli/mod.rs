@@ -5,11 +5,14 @@ pub mod account;
 pub mod args;
 pub mod completions;
 pub mod crawl;
+pub mod dns;
+pub mod down;
 pub mod fleet;
 pub mod logs;
 pub mod site;
 pub mod status;
 pub mod up;
+pub mod upgrade;
 
 use std::process::ExitCode;
 
@@ -91,6 +94,14 @@ pub enum Command {
     Man(completions::ManArgs),
     /// Many sites from one file (a workshop): up, plan, status or down on each, in parallel
     Fleet(fleet::FleetArgs),
+    /// The DNS records the site needs; with --check, whether each resolves as it should
+    Dns(dns::DnsArgs),
+    /// Run a newer PDS image (a Nomad deployment that reverts when it is not healthy)
+    Upgrade(upgrade::UpgradeArgs),
+    /// Return to the PDS image the last upgrade replaced
+    Rollback(upgrade::RollbackArgs),
+    /// Stop and remove the Nomad jobs pdsup deployed; the PDS data stays (unless --purge-data)
+    Down(down::DownArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -131,6 +142,10 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => completions::man(args),
         Command::Fleet(args) => fleet::fleet(args, &global).await,
+        Command::Dns(args) => dns::dns(args, &global).await,
+        Command::Upgrade(args) => upgrade::upgrade(args, &global).await,
+        Command::Rollback(args) => upgrade::rollback(args, &global).await,
+        Command::Down(args) => down::down(args, &global).await,
     }
 }
 
@@ -142,7 +157,8 @@ fn report_error(err: &Error, json: bool) {
     // A report that is itself the JSON document (status) is not followed by a second one.
     let reported = err
         .downcast_ref::<crate::ops::status::ReportedUnhealthy>()
-        .is_some();
+        .is_some()
+        || err.downcast_ref::<crate::ops::Reported>().is_some();
     if json && !reported {
         let mut doc = error_json(err);
         // A fleet's error is its document, with every site's row.

@@ -242,7 +242,12 @@ pub fn pds_job(image: &str, env: Vec<(String, EnvValue)>) -> Job {
                 read_only: false,
             }],
             restart: None,
-            update: Some(default_update()),
+            // An upgrade (`pdsup upgrade`) whose new image never becomes
+            // healthy is rolled back by Nomad to the last stable version.
+            update: Some(Update {
+                auto_revert: true,
+                ..default_update()
+            }),
             tasks: vec![Task {
                 name: "pds".into(),
                 driver: "docker".into(),
@@ -920,7 +925,7 @@ mod tests {
                 "MinHealthyTime": 5_000_000_000u64,
                 "HealthyDeadline": 300_000_000_000u64,
                 "ProgressDeadline": 600_000_000_000u64,
-                "AutoRevert": false,
+                "AutoRevert": true,
             })
         );
 

@@ -4,16 +4,38 @@
 
 pub mod account;
 pub mod crawl;
+pub mod dns;
+pub mod down;
 pub mod fleet;
 pub mod logs;
 pub mod plan;
 pub mod site;
 pub mod status;
 pub mod up;
+pub mod upgrade;
 
-use crate::error::{bail, Result};
+use crate::error::{bail, Error, Result};
 
 use crate::state::{SiteDir, SiteRecord};
+
+/// An operation that printed its own result (with `--json`, the one JSON
+/// document, saying what is wrong) and still fails, for the exit code: the
+/// error is shown on stderr only, never as a second document on stdout.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Reported(String);
+
+impl Reported {
+    /// The same error (kind, message, hint), marked as already reported.
+    pub fn wrap(err: Error) -> Error {
+        let hint = err.hint().map(str::to_string);
+        let marked = Error::from_source(err.kind(), Reported(format!("{err:#}")));
+        match hint {
+            Some(hint) => marked.with_hint(hint),
+            None => marked,
+        }
+    }
+}
 
 /// How results are shown.
 #[derive(Clone, Copy, Debug, Default)]

@@ -58,6 +58,13 @@ pub struct SiteRecord {
     /// that later runs and rebuilds get the same IO (steps/proxy.rs). Deleting
     /// it takes the newest IO on the next run.
     pub io_image_pin: Option<IoImagePin>,
+    /// The exact PDS version `/xrpc/_health` reported after the last `pdsup
+    /// upgrade` (or `rollback`) of `pds_image`, and that image's registry
+    /// digest when Docker has one (an image loaded from an archive has none).
+    pub pds_version: Option<String>,
+    pub pds_image_digest: Option<String>,
+    /// The release the last upgrade replaced: what `pdsup rollback` returns to.
+    pub pds_previous: Option<PdsRelease>,
     /// `--pds-env` values, `KEY=VALUE`.
     pub pds_env: Vec<String>,
     /// Set once the first account exists, so re-runs never create it again.
@@ -76,6 +83,15 @@ pub struct SiteRecord {
 pub struct IoImagePin {
     pub image: String,
     pub by_digest: String,
+}
+
+/// A PDS image and what is known of it: the version `_health` reported while
+/// it ran, and its registry digest.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PdsRelease {
+    pub image: String,
+    pub version: Option<String>,
+    pub digest: Option<String>,
 }
 
 /// The account a run was about to create.
@@ -294,6 +310,12 @@ impl SiteRecord {
         if let Some(v) = &self.pds_image {
             v.parse::<ImageRef>()
                 .map_err(|e| bad("pds_image", v, e.to_string()))?;
+        }
+        if let Some(previous) = &self.pds_previous {
+            previous
+                .image
+                .parse::<ImageRef>()
+                .map_err(|e| bad("pds_previous", &previous.image, e.to_string()))?;
         }
         if let Some(v) = &self.plc_url {
             v.parse::<HttpUrl>()

@@ -99,7 +99,8 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     Ok(facts)
 }
 
-fn is_public(ip: &IpAddr) -> bool {
+/// Whether an address can be a DNS record's value (not private, loopback, CGNAT, ...).
+pub fn is_public(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             !(v4.is_private()

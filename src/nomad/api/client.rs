@@ -378,6 +378,15 @@ impl NomadApi {
             .collect())
     }
 
+    /// `GET /v1/jobs`: the IDs of every job Nomad knows (stopped ones too).
+    pub async fn job_ids(&self) -> ApiResult<Vec<String>> {
+        let jobs: Vec<Value> = self.get("/v1/jobs").await?;
+        Ok(jobs
+            .iter()
+            .filter_map(|j| j["ID"].as_str().map(str::to_string))
+            .collect())
+    }
+
     /// The last ~4 KB of a task's stdout or stderr, as text.
     pub async fn logs(&self, alloc: &str, task: &str, stream: LogStream) -> ApiResult<String> {
         let path = format!(

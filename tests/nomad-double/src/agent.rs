@@ -643,6 +643,69 @@ impl Agent {
         }
     }
 
+    /// Nomad's deployment watcher on a failed deployment whose group has
+    /// `auto_revert`: the latest stable version of the job is registered again
+    /// as a new version (evaluation triggered by `rollback`), and the failed
+    /// deployment's description says so ("... - rolling back to job version N").
+    /// Without a stable version, or when it has the same spec, nothing is
+    /// registered and the description says that instead. A job submitted again
+    /// since (a newer version) is left alone.
+    fn auto_revert_failed_deployments(self: &Arc<Self>) {
+        let actions = self.mutate(|st| {
+            let failed: Vec<String> = st
+                .deployments
+                .values()
+                .filter(|d| d.Status == "failed" && !d.StatusDescription.contains(" - "))
+                .filter(|d| d.TaskGroups.values().any(|g| g.AutoRevert))
+                .map(|d| d.ID.clone())
+                .collect();
+            let mut actions = Vec::new();
+            for id in failed {
+                let d = st.deployments[&id].clone();
+                let Some(current) = st.job(&d.JobID).cloned() else {
+                    continue;
+                };
+                if current.Version != d.JobVersion || current.Stop {
+                    continue;
+                }
+                let stable = st.jobs[&d.JobID]
+                    .iter()
+                    .rev()
+                    .find(|j| j.Stable && j.Version != current.Version)
+                    .cloned();
+                let suffix = match &stable {
+                    None => " - no stable job version to auto revert to".to_string(),
+                    Some(s) if !s.spec_changed(&current) => format!(
+                        " - not rolling back to stable job version {} as current job has same specification",
+                        s.Version
+                    ),
+                    Some(s) => format!(" - rolling back to job version {}", s.Version),
+                };
+                let idx = st.next_index();
+                if let Some(dep) = st.deployments.get_mut(&id) {
+                    dep.StatusDescription.push_str(&suffix);
+                    dep.ModifyIndex = idx;
+                    dep.ModifyTime = now_ns();
+                }
+                let Some(mut job) = stable.filter(|s| s.spec_changed(&current)) else {
+                    continue;
+                };
+                job.Version = current.Version + 1;
+                job.CreateIndex = current.CreateIndex;
+                job.ModifyIndex = idx;
+                job.JobModifyIndex = idx;
+                job.SubmitTime = now_ns();
+                job.Stable = false;
+                job.Status = "pending".into();
+                st.jobs.entry(job.ID.clone()).or_default().push(job.clone());
+                let (_, more) = self.evaluate(st, &job.ID, "rollback", &BTreeSet::new());
+                actions.extend(more);
+            }
+            actions
+        });
+        self.execute(actions);
+    }
+
     /// Deployments that made no progress in time fail (`ProgressDeadline`).
     fn check_progress_deadlines(&self) {
         let now = now_ns();
@@ -1111,6 +1174,7 @@ async fn serve(paths: Vec<String>, cfg: AgentConfig, node_id: String, state: Sta
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             bg.check_progress_deadlines();
+            bg.auto_revert_failed_deployments();
             tick += 1;
             if tick.is_multiple_of(15) && bg.fingerprint_docker().await && bg.docker_info().healthy
             {

@@ -1,0 +1,509 @@
+//! `pdsup upgrade` and `pdsup rollback`: a new PDS image through the same two
+//! steps `up` runs (pds image, pds job), as a Nomad deployment gated on the
+//! PDS's health check with `auto_revert` (nomad::job's update stanza): a new
+//! image that never becomes healthy is replaced by Nomad with the last stable
+//! version of the job, and the upgrade says so.
+//!
+//! The site pins what it runs in `site.toml`: `pds_image` (the exact image),
+//! `pds_version` (what `/xrpc/_health` reported) and `pds_image_digest`; the
+//! release it replaced is kept as `pds_previous`, which `rollback` returns to.
+
+use std::cmp::Ordering;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::site::Session;
+use super::Output;
+use crate::error::{bail, Result};
+use crate::host::facts::Fact;
+use crate::host::Script;
+use crate::inputs::ImageRef;
+use crate::plan::Progress;
+use crate::state::PdsRelease;
+use crate::steps::{self, Ctx};
+use crate::ui::Ui;
+
+/// The steps of an upgrade: the image on the droplet, then the job that runs it.
+pub const UPGRADE: &[&dyn steps::AnyStep] =
+    &[&steps::pds_image::PdsImageStep, &steps::pds_job::PdsJobStep];
+
+/// How long Nomad gets to put the previous version back after a failed deployment.
+const REVERT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What to upgrade to.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub image: String,
+    /// Load the image from this `docker save` tarball instead of pulling it.
+    pub archive: Option<PathBuf>,
+    /// Pull `image` (a floating tag such as `pds:0.4`) again and run what it
+    /// now stands for, by digest: Nomad never pulls a tag Docker already has.
+    pub refresh: bool,
+}
+
+/// Pulls `image` on the droplet again.
+fn pull_again(image: &str) -> crate::host::Cmd {
+    Script::of("docker pull --quiet {} >/dev/null", &[image]).cmd()
+}
+
+/// `--to VERSION`: the site's image repository at that tag
+/// (`ghcr.io/bluesky-social/pds:0.4` → `ghcr.io/bluesky-social/pds:0.4.200`).
+pub fn image_for_version(current: &str, version: &str) -> Result<String> {
+    if !looks_like_version(version) {
+        bail!(
+            BadInput,
+            "--to {version:?}: expected a PDS version like 0.4.204 (or give the image with --image)"
+        );
+    }
+    let repository = repository_of(current);
+    let image = format!("{repository}:{version}");
+    image.parse::<ImageRef>()?;
+    Ok(image)
+}
+
+/// An image reference without its tag or digest.
+pub fn repository_of(image: &str) -> &str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    // A ':' after the last '/' is a tag (before it, a registry's port).
+    match without_digest.rfind(':') {
+        Some(colon) if !without_digest[colon..].contains('/') => &without_digest[..colon],
+        _ => without_digest,
+    }
+}
+
+/// The tag of an image reference, if it has one.
+pub fn tag_of(image: &str) -> Option<&str> {
+    let repository = repository_of(image);
+    let rest = &image.split('@').next().unwrap_or(image)[repository.len()..];
+    rest.strip_prefix(':')
+}
+
+fn looks_like_version(text: &str) -> bool {
+    let text = text.strip_prefix('v').unwrap_or(text);
+    !text.is_empty()
+        && text
+            .split('.')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// Compares dotted versions numerically (`0.4.9` < `0.4.10`); a shorter one
+/// that is a prefix of the other (`0.4`, an image tag) is equal to it: it
+/// stands for any of its patch versions. `None` when either is not a version.
+pub fn compare_versions(a: &str, b: &str) -> Option<Ordering> {
+    if !looks_like_version(a) || !looks_like_version(b) {
+        return None;
+    }
+    let parts = |v: &str| -> Vec<u64> {
+        v.trim_start_matches('v')
+            .split('.')
+            .map(|p| p.parse().unwrap_or(u64::MAX))
+            .collect()
+    };
+    let (a, b) = (parts(a), parts(b));
+    for (x, y) in a.iter().zip(&b) {
+        match x.cmp(y) {
+            Ordering::Equal => {}
+            other => return Some(other),
+        }
+    }
+    Some(Ordering::Equal)
+}
+
+/// Refuses a move to an older version unless forced: the PDS migrates its
+/// databases forward, and an older PDS may not read them.
+pub fn check_not_downgrade(before: Option<&str>, target_image: &str, force: bool) -> Result<()> {
+    let (Some(before), Some(target)) = (before, tag_of(target_image)) else {
+        return Ok(());
+    };
+    if compare_versions(target, before) == Some(Ordering::Less) && !force {
+        bail!(
+            Blocked,
+            "{target_image} is older than the running PDS {before}: the PDS migrates its databases \
+             forward and an older version may not read them. Nothing was changed; pass --force to \
+             downgrade anyway (take a backup first)"
+        );
+    }
+    Ok(())
+}
+
+/// The image's registry digest (`repo@sha256:…`), `None` for an image built
+/// or loaded on the droplet.
+pub fn image_digest(image: &str) -> Fact<Option<String>> {
+    Fact::new(
+        Script::of(
+            "docker image inspect --format {} {} 2>/dev/null",
+            &["{{json .RepoDigests}}", image],
+        ),
+        |out| {
+            if !out.success() {
+                return None;
+            }
+            let digests: Vec<String> = serde_json::from_str(out.stdout_str().trim()).ok()?;
+            digests.into_iter().next()
+        },
+    )
+}
+
+/// The result, for the text and `--json` outputs.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub dry_run: bool,
+    pub before: PdsRelease,
+    pub after: PdsRelease,
+    pub changes: Vec<String>,
+}
+
+/// `pdsup upgrade` (`rollback` is an upgrade to the previous release).
+pub async fn upgrade(
+    mut session: Session,
+    target: Target,
+    force: bool,
+    dry_run: bool,
+    output: Output,
+) -> Result<()> {
+    let ui = Ui::new(output.json, output.quiet);
+    let before = current_release(&session, &ui).await;
+    check_not_downgrade(before.version.as_deref(), &target.image, force)?;
+
+    let mut target = target;
+    if target.refresh && !dry_run {
+        ui.progress(&format!("pulling {} again", target.image));
+        session
+            .host
+            .run(&pull_again(&target.image))
+            .await
+            .map_err(|e| e.context(format!("pulling {} on the droplet", target.image)))?;
+        match image_digest(&target.image).read(session.host.as_ref()).await? {
+            Some(by_digest) => target.image = by_digest,
+            None => bail!(
+                Blocked,
+                "{} has no registry digest on the droplet after the pull, so pdsup cannot tell                  Nomad to run the newer image; give the version with --to VERSION or the image                  with --image REF",
+                target.image
+            ),
+        }
+    }
+    let mut settings = session.site.settings.clone();
+    settings.pds_image = target.image.clone();
+    settings.pds_image_archive = target.archive.clone();
+    session.site.settings = settings;
+    let mut ctx = session.ctx(&ui);
+    let job_version_before = pds_job_version(&mut ctx).await?;
+
+    let run = steps::runner::run(&mut ctx, UPGRADE, dry_run).await;
+    let report = match run {
+        Ok(report) => report,
+        Err(e) => {
+            ui.clear();
+            return Err(explain_failure(&mut ctx, e, &before, &target, job_version_before).await);
+        }
+    };
+    let changes: Vec<String> = report
+        .steps
+        .iter()
+        .flat_map(|s| s.changes.iter().cloned())
+        .collect();
+    let after = if dry_run {
+        PdsRelease {
+            image: target.image.clone(),
+            ..PdsRelease::default()
+        }
+    } else {
+        let version = ctx.outcome.pds_version.clone();
+        let digest = image_digest(&target.image).read(ctx.host).await?;
+        let after = PdsRelease {
+            image: target.image.clone(),
+            version,
+            digest,
+        };
+        let mut record = ctx.record.clone();
+        if before.image != after.image {
+            record.pds_previous = Some(before.clone());
+        }
+        record.pds_image = Some(after.image.clone());
+        record.pds_version = after.version.clone();
+        record.pds_image_digest = after.digest.clone();
+        ctx.site.save_record(&record)?;
+        after
+    };
+    ui.clear();
+    let report = Report {
+        ok: true,
+        dry_run,
+        before,
+        after,
+        changes,
+    };
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+/// The release the site runs: its image, and the version the PDS reports
+/// (`None` when it does not answer).
+async fn current_release(session: &Session, ui: &Ui) -> PdsRelease {
+    let mut ctx = session.ctx(ui);
+    let version = match ctx.pds().await {
+        Ok(pds) => pds.health().await.ok(),
+        Err(_) => None,
+    };
+    PdsRelease {
+        image: session.site.settings.pds_image.clone(),
+        version,
+        digest: session.site.record.pds_image_digest.clone(),
+    }
+}
+
+async fn pds_job_version(ctx: &mut Ctx<'_>) -> Result<Option<u64>> {
+    let job = ctx.nomad().await?.job("pds").await?;
+    Ok(job.and_then(|j| j["Version"].as_u64()))
+}
+
+/// A failed upgrade: when Nomad reverted the job (auto_revert), waits for the
+/// reverted version to be healthy and the PDS to answer again, and says so.
+async fn explain_failure(
+    ctx: &mut Ctx<'_>,
+    failure: crate::error::Error,
+    before: &PdsRelease,
+    target: &Target,
+    job_version_before: Option<u64>,
+) -> crate::error::Error {
+    let hint =
+        "nothing in site.toml changed; see `pdsup logs pds` (or `docker logs` of the pds task) \
+                for why the new image did not become healthy";
+    let deadline = Instant::now() + REVERT_TIMEOUT;
+    // The version the failed deployment submitted: any newer one running the
+    // previous image is Nomad's revert.
+    let submitted = loop {
+        match reverted_version(ctx, job_version_before, &before.image).await {
+            Ok(Some(version)) => break Some(version),
+            Ok(None) if Instant::now() < deadline && job_version_before.is_some() => {
+                ctx.progress.progress(
+                    "the upgrade failed: waiting for Nomad to revert to the previous version",
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            _ => break None,
+        }
+    };
+    let Some(reverted) = submitted else {
+        return failure
+            .context(format!("the upgrade to {} failed", target.image))
+            .with_hint(format!(
+                "{hint}; Nomad did not revert the pds job: `pdsup rollback` or `pdsup upgrade --image {}` puts the previous image back",
+                before.image
+            ));
+    };
+    let progress = ctx.progress;
+    let healthy = match ctx.nomad().await {
+        Ok(nomad) => nomad
+            .wait_job_version_healthy("pds", reverted, REVERT_TIMEOUT, &mut |m| {
+                progress.progress(m)
+            })
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    let answers = healthy && steps::pds_job::wait_pds_health(ctx).await.is_ok();
+    let now = ctx.outcome.pds_version.clone().unwrap_or_default();
+    let state = if answers {
+        format!(
+            "Nomad reverted the pds job to {} (job version {reverted}) and the PDS answers again (version {now})",
+            before.image
+        )
+    } else {
+        format!(
+            "Nomad reverted the pds job to {} (job version {reverted}), but the PDS does not answer yet",
+            before.image
+        )
+    };
+    failure
+        .context(format!(
+            "the upgrade to {} did not become healthy: {state}",
+            target.image
+        ))
+        .with_kind(crate::error::ErrorKind::Unhealthy)
+        .with_hint(hint)
+}
+
+/// A job version newer than those before the upgrade that runs `image`
+/// again: Nomad's revert.
+async fn reverted_version(
+    ctx: &mut Ctx<'_>,
+    before: Option<u64>,
+    image: &str,
+) -> Result<Option<u64>> {
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    let Some(job) = ctx.nomad().await?.job("pds").await? else {
+        return Ok(None);
+    };
+    let version = job["Version"].as_u64().unwrap_or(0);
+    let runs = job["TaskGroups"][0]["Tasks"][0]["Config"]["image"].as_str() == Some(image);
+    // The upgrade submitted before + 1; the revert is a later one.
+    Ok((version > before + 1 && runs).then_some(version))
+}
+
+fn render(report: &Report) -> String {
+    let show = |r: &PdsRelease| match &r.version {
+        Some(v) => format!("{} (version {v})", r.image),
+        None => r.image.clone(),
+    };
+    let mut text = String::new();
+    if report.dry_run {
+        text.push_str(&format!(
+            "dry run: would go from {} to {}\n",
+            show(&report.before),
+            report.after.image
+        ));
+        for change in &report.changes {
+            text.push_str(&format!("  - {change}\n"));
+        }
+        return text;
+    }
+    if report.changes.is_empty() {
+        text.push_str(&format!("already running {}\n", show(&report.after)));
+        return text;
+    }
+    text.push_str(&format!("before: {}\n", show(&report.before)));
+    text.push_str(&format!("after:  {}\n", show(&report.after)));
+    match &report.after.digest {
+        Some(d) => text.push_str(&format!("pinned: {d}\n")),
+        None => text.push_str(
+            "pinned by tag (the image has no registry digest on the droplet: built or loaded there)\n",
+        ),
+    }
+    text
+}
+
+/// `pdsup rollback`: the release `site.toml` kept as `pds_previous`.
+pub fn rollback_target(session: &Session, archive: Option<PathBuf>) -> Result<Target> {
+    let Some(previous) = &session.site.record.pds_previous else {
+        bail!(
+            BadInput,
+            "{} records no previous PDS release: rollback returns to the image the last \
+             `pdsup upgrade` replaced, and there was none",
+            session.site.dir.site_file().display()
+        );
+    };
+    Ok(Target {
+        image: previous.image.clone(),
+        archive,
+        refresh: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_and_tag_of_image_references() {
+        let table = [
+            (
+                "ghcr.io/bluesky-social/pds:0.4",
+                "ghcr.io/bluesky-social/pds",
+                Some("0.4"),
+            ),
+            ("pdsup-test/pds:0.4.204", "pdsup-test/pds", Some("0.4.204")),
+            ("localhost:5000/pds", "localhost:5000/pds", None),
+            ("localhost:5000/pds:1.2", "localhost:5000/pds", Some("1.2")),
+            ("pds@sha256:abc", "pds", None),
+            ("pds:0.4@sha256:abc", "pds", Some("0.4")),
+        ];
+        for (image, repository, tag) in table {
+            assert_eq!(repository_of(image), repository, "{image}");
+            assert_eq!(tag_of(image), tag, "{image}");
+        }
+    }
+
+    #[test]
+    fn to_version_keeps_the_sites_repository() {
+        assert_eq!(
+            image_for_version("ghcr.io/bluesky-social/pds:0.4", "0.4.204").unwrap(),
+            "ghcr.io/bluesky-social/pds:0.4.204"
+        );
+        assert_eq!(
+            image_for_version("localhost:5000/pds", "0.5.1").unwrap(),
+            "localhost:5000/pds:0.5.1"
+        );
+        for bad in ["latest", "0.4.", "", "0..4", "1.2.3-rc1"] {
+            let e = image_for_version("pds:0.4", bad).unwrap_err();
+            assert!(e.to_string().contains("--to"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn versions_compare_numerically_and_a_tag_covers_its_patches() {
+        use Ordering::*;
+        let table = [
+            ("0.4.9", "0.4.10", Some(Less)),
+            ("0.5.0", "0.4.204", Some(Greater)),
+            ("0.4.204", "0.4.204", Some(Equal)),
+            ("0.4", "0.4.204", Some(Equal)),
+            ("v0.4.1", "0.4.0", Some(Greater)),
+            ("latest", "0.4.1", None),
+        ];
+        for (a, b, want) in table {
+            assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn a_downgrade_is_refused_unless_forced() {
+        let e = check_not_downgrade(Some("0.4.204"), "pds:0.4.100", false).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Blocked);
+        assert!(e.to_string().contains("--force"), "{e}");
+        check_not_downgrade(Some("0.4.204"), "pds:0.4.100", true).unwrap();
+        check_not_downgrade(Some("0.4.204"), "pds:0.4.205", false).unwrap();
+        check_not_downgrade(Some("0.4.204"), "pds:0.4", false).unwrap();
+        // Unknown versions (the PDS does not answer, a tag like `latest`) are not refused.
+        check_not_downgrade(None, "pds:0.4.100", false).unwrap();
+        check_not_downgrade(Some("0.4.204"), "pds:latest", false).unwrap();
+    }
+
+    #[test]
+    fn the_digest_fact_takes_the_first_repo_digest() {
+        use crate::host::facts::tests::output;
+        let fact = image_digest("ghcr.io/bluesky-social/pds:0.4");
+        let parse = fact.parse;
+        assert_eq!(
+            parse(&output(
+                Some(0),
+                "[\"ghcr.io/bluesky-social/pds@sha256:ab12\"]\n"
+            )),
+            Some("ghcr.io/bluesky-social/pds@sha256:ab12".into())
+        );
+        assert_eq!(parse(&output(Some(0), "[]\n")), None);
+        assert_eq!(parse(&output(Some(1), "")), None);
+    }
+
+    #[test]
+    fn the_report_shows_before_after_and_the_pin() {
+        let report = Report {
+            ok: true,
+            dry_run: false,
+            before: PdsRelease {
+                image: "pds:0.4.1".into(),
+                version: Some("0.4.1".into()),
+                digest: None,
+            },
+            after: PdsRelease {
+                image: "pds:0.4.2".into(),
+                version: Some("0.4.2".into()),
+                digest: Some("pds@sha256:ab".into()),
+            },
+            changes: vec!["submit the pds job (pds:0.4.2)".into()],
+        };
+        assert_eq!(
+            render(&report),
+            "before: pds:0.4.1 (version 0.4.1)\nafter:  pds:0.4.2 (version 0.4.2)\npinned: pds@sha256:ab\n"
+        );
+    }
+}

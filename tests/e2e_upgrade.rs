@@ -1,0 +1,421 @@
+//! End-to-end, day 2: `pdsup upgrade`, `rollback` and `down` on one converged
+//! droplet of the harness (see tests/e2e.rs for the harness itself).
+//!
+//! The images upgraded to come from scripts/harness/pds-upgrade-images.sh: the
+//! harness's PDS image (one npm build of @atproto/pds) tagged as the next
+//! version with `PDS_VERSION` set to it, so `/xrpc/_health` reports it, and an
+//! image whose command exits at once, which never becomes healthy. Two npm
+//! versions were not built: that would double the slowest part of the harness
+//! for a test of how pdsup deploys an image, not of what changed inside it.
+//!
+//! `PDSUP_E2E_NOMAD_VERSION` picks the Nomad double's release from the mirror
+//! (default: pdsup's default, what nomad-release.sh builds).
+
+mod support;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+struct Operator {
+    home: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Operator {
+    fn new() -> Self {
+        Operator {
+            home: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn site_file(&self) -> PathBuf {
+        self.state
+            .path()
+            .join("sites")
+            .join(HOSTNAME)
+            .join("site.toml")
+    }
+
+    fn run(&self, args: &[String]) -> Output {
+        eprintln!("$ pdsup {}", args.join(" "));
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_pdsup"))
+            .args(args)
+            .env("HOME", self.home.path())
+            .env("PDSUP_STATE_DIR", self.state.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("PDSUP_HOSTNAME")
+            .env_remove("PDSUP_DEST")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pdsup");
+        eprintln!("  ({:.0?}, {})", started.elapsed(), out.status);
+        out
+    }
+
+    /// A day-2 command: the site's DEST from site.toml, the harness's key.
+    fn day2(&self, words: &[&str]) -> Output {
+        let mut args = strings(words);
+        args.extend(strings(&["-i", &ssh_key().display().to_string()]));
+        self.run(&args)
+    }
+}
+
+#[track_caller]
+fn ok_json(out: &Output, what: &str) -> Value {
+    assert!(out.status.success(), "{what} failed:\n{}", describe(out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: not one JSON document ({e}):\n{}", describe(out)))
+}
+
+/// An XRPC call on the droplet, at the PDS's loopback port.
+fn xrpc(d: &Droplet, method: &str, body: Option<&Value>, token: Option<&str>) -> Output {
+    let auth = token
+        .map(|t| format!("-H 'authorization: Bearer {t}'"))
+        .unwrap_or_default();
+    match body {
+        Some(body) => d.ssh_with_stdin(
+            "root",
+            &format!(
+                "curl -fsS -X POST -H 'content-type: application/json' {auth} --data-binary @- \
+                 http://127.0.0.1:3000/xrpc/{method}"
+            ),
+            body.to_string().as_bytes(),
+        ),
+        None => d.ssh(
+            "root",
+            &format!("curl -fsS {auth} 'http://127.0.0.1:3000/xrpc/{method}'"),
+        ),
+    }
+}
+
+#[track_caller]
+fn xrpc_ok(d: &Droplet, method: &str, body: Option<&Value>, token: Option<&str>) -> Value {
+    let out = xrpc(d, method, body, token);
+    assert!(out.status.success(), "{method}:\n{}", describe(&out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{method} ({e}): {}", describe(&out)))
+}
+
+fn health_version(d: &Droplet) -> Option<String> {
+    let out = xrpc(d, "_health", None, None);
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["version"].as_str().map(str::to_string)
+}
+
+/// The post's text, read back through the PDS.
+fn post_text(d: &Droplet, did: &str, rkey: &str) -> String {
+    let rec = xrpc_ok(
+        d,
+        &format!("com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={rkey}"),
+        None,
+        None,
+    );
+    rec["value"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn harness_images() -> (PathBuf, String, String) {
+    let out = Command::new(harness_script("pds-upgrade-images.sh"))
+        .output()
+        .expect("run pds-upgrade-images.sh");
+    assert!(
+        out.status.success(),
+        "pds-upgrade-images.sh:\n{}",
+        describe(&out)
+    );
+    let archive = PathBuf::from(stdout(&out).trim());
+    // The tags the script made: the base's version + 1 (good) and + 2 (bad).
+    let base = pds_image_version();
+    let (prefix, patch) = base.rsplit_once('.').unwrap();
+    let patch: u32 = patch.parse().unwrap();
+    (
+        archive,
+        format!("{prefix}.{}", patch + 1),
+        format!("{prefix}.{}", patch + 2),
+    )
+}
+
+/// The @atproto/pds version of the harness's image (its lockfile's).
+fn pds_image_version() -> String {
+    let lock: Value = serde_json::from_str(
+        &fs::read_to_string(repo_dir().join("tests/pds-image/package-lock.json")).unwrap(),
+    )
+    .unwrap();
+    lock["packages"]["node_modules/@atproto/pds"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn site_toml(op: &Operator) -> toml::Table {
+    fs::read_to_string(op.site_file()).unwrap().parse().unwrap()
+}
+
+fn nomad_jobs(d: &Droplet) -> Value {
+    let text = d.ssh_ok("root", "curl -fsS http://127.0.0.1:4646/v1/jobs");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_the_data() {
+    require_e2e();
+    let tier = Instant::now();
+    let (archive, good, bad) = harness_images();
+    let base = pds_image_version();
+    let d = Droplet::start("bookworm");
+    let op = Operator::new();
+    let dest = format!("root@127.0.0.1:{}", d.ssh_port);
+    let mut up = strings(&[
+        "up",
+        &dest,
+        "--json",
+        "-i",
+        &ssh_key().display().to_string(),
+    ]);
+    up.extend(harness_sources(&cache_dir()));
+    up.extend(caddy_args());
+    if let Ok(v) = std::env::var("PDSUP_E2E_NOMAD_VERSION") {
+        up.extend(strings(&["--nomad-version", &v]));
+    }
+    let report = ok_json(&op.run(&up), "pdsup up");
+    let did = report["account"]["did"].as_str().unwrap().to_string();
+    let password = report["account"]["password"].as_str().unwrap().to_string();
+    assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
+    eprintln!("converged in {:.0?}", tier.elapsed());
+
+    // Some data: a post by the first account.
+    let session = xrpc_ok(
+        &d,
+        "com.atproto.server.createSession",
+        Some(&json!({"identifier": FULL_HANDLE, "password": password})),
+        None,
+    );
+    let token = session["accessJwt"].as_str().unwrap().to_string();
+    let created = xrpc_ok(
+        &d,
+        "com.atproto.repo.createRecord",
+        Some(&json!({
+            "repo": did, "collection": "app.bsky.feed.post",
+            "record": {"$type": "app.bsky.feed.post", "text": "before the upgrade", "createdAt": "2026-12-03T12:00:00Z"}
+        })),
+        Some(&token),
+    );
+    let rkey = created["uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // A downgrade is refused before anything changes.
+    let older = op.day2(&["upgrade", "--to", "0.4.1"]);
+    assert_eq!(older.status.code(), Some(3), "{}", describe(&older));
+    assert!(stderr(&older).contains("--force"), "{}", describe(&older));
+
+    // A dry run changes nothing.
+    let image = |v: &str| format!("pdsup-test/pds:{v}");
+    let archive_arg = archive.display().to_string();
+    let dry = ok_json(
+        &op.day2(&[
+            "upgrade",
+            "--image",
+            &image(&good),
+            "--pds-image-archive",
+            &archive_arg,
+            "--dry-run",
+            "--json",
+        ]),
+        "upgrade --dry-run",
+    );
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert!(!dry["changes"].as_array().unwrap().is_empty(), "{dry}");
+    assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
+    assert!(site_toml(&op).get("pds_previous").is_none());
+
+    // The upgrade: the new version answers, the data is there, site.toml pins it.
+    let up1 = ok_json(
+        &op.day2(&[
+            "upgrade",
+            "--image",
+            &image(&good),
+            "--pds-image-archive",
+            &archive_arg,
+            "--json",
+        ]),
+        "upgrade",
+    );
+    assert_eq!(up1["before"]["version"], base.as_str(), "{up1}");
+    assert_eq!(up1["after"]["version"], good.as_str(), "{up1}");
+    assert_eq!(health_version(&d).as_deref(), Some(good.as_str()));
+    assert_eq!(post_text(&d, &did, &rkey), "before the upgrade");
+    let relogin = xrpc(
+        &d,
+        "com.atproto.server.createSession",
+        Some(&json!({"identifier": FULL_HANDLE, "password": password})),
+        None,
+    );
+    assert!(
+        relogin.status.success(),
+        "the account after the upgrade:\n{}",
+        describe(&relogin)
+    );
+    let site = site_toml(&op);
+    assert_eq!(
+        site["pds_image"].as_str(),
+        Some(image(&good).as_str()),
+        "{site}"
+    );
+    assert_eq!(site["pds_version"].as_str(), Some(good.as_str()), "{site}");
+    assert_eq!(
+        site["pds_previous"]["version"].as_str(),
+        Some(base.as_str()),
+        "{site}"
+    );
+    eprintln!("upgraded at {:.0?}", tier.elapsed());
+
+    // A bad image: Nomad reverts the deployment and the PDS answers again, as before.
+    let failed = op.day2(&["upgrade", "--image", &image(&bad)]);
+    assert_eq!(failed.status.code(), Some(9), "{}", describe(&failed));
+    let err = stderr(&failed);
+    assert!(
+        err.contains("Nomad reverted the pds job"),
+        "{}",
+        describe(&failed)
+    );
+    assert!(
+        err.contains("the PDS answers again"),
+        "{}",
+        describe(&failed)
+    );
+    assert_eq!(health_version(&d).as_deref(), Some(good.as_str()));
+    assert_eq!(post_text(&d, &did, &rkey), "before the upgrade");
+    assert_eq!(
+        site_toml(&op)["pds_version"].as_str(),
+        Some(good.as_str()),
+        "a failed upgrade changed site.toml"
+    );
+    eprintln!("bad upgrade reverted at {:.0?}", tier.elapsed());
+
+    // Rollback: back to the version the upgrade replaced.
+    let back = ok_json(&op.day2(&["rollback", "--json"]), "rollback");
+    assert_eq!(back["after"]["version"], base.as_str(), "{back}");
+    assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
+    assert_eq!(post_text(&d, &did, &rkey), "before the upgrade");
+    assert_eq!(
+        site_toml(&op)["pds_previous"]["version"].as_str(),
+        Some(good.as_str())
+    );
+    eprintln!("rolled back at {:.0?}", tier.elapsed());
+
+    down_checks(&op, &d);
+    eprintln!("tier e2e_upgrade: {:.0?}", tier.elapsed());
+}
+
+/// The PDS's durable files: SQLite's -wal and -shm files come and go (the
+/// PDS checkpoints and removes them when it stops cleanly).
+fn data_files(d: &Droplet) -> String {
+    d.ssh_ok(
+        "root",
+        "cd /srv/nomad/pds && find . -type f ! -name '*-wal' ! -name '*-shm' | sort",
+    )
+}
+
+/// `down`: pdsup's jobs go, a job of the user's stays, the data stays.
+fn down_checks(op: &Operator, d: &Droplet) {
+    // A job of the user's, which down must leave alone.
+    let registered = d.ssh_with_stdin(
+        "root",
+        "curl -fsS -X POST --data-binary @- http://127.0.0.1:4646/v1/jobs",
+        json!({"Job": {"ID": "users-own", "Name": "users-own", "Type": "service", "Datacenters": ["*"],
+            "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "docker",
+            "Config": {"image": "ghcr.io/bluesky-social/pds:0.4", "entrypoint": ["sleep"], "args": ["3600"]}}]}]}})
+        .to_string()
+        .as_bytes(),
+    );
+    assert!(
+        registered.status.success(),
+        "the user's job:\n{}",
+        describe(&registered)
+    );
+    let data_before = data_files(d);
+    assert!(data_before.contains("./account.sqlite"), "{data_before}");
+    assert!(
+        data_before.contains("./actors/"),
+        "no repo in the data: {data_before}"
+    );
+    let dry = ok_json(&op.day2(&["down", "--dry-run", "--json"]), "down --dry-run");
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    let ids = |v: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j.as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&dry["jobs"]), vec!["pds"], "{dry}");
+    assert!(health_version(d).is_some(), "a dry run stopped the PDS");
+
+    let down = ok_json(&op.day2(&["down", "--json"]), "down");
+    assert_eq!(ids(&down["jobs"]), vec!["pds"], "{down}");
+    let jobs: Vec<String> = nomad_jobs(d)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["ID"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!jobs.contains(&"pds".to_string()), "{jobs:?}");
+    assert!(
+        jobs.contains(&"users-own".to_string()),
+        "down removed the user's job: {jobs:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while health_version(d).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the PDS still answers after down"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(data_files(d), data_before, "down touched the data");
+
+    // --purge-data wants the hostname typed; a wrong answer changes nothing.
+    let mut purge = Command::new(env!("CARGO_BIN_EXE_pdsup"));
+    purge
+        .args(strings(&[
+            "down",
+            "--purge-data",
+            "-i",
+            &ssh_key().display().to_string(),
+        ]))
+        .env("HOME", op.home.path())
+        .env("PDSUP_STATE_DIR", op.state.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = purge.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"not-the-hostname\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert_eq!(data_files(d), data_before);
+}
