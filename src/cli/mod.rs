@@ -154,11 +154,8 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
 fn report_error(err: &Error, json: bool) {
     // For the journal (`--local`); the stderr logger leaves `progress` records to the UI.
     log::error!(target: "progress", "{err:#}");
-    // A report that is itself the JSON document (status) is not followed by a second one.
-    let reported = err
-        .downcast_ref::<crate::ops::status::ReportedUnhealthy>()
-        .is_some()
-        || err.downcast_ref::<crate::ops::Reported>().is_some();
+    // A report that is itself the JSON document (status, dns --check) is not followed by a second one.
+    let reported = err.downcast_ref::<crate::ops::Reported>().is_some();
     if json && !reported {
         let mut doc = error_json(err);
         // A fleet's error is its document, with every site's row.

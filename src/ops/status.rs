@@ -615,20 +615,14 @@ pub async fn status(
         print!("{}", report.text());
     }
     if let Some(problem) = report.problem() {
-        return Err(crate::error::Error::from_source(
-            crate::error::ErrorKind::Unhealthy,
-            ReportedUnhealthy(format!("{} is not healthy: {problem}", report.hostname)),
-        ));
+        return Err(super::Reported::wrap(crate::error::err!(
+            Unhealthy,
+            "{} is not healthy: {problem}",
+            report.hostname
+        )));
     }
     Ok(())
 }
-
-/// The error of a report that found problems. With `--json` the report is
-/// the one JSON document on stdout, so the command line prints this error on
-/// stderr only.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ReportedUnhealthy(pub String);
 
 #[cfg(test)]
 mod tests {
