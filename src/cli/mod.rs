@@ -38,6 +38,16 @@ Examples:
   # On the droplet itself, e.g. from cloud-init (logs go to the journal as `pdsup`):
   pdsup up --local --hostname pds.example.com --email me@example.com --handle alice
 
+  # Day 2 (the site's droplet is the DEST of its last `up`; --hostname picks the site):
+  pdsup status                          # exit 9 when anything is wrong: fit for cron
+  pdsup account create bob --email bob@example.com
+  pdsup dns --check
+  pdsup logs pds --follow
+  pdsup upgrade --to 0.4.204            # reverted by Nomad if it does not become healthy
+
+  # A workshop: many droplets and participants from one file (see examples/fleet.toml):
+  pdsup fleet up workshop.toml --parallel 4
+
 State (secrets, pinned host key, site settings) lives in ~/.local/share/pdsup/sites/<hostname>/.";
 
 #[derive(Debug, Parser)]
