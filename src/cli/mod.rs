@@ -2,6 +2,8 @@
 //! `main` only parses, runs, and renders errors once (`error:` … `caused by:`).
 
 pub mod args;
+pub mod backup;
+pub mod restore;
 pub mod site;
 pub mod up;
 
@@ -69,6 +71,10 @@ pub enum Command {
     Up(up::UpArgs),
     /// Show what `up` would change: for a fresh droplet (no DEST, no network) or against DEST (read-only)
     Plan(up::PlanArgs),
+    /// Take a consistent backup of the site's PDS while it serves, into the site's state directory
+    Backup(backup::BackupArgs),
+    /// Put a backup onto a droplet (a fresh one, or --force) and converge as `up` does
+    Restore(restore::RestoreArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -101,6 +107,8 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
     match cli.command {
         Command::Up(args) => up::up(args, &global).await,
         Command::Plan(args) => up::plan(args, &global).await,
+        Command::Backup(args) => backup::backup(args, &global).await,
+        Command::Restore(args) => restore::restore(args, &global).await,
     }
 }
 

@@ -2,7 +2,9 @@
 //! plus what comes before (connecting, the site's state) and after (the
 //! summary). The command line resolves flags into values and calls these.
 
+pub mod backup;
 pub mod plan;
+pub mod restore;
 pub mod site;
 pub mod up;
 
@@ -27,7 +29,8 @@ pub fn check_secrets(site: &SiteDir, record: Option<&SiteRecord>) -> Result<()> 
             bail!(
                 BadInput,
                 "{} is missing, but {} records the account {did}: its secrets and PLC rotation \
-                 key are in that file. Restore it from your backup; pdsup will not generate new \
+                 key are in that file. Restore it from your backup (`pdsup restore ARCHIVE DEST` \
+                 takes it from an archive of `pdsup backup`); pdsup will not generate new \
                  secrets for a site that already has an identity",
                 site.env_file().display(),
                 site.site_file().display()

@@ -1,4 +1,5 @@
 //! The PDS: its environment file (`env`) and its XRPC API (`xrpc`).
 
+pub mod data;
 pub mod env;
 pub mod xrpc;
