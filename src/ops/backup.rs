@@ -248,18 +248,17 @@ async fn download(host: &dyn Host, ui: &Ui, remote: &str, size: u64, local: &Pat
     let mut chunk: u64 = 0;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     while got < size {
-        let (skip, count) = (chunk.to_string(), CHUNK_MIB.to_string());
+        let (skip, count) = ((chunk * CHUNK_MIB).to_string(), CHUNK_MIB.to_string());
         let out = host
             .run(
                 &Script::of(
                     "dd if={} bs=1M skip={} count={} status=none",
-                    &[remote, &(chunk * CHUNK_MIB).to_string(), &count],
+                    &[remote, &skip, &count],
                 )
                 .cmd(),
             )
             .await
             .with_context(|| format!("fetching the snapshot from the droplet (at {got} bytes)"))?;
-        let _ = skip;
         ensure!(
             !out.stdout.is_empty(),
             RemoteCommand,

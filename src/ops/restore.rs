@@ -69,7 +69,7 @@ pub fn restore_site_state(
 }
 
 /// `steps::UP` with `restore` just before the pds job step.
-pub fn steps_with<'a>(restore: &'a dyn AnyStep) -> Vec<&'a dyn AnyStep> {
+pub fn steps_with(restore: &dyn AnyStep) -> Vec<&dyn AnyStep> {
     let mut list: Vec<&dyn AnyStep> = Vec::with_capacity(steps::UP.len() + 1);
     for step in steps::UP {
         if step.id() == steps::pds_job::ID {
