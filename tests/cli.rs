@@ -745,7 +745,7 @@ fn backup_and_restore_refuse_bad_input_before_connecting() {
         ("pds.env", &env),
         (
             "site.toml",
-            "hostname = \"pds.example.com\"\ndestination = \"root@127.0.0.1:1\"\n",
+            "hostname = \"pds.example.com\"\nemail = \"me@example.com\"\nhandle = \"alice\"\ndestination = \"root@127.0.0.1:1\"\n",
         ),
     ]);
     let out = Command::new(env!("CARGO_BIN_EXE_pdsup"))
@@ -777,7 +777,13 @@ fn backup_and_restore_refuse_bad_input_before_connecting() {
     let junk = dir.path().join("junk.tar.gz");
     std::fs::write(&junk, b"not an archive").unwrap();
     let out = pdsup(
-        &["restore", junk.to_str().unwrap(), "root@127.0.0.1:1"],
+        &[
+            "restore",
+            junk.to_str().unwrap(),
+            "root@127.0.0.1:1",
+            "--hostname",
+            "pds.example.com",
+        ],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(BAD_INPUT), "{}", text(&out.stderr));

@@ -204,13 +204,6 @@ impl SiteArgs {
         SiteArgs { given }
     }
 
-    /// `hostname` as if given with --hostname, unless a hostname was given.
-    pub fn default_hostname(&mut self, hostname: &str) {
-        self.given
-            .entry(table::HOSTNAME.id)
-            .or_insert_with(|| (Given::Flag, vec![hostname.to_string()]));
-    }
-
     /// The layers of this run, over the site's record (if it has one) read
     /// from `site_file`.
     fn layers(&self, record: Option<&SiteRecord>, site_file: Option<&Path>) -> Layers {

@@ -1,6 +1,5 @@
 //! `pdsup restore ARCHIVE DEST`: flags. The site's settings come as for `up`
-//! (flags over `site.toml` over defaults); the hostname defaults to the
-//! archive's.
+//! (flags over `site.toml` over defaults); `--hostname` must be the archive's.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,16 +39,16 @@ pub struct RestoreArgs {
     pub ssh: SshArgs,
 }
 
-pub async fn restore(mut args: RestoreArgs, global: &Global) -> Result<()> {
+pub async fn restore(args: RestoreArgs, global: &Global) -> Result<()> {
     // Every checksum first: a damaged archive stops here, before anything changes.
     let (manifest, sealed) = ops::backup::read_archive(&args.archive, true)?;
-    args.site.default_hostname(&manifest.hostname);
     let hostname = args::hostname(&args.site)?;
     if hostname.as_str() != manifest.hostname {
         bail!(
             BadInput,
-            "{} is a backup of {}, not of {hostname}: drop --hostname, or pick that site's archive",
+            "{} is a backup of {}, not of {hostname}: pass --hostname {}, or pick that site's archive",
             args.archive.display(),
+            manifest.hostname,
             manifest.hostname
         );
     }
