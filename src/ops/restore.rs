@@ -16,13 +16,14 @@ use crate::host::dest::Destination;
 use crate::host::ssh::{SshHost, SshOptions};
 use crate::host::Host;
 use crate::pds::data::Manifest;
+use crate::pds::data::RepoHead;
 use crate::pds::env::pds_environment;
 use crate::pds::xrpc::Xrpc;
 use crate::plan::Progress;
 use crate::secret::Secret;
 use crate::settings::Settings;
 use crate::state::{SiteDir, SiteRecord};
-use crate::steps::restore_data::RestoreDataStep;
+use crate::steps::restore_data::{self, RestoreDataStep};
 use crate::steps::{self, AnyStep, Ctx};
 use crate::ui::summary::Summary;
 use crate::ui::Ui;
@@ -103,19 +104,19 @@ pub async fn restore(r: Restore<'_>, output: Output) -> Result<()> {
         }
     };
 
-    // Every account of the backup, served at the head the backup recorded.
+    // Every account of the backup, served at the head the backup recorded;
+    // when an earlier run put the data in place, the PDS may have taken
+    // commits since, so a later rev is fine then.
+    let restored_now = report
+        .steps
+        .iter()
+        .any(|s| s.step == restore_data::ID && !s.changes.is_empty());
     let pds = ctx.pds().await?;
-    let mut wrong = Vec::new();
+    let mut served = Vec::new();
     for account in &r.manifest.accounts {
-        match pds.latest_commit(&account.did).await {
-            Ok((cid, _)) if cid == account.head => {}
-            Ok((cid, rev)) => wrong.push(format!(
-                "{} is at {cid} (rev {rev}), the backup has {} (rev {})",
-                account.did, account.head, account.rev
-            )),
-            Err(e) => wrong.push(format!("{}: {e:#}", account.did)),
-        }
+        served.push((account, pds.latest_commit(&account.did).await));
     }
+    let wrong = head_problems(&served, restored_now);
     if !wrong.is_empty() {
         bail!(
             Unhealthy,
@@ -158,6 +159,26 @@ pub async fn restore(r: Restore<'_>, output: Output) -> Result<()> {
     Ok(())
 }
 
+/// What is wrong with the heads the PDS serves (`(cid, rev)` or the error
+/// asking for them) against the backup's. `exact`: the data was put in place
+/// by this run, so nothing can have been committed since.
+pub fn head_problems(served: &[(&RepoHead, Result<(String, String)>)], exact: bool) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (account, latest) in served {
+        match latest {
+            Ok((cid, _)) if *cid == account.head => {}
+            // Revs are TIDs: they sort in commit order.
+            Ok((_, rev)) if !exact && *rev > account.rev => {}
+            Ok((cid, rev)) => wrong.push(format!(
+                "{} is at {cid} (rev {rev}), the backup has {} (rev {})",
+                account.did, account.head, account.rev
+            )),
+            Err(e) => wrong.push(format!("{}: {e:#}", account.did)),
+        }
+    }
+    wrong
+}
+
 /// Asks each of the site's crawlers (`PDS_CRAWLERS`) to crawl it again; a relay
 /// that does not answer is a note, not a failed restore.
 async fn request_crawls(ctx: &mut Ctx<'_>, settings: &Settings, ui: &Ui) -> Result<Vec<String>> {
@@ -185,4 +206,31 @@ async fn request_crawls(ctx: &mut Ctx<'_>, settings: &Settings, ui: &Ui) -> Resu
         }
     }
     Ok(asked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_must_match_after_a_restore_and_may_only_move_on_after_an_earlier_one() {
+        let head = RepoHead {
+            did: "did:plc:a".into(),
+            head: "bafyhead".into(),
+            rev: "3kaaa".into(),
+        };
+        let same = || Ok(("bafyhead".to_string(), "3kaaa".to_string()));
+        let later = || Ok(("bafylater".to_string(), "3kbbb".to_string()));
+        let older = || Ok(("bafyolder".to_string(), "3k000".to_string()));
+        assert!(head_problems(&[(&head, same())], true).is_empty());
+        assert!(head_problems(&[(&head, same())], false).is_empty());
+        assert_eq!(head_problems(&[(&head, later())], true).len(), 1);
+        assert!(head_problems(&[(&head, later())], false).is_empty());
+        assert_eq!(head_problems(&[(&head, older())], false).len(), 1);
+        let missing = head_problems(
+            &[(&head, Err(crate::error::Error::msg("RepoNotFound")))],
+            false,
+        );
+        assert_eq!(missing, ["did:plc:a: RepoNotFound"]);
+    }
 }
