@@ -510,6 +510,43 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
         .assert_ok("the same pdsup restore again");
     assert_eq!(again["changed"], false, "{again}");
 
+    // Other data in the data dir (the restored data without its marker, a PDS
+    // running on it, a post made since): refused without --force; --force stops
+    // the PDS, sets the data aside whole and restores the backup.
+    d2.ssh_ok("root", "rm /srv/nomad/pds/.pdsup-restored");
+    let refused = op.run(&restore, &[]);
+    assert!(!refused.ok, "a restore over other data must need --force");
+    assert!(
+        refused.stderr.contains("pass --force"),
+        "{}",
+        refused.stderr
+    );
+    let mut forced = restore.clone();
+    forced.push("--force".into());
+    op.run(&forced, &[]).assert_ok("pdsup restore --force");
+    let aside = d2.ssh_ok("root", "ls -d /srv/nomad/pds.before-restore.*");
+    assert_eq!(aside.lines().count(), 1, "{aside}");
+    let aside_files = d2.ssh_ok("root", &format!("ls -a {}", aside.trim()));
+    for name in ["account.sqlite", "actors", "blocks", ".pdsup-site-id"] {
+        assert!(
+            aside_files.lines().any(|l| l == name),
+            "{name} not set aside:\n{aside_files}"
+        );
+    }
+    for (did, head) in &heads {
+        let latest = xrpc(
+            &d2,
+            &format!("com.atproto.sync.getLatestCommit?did={did}"),
+            None,
+            None,
+        );
+        assert_eq!(
+            latest["cid"].as_str(),
+            Some(head.as_str()),
+            "{did} after --force"
+        );
+    }
+
     // The archive alone (an empty state dir, the passphrase) rebuilds the site too.
     let op3 = Operator::new();
     let d3 = Droplet::start("bookworm");

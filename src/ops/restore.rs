@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use super::backup::open_site_state;
 use super::Output;
-use crate::error::{bail, err, Result};
+use crate::error::{bail, err, Error, Result};
 use crate::host::dest::Destination;
 use crate::host::ssh::{SshHost, SshOptions};
 use crate::host::Host;
@@ -24,7 +24,7 @@ use crate::secret::Secret;
 use crate::settings::Settings;
 use crate::state::{SiteDir, SiteRecord};
 use crate::steps::restore_data::{self, RestoreDataStep};
-use crate::steps::{self, AnyStep, Ctx};
+use crate::steps::{self, AnyStep, Ctx, Step};
 use crate::ui::summary::Summary;
 use crate::ui::Ui;
 
@@ -92,6 +92,9 @@ pub async fn restore(r: Restore<'_>, output: Output) -> Result<()> {
         data_id: r.manifest.data_id(),
         force: r.force,
     };
+    if r.force {
+        stop_pds_on_other_data(&mut ctx, &step, &ui).await?;
+    }
     let list = steps_with(&step);
     let report = match steps::runner::run(&mut ctx, &list, false).await {
         Ok(report) => report,
@@ -157,6 +160,38 @@ pub async fn restore(r: Restore<'_>, output: Output) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// With `--force`, a PDS running on data this archive did not put there is
+/// stopped (its job purged; the pds job step registers it again after the
+/// restore), so that its data can be set aside whole, with nothing writing to it.
+async fn stop_pds_on_other_data(ctx: &mut Ctx<'_>, step: &RestoreDataStep, ui: &Ui) -> Result<()> {
+    let facts = Step::gather(step, ctx).await?;
+    let ours = facts.restored.as_deref() == Some(step.data_id.as_str());
+    if ours || facts.data.empty || !facts.pds_running {
+        return Ok(());
+    }
+    ui.note("--force: stopping the PDS, whose data is set aside before the restore");
+    let nomad = ctx.nomad().await?;
+    nomad.deregister("pds", true).await.map_err(Error::from)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let allocations = nomad.allocations("pds").await.map_err(Error::from)?;
+        if !allocations
+            .iter()
+            .any(|a| a.client_status == "running" || a.client_status == "pending")
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                TimedOut,
+                "the PDS job was stopped, but its allocation still runs after 3 minutes: \
+                 check `nomad job status pds` on the droplet, then run the same restore again"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// What is wrong with the heads the PDS serves (`(cid, rev)` or the error

@@ -77,9 +77,11 @@ pub fn plan(step: &RestoreDataStep, facts: &Facts) -> StepPlan {
             return plan;
         }
         if facts.pds_running {
+            // `pdsup restore --force` stops it before the steps run: still
+            // running here means it came back.
             plan.blockers.push(format!(
-                "the PDS is running on the data in {PDS_VOLUME_PATH}: stop it first (on the droplet: \
-                 `nomad job stop pds`), then run the same restore again"
+                "the PDS is running on the data in {PDS_VOLUME_PATH}: stop it (on the droplet: \
+                 `nomad job stop -purge pds`), then run the same restore again"
             ));
             return plan;
         }
