@@ -26,11 +26,16 @@ use crate::host::dest::Destination;
 use crate::host::ssh::SshOptions;
 use crate::host::{Cmd, Host, Script};
 use crate::pds::data::{self, FileSum, Manifest, RepoHead};
-use crate::plan::Progress;
+use crate::plan::{Progress, StepId};
 use crate::secret::Secret;
 use crate::settings::PDS_VOLUME_PATH;
 use crate::steps::docker::apt_get;
 use crate::ui::Ui;
+
+/// The phases of a backup, for progress.
+const SNAPSHOT: StepId = StepId::new("backup_snapshot", "snapshot on the droplet");
+const FETCH: StepId = StepId::new("backup_fetch", "fetch");
+const ARCHIVE: StepId = StepId::new("backup_archive", "verify and write the archive");
 
 /// Bytes fetched from the droplet per round trip (bounded memory on large sites).
 const CHUNK_MIB: u64 = 32;
@@ -123,6 +128,7 @@ pub async fn backup(
         Err(_) => None,
     };
     let host = session.host.as_ref();
+    ui.step_started(1, 3, SNAPSHOT);
     ui.progress("copying the PDS's databases with SQLite's online backup, then its files");
     host.run(&Cmd::sh(concat!(
         "command -v sqlite3 >/dev/null || { ",
@@ -160,6 +166,7 @@ pub async fn backup(
     .await;
     // The stage holds signing keys: never left behind, whatever happened.
     let cleanup = host.run(&Script::of("rm -rf {}", &[&stage]).cmd()).await;
+    ui.clear();
     let done = result?;
     cleanup.context("removing the backup's staging directory on the droplet")?;
     Ok(done)
@@ -196,7 +203,12 @@ async fn fetch_and_pack(
     let partial = out_dir.join(format!("{hostname}-{taken_at}.tar.gz.partial"));
     let archive = out_dir.join(format!("{hostname}-{taken_at}.tar.gz"));
     let result = async {
+        ui.clear();
+        ui.step_started(2, 3, FETCH);
         download(host, ui, &format!("{stage}/archive.tar.gz"), size, &fetched).await?;
+        ui.clear();
+        ui.step_started(3, 3, ARCHIVE);
+        ui.progress("checking every file against the droplet's checksums, writing the archive");
         let (files, heads) = check_droplet_archive(&fetched)?;
         let manifest = manifest(&taken_at, files, heads);
         write_archive(&fetched, &partial, &manifest, sealed_state)?;
@@ -208,6 +220,7 @@ async fn fetch_and_pack(
         );
         fs::rename(&partial, &archive)
             .with_context(|| format!("renaming {} into place", partial.display()))?;
+        ui.clear();
         let bytes = fs::metadata(&archive)?.len();
         Ok(BackupDone {
             archive: archive.clone(),

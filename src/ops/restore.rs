@@ -248,6 +248,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_restore_step_runs_just_before_the_pds_job_first_starts() {
+        let step = RestoreDataStep {
+            archive: "a.tar.gz".into(),
+            data_id: "id".into(),
+            force: false,
+        };
+        let ids: Vec<&str> = steps_with(&step).iter().map(|s| s.id().key()).collect();
+        assert_eq!(ids.len(), steps::UP.len() + 1);
+        let at = ids.iter().position(|id| *id == "restore_data").unwrap();
+        assert_eq!(ids[at + 1], "pds_job", "{ids:?}");
+        assert_eq!(ids.iter().filter(|id| **id == "restore_data").count(), 1);
+    }
+
+    #[test]
     fn heads_must_match_after_a_restore_and_may_only_move_on_after_an_earlier_one() {
         let head = RepoHead {
             did: "did:plc:a".into(),

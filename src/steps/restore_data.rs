@@ -222,7 +222,7 @@ mod tests {
         assert!(other.blockers[0].contains("pass --force"));
         let running = plan(&step(true), &facts(false, None, true));
         assert!(
-            running.blockers[0].contains("nomad job stop pds"),
+            running.blockers[0].contains("nomad job stop -purge pds"),
             "{:?}",
             running.blockers
         );
