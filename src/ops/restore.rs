@@ -173,7 +173,10 @@ async fn stop_pds_on_other_data(ctx: &mut Ctx<'_>, step: &RestoreDataStep, ui: &
     }
     ui.note("--force: stopping the PDS, whose data is set aside before the restore");
     let nomad = ctx.nomad().await?;
-    nomad.deregister("pds", true).await.map_err(Error::from)?;
+    // Stopped first and purged only once its allocation has stopped: a purged
+    // job's allocations are no longer listed, so waiting on them would not
+    // see a container that still runs (and writes to the data).
+    nomad.deregister("pds", false).await.map_err(Error::from)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     loop {
         let allocations = nomad.allocations("pds").await.map_err(Error::from)?;
@@ -181,7 +184,7 @@ async fn stop_pds_on_other_data(ctx: &mut Ctx<'_>, step: &RestoreDataStep, ui: &
             .iter()
             .any(|a| a.client_status == "running" || a.client_status == "pending")
         {
-            return Ok(());
+            break;
         }
         if std::time::Instant::now() > deadline {
             bail!(
@@ -192,6 +195,9 @@ async fn stop_pds_on_other_data(ctx: &mut Ctx<'_>, step: &RestoreDataStep, ui: &
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+    // Purged, so that the pds job step registers it again from scratch.
+    nomad.deregister("pds", true).await.map_err(Error::from)?;
+    Ok(())
 }
 
 /// What is wrong with the heads the PDS serves (`(cid, rev)` or the error
