@@ -914,3 +914,72 @@ fn a_failed_fleet_in_json_is_one_document() {
     let why = doc["sites"][0]["error"].as_str().unwrap_or_default();
     assert!(why.starts_with("connecting to 127.0.0.1"), "{doc}");
 }
+
+#[test]
+fn backup_and_restore_refuse_bad_input_before_connecting() {
+    // No passphrase on a non-terminal: refused, naming both ways to give one.
+    let env = good_env();
+    let dir = site_with(&[
+        ("pds.env", &env),
+        (
+            "site.toml",
+            "hostname = \"pds.example.com\"\nemail = \"me@example.com\"\nhandle = \"alice\"\ndestination = \"root@127.0.0.1:1\"\n",
+        ),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_pdsup"))
+        .args(["backup"])
+        .env("PDSUP_STATE_DIR", dir.path())
+        .env_remove("PDSUP_HOSTNAME")
+        .env_remove("PDSUP_BACKUP_PASSPHRASE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--passphrase-file") && err.contains("PDSUP_BACKUP_PASSPHRASE"),
+        "{err}"
+    );
+    // An empty passphrase file is no passphrase.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = pdsup(
+        &["backup", "--passphrase-file", empty.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{}", text(&out.stderr));
+
+    // A file that is no backup, and a cut one: refused before any connection,
+    // and the state dir is left as it was.
+    let before = snapshot(dir.path());
+    let junk = dir.path().join("junk.tar.gz");
+    std::fs::write(&junk, b"not an archive").unwrap();
+    let out = pdsup(
+        &[
+            "restore",
+            junk.to_str().unwrap(),
+            "root@127.0.0.1:1",
+            "--hostname",
+            "pds.example.com",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a readable pdsup backup"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(&junk).unwrap();
+    assert_eq!(snapshot(dir.path()), before);
+
+    let help = text(&pdsup(&["restore", "--help"], dir.path()).stdout);
+    for flag in [
+        "--force",
+        "--passphrase-file",
+        "--accept-new-host-key",
+        "--proxy",
+    ] {
+        assert!(help.contains(flag), "restore --help lacks {flag}");
+    }
+}

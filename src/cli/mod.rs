@@ -3,12 +3,14 @@
 
 pub mod account;
 pub mod args;
+pub mod backup;
 pub mod completions;
 pub mod crawl;
 pub mod dns;
 pub mod down;
 pub mod fleet;
 pub mod logs;
+pub mod restore;
 pub mod site;
 pub mod status;
 pub mod up;
@@ -44,6 +46,8 @@ Examples:
   pdsup dns --check
   pdsup logs pds --follow
   pdsup upgrade --to 0.4.204            # reverted by Nomad if it does not become healthy
+  pdsup backup                          # a consistent archive in the site's state directory
+  pdsup restore ARCHIVE root@198.51.100.4 --hostname pds.example.com --accept-new-host-key
 
   # A workshop: many droplets and participants from one file (see examples/fleet.toml):
   pdsup fleet up workshop.toml --parallel 4
@@ -112,6 +116,10 @@ pub enum Command {
     Rollback(upgrade::RollbackArgs),
     /// Stop and remove the Nomad jobs pdsup deployed; the PDS data stays (unless --purge-data)
     Down(down::DownArgs),
+    /// Take a consistent backup of the site's PDS while it serves, into the site's state directory
+    Backup(backup::BackupArgs),
+    /// Put a backup onto a droplet (a fresh one, or --force) and converge as `up` does
+    Restore(restore::RestoreArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -156,6 +164,8 @@ async fn run(cli: Cli) -> crate::error::Result<()> {
         Command::Upgrade(args) => upgrade::upgrade(args, &global).await,
         Command::Rollback(args) => upgrade::rollback(args, &global).await,
         Command::Down(args) => down::down(args, &global).await,
+        Command::Backup(args) => backup::backup(args, &global).await,
+        Command::Restore(args) => restore::restore(args, &global).await,
     }
 }
 

@@ -3,12 +3,14 @@
 //! summary). The command line resolves flags into values and calls these.
 
 pub mod account;
+pub mod backup;
 pub mod crawl;
 pub mod dns;
 pub mod down;
 pub mod fleet;
 pub mod logs;
 pub mod plan;
+pub mod restore;
 pub mod site;
 pub mod status;
 pub mod up;
@@ -54,7 +56,8 @@ pub fn check_secrets(site: &SiteDir, record: Option<&SiteRecord>) -> Result<()> 
             bail!(
                 BadInput,
                 "{} is missing, but {} records the account {did}: its secrets and PLC rotation \
-                 key are in that file. Restore it from your backup; pdsup will not generate new \
+                 key are in that file. Restore it from your backup (`pdsup restore ARCHIVE DEST` \
+                 takes it from an archive of `pdsup backup`); pdsup will not generate new \
                  secrets for a site that already has an identity",
                 site.env_file().display(),
                 site.site_file().display()

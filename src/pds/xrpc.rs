@@ -309,6 +309,49 @@ impl Xrpc {
         }
         Ok(())
     }
+
+    /// The CID and rev of `did`'s latest commit (`com.atproto.sync.getLatestCommit`).
+    pub async fn latest_commit(&self, did: &str) -> Result<(String, String)> {
+        #[derive(Deserialize)]
+        struct Latest {
+            cid: String,
+            rev: String,
+        }
+        let method = "com.atproto.sync.getLatestCommit";
+        let resp = self
+            .client
+            .get(format!("{}/xrpc/{method}", self.base))
+            .query(&[("did", did)])
+            .send()
+            .await
+            .with_context(|| format!("calling {method}"))?;
+        if !resp.status().is_success() {
+            return Err(xrpc_error(method, resp).await.into());
+        }
+        let latest: Latest = resp.json().await?;
+        Ok((latest.cid, latest.rev))
+    }
+
+    /// Asks a relay (this client's base) to crawl `hostname`
+    /// (`com.atproto.sync.requestCrawl`).
+    pub async fn request_crawl(&self, hostname: &str) -> Result<()> {
+        let _: serde_json::Value = self
+            .post(
+                "com.atproto.sync.requestCrawl",
+                None,
+                json!({ "hostname": hostname }),
+            )
+            .await
+            .or_else(|e| {
+                // Relays answer an empty body on success.
+                if e.chain().any(|c| c.contains("reading the answer")) {
+                    Ok(serde_json::Value::Null)
+                } else {
+                    Err(e)
+                }
+            })?;
+        Ok(())
+    }
 }
 
 /// A logged-in account (`createSession`).

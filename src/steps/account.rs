@@ -129,7 +129,8 @@ pub fn claim_data_dir(
         (Some(found), Some(ours)) if found == ours => {}
         (Some(found), ours) => plan.blockers.push(format!(
             "the PDS data in {PDS_VOLUME_PATH} belongs to another site (site id {found} in {DATA_ID_PATH}; this site's is {}). \
-             Point pdsup at this site's droplet, or restore {PDS_VOLUME_PATH} from this site's backup. \
+             Point pdsup at this site's droplet, or restore {PDS_VOLUME_PATH} from this site's backup \
+             (`pdsup restore ARCHIVE DEST --force`). \
              If this is this site's data and site.toml was lost, add `site_id = \"{found}\"` to site.toml",
             ours.as_deref().unwrap_or("not recorded")
         )),
@@ -148,7 +149,8 @@ pub fn claim_data_dir(
             };
             plan.blockers.push(format!(
                 "this site's account {which} is not on this droplet: {PDS_VOLUME_PATH} is empty. \
-                 Restore {PDS_VOLUME_PATH} from a backup and run again. Starting the PDS here would \
+                 Restore {PDS_VOLUME_PATH} from a backup and run again: `pdsup restore ARCHIVE DEST` puts \
+                 an archive from `pdsup backup` in place and converges the droplet. Starting the PDS here would \
                  give the handle a new DID and orphan the old identity; to do that deliberately, \
                  delete the account_did and account_intent entries from site.toml"
             ));
@@ -291,7 +293,8 @@ pub fn plan(facts: &Facts, settings: &Settings, env_file: &str) -> StepPlan {
             // give the handle a new DID and orphan the old identity.
             plan.blockers.push(format!(
                 "this site's account {handle} ({recorded}) is not on this droplet's PDS: its data in {PDS_VOLUME_PATH} is missing. \
-                 Restore {PDS_VOLUME_PATH} from a backup and run again; or, to start over with a new account and a new DID, \
+                 Restore {PDS_VOLUME_PATH} from a backup and run again (`pdsup restore ARCHIVE DEST` does both, from \
+                 an archive `pdsup backup` made); or, to start over with a new account and a new DID, \
                  delete the account_did line from site.toml"
             ));
             return plan;

@@ -26,6 +26,7 @@ pub mod pds_image;
 pub mod pds_job;
 pub mod preflight;
 pub mod proxy;
+pub mod restore_data;
 pub mod secrets;
 
 mod ctx;
