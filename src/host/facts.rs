@@ -123,16 +123,27 @@ fn batch_marker() -> String {
     format!("pdsup-fact-{}", hex::encode(bytes))
 }
 
-/// One script running `cmds` in turn, each in its own subshell (an `exit` in
-/// one ends only that one) with no stdin, each followed on stdout by a line
-/// `MARKER STATUS` and on stderr by a line `MARKER`, so that [`split_batch`]
-/// can give every command its own output back.
+/// One script running `cmds` side by side, each in its own subshell (an
+/// `exit` in one ends only that one) with no stdin and its output in a file of
+/// its own; then, in order, each one's stdout followed by a line `MARKER STATUS`
+/// and its stderr followed by a line `MARKER`, so that [`split_batch`] can give
+/// every command its own output back. Side by side because the facts are
+/// read-only and most of their time is spent waiting (dpkg's database,
+/// Docker's socket): the batch takes about as long as its slowest fact. If no
+/// temporary directory can be made the batch fails as a whole, and each fact
+/// is then asked on its own.
 pub fn batch_cmd(cmds: &[&Cmd], marker: &str) -> Cmd {
-    let mut script = String::new();
-    for cmd in cmds {
+    let mut script = String::from("d=$(mktemp -d) || exit 1\ntrap 'rm -rf \"$d\"' EXIT\n");
+    for (i, cmd) in cmds.iter().enumerate() {
         script.push_str(&format!(
-            "(\n{}\n) </dev/null; s=$?; printf '\\n%s %s\\n' {marker} \"$s\"; printf '\\n%s\\n' {marker} >&2\n",
+            "(\n{}\n) </dev/null >\"$d/{i}\" 2>\"$d/{i}.err\" & p{i}=$!\n",
             cmd.script
+        ));
+    }
+    for i in 0..cmds.len() {
+        script.push_str(&format!(
+            "wait $p{i}; s=$?; cat \"$d/{i}\"; printf '\\n%s %s\\n' {marker} \"$s\"; \
+             cat \"$d/{i}.err\" >&2; printf '\\n%s\\n' {marker} >&2\n"
         ));
     }
     Cmd {
@@ -320,6 +331,43 @@ pub mod tests {
             stdout: out.stdout,
             stderr: out.stderr,
         }
+    }
+
+    #[test]
+    fn a_batch_runs_its_commands_side_by_side_and_leaves_no_files() {
+        // The first command waits (up to 10 s) for a file only the second one
+        // makes: it can succeed only if both run at once.
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("second ran");
+        let flag = flag.to_str().unwrap();
+        let waits = Script::of(
+            "for _ in $(seq 100); do [ -e {} ] && { echo seen; exit 0; }; sleep 0.1; done; exit 1",
+            &[flag],
+        )
+        .cmd();
+        let makes = Script::of("touch {}", &[flag]).cmd();
+        let marker = batch_marker();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&batch_cmd(&[&waits, &makes], &marker).script)
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        let out = Output {
+            status: out.status.code().map(|c| c as u32),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        };
+        let outputs = split_batch(&out, &marker, 2).expect("all answered");
+        assert_eq!(outputs[0].status, Some(0), "{:?}", outputs[0]);
+        assert_eq!(outputs[0].stdout, b"seen\n");
+        assert_eq!(outputs[1].status, Some(0));
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "the batch left its files"
+        );
     }
 
     #[test]
