@@ -163,18 +163,14 @@ impl Xrpc {
             repos: Vec<Repo>,
         }
         let method = "com.atproto.sync.listRepos";
-        let resp = self
+        let req = self
             .client
-            .get(format!("{}/xrpc/{method}", self.base))
+            .get(self.url(method))
             .timeout(CALL_TIMEOUT)
-            .query(&[("limit", "1000")])
-            .send()
-            .await
-            .with_context(|| format!("calling {method}"))?;
-        if !resp.status().is_success() {
-            return Err(xrpc_error(method, resp).await.into());
-        }
-        Ok(resp
+            .query(&[("limit", "1000")]);
+        Ok(self
+            .send(method, req, None)
+            .await?
             .json::<Repos>()
             .await?
             .repos
@@ -183,20 +179,18 @@ impl Xrpc {
             .collect())
     }
 
-    async fn post<T: serde::de::DeserializeOwned>(
+    /// Sends a call to `method` (as admin when `admin_password` is given); a
+    /// refusal becomes an [`XrpcError`].
+    async fn send(
         &self,
         method: &str,
+        req: reqwest::RequestBuilder,
         admin_password: Option<&Secret>,
-        body: serde_json::Value,
-    ) -> Result<T> {
-        let mut req = self
-            .client
-            .post(format!("{}/xrpc/{method}", self.base))
-            .timeout(CALL_TIMEOUT)
-            .json(&body);
-        if let Some(password) = admin_password {
-            req = req.basic_auth("admin", Some(password.expose()));
-        }
+    ) -> Result<reqwest::Response> {
+        let req = match admin_password {
+            Some(password) => req.basic_auth("admin", Some(password.expose())),
+            None => req,
+        };
         let resp = req
             .send()
             .await
@@ -204,7 +198,27 @@ impl Xrpc {
         if !resp.status().is_success() {
             return Err(xrpc_error(method, resp).await.into());
         }
-        resp.json()
+        Ok(resp)
+    }
+
+    fn url(&self, method: &str) -> String {
+        format!("{}/xrpc/{method}", self.base)
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        admin_password: Option<&Secret>,
+        body: serde_json::Value,
+    ) -> Result<T> {
+        let req = self
+            .client
+            .post(self.url(method))
+            .timeout(CALL_TIMEOUT)
+            .json(&body);
+        self.send(method, req, admin_password)
+            .await?
+            .json()
             .await
             .with_context(|| format!("reading the answer to {method}"))
     }
@@ -217,21 +231,10 @@ impl Xrpc {
         admin_password: Option<&Secret>,
         params: &[(&str, &str)],
     ) -> Result<serde_json::Value> {
-        let mut req = self
-            .client
-            .get(format!("{}/xrpc/{method}", self.base))
-            .query(params);
-        if let Some(password) = admin_password {
-            req = req.basic_auth("admin", Some(password.expose()));
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("calling {method}"))?;
-        if !resp.status().is_success() {
-            return Err(xrpc_error(method, resp).await.into());
-        }
-        resp.json()
+        let req = self.client.get(self.url(method)).query(params);
+        self.send(method, req, admin_password)
+            .await?
+            .json()
             .await
             .with_context(|| format!("reading the answer to {method}"))
     }
@@ -243,21 +246,10 @@ impl Xrpc {
         admin_password: Option<&Secret>,
         body: serde_json::Value,
     ) -> Result<serde_json::Value> {
-        let mut req = self
-            .client
-            .post(format!("{}/xrpc/{method}", self.base))
-            .json(&body);
-        if let Some(password) = admin_password {
-            req = req.basic_auth("admin", Some(password.expose()));
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("calling {method}"))?;
-        if !resp.status().is_success() {
-            return Err(xrpc_error(method, resp).await.into());
-        }
-        let text = resp
+        let req = self.client.post(self.url(method)).json(&body);
+        let text = self
+            .send(method, req, admin_password)
+            .await?
             .text()
             .await
             .with_context(|| format!("reading the answer to {method}"))?;
@@ -291,22 +283,17 @@ impl Xrpc {
     /// Sets the display name of the session's account (its `app.bsky.actor.profile`).
     pub async fn put_display_name(&self, session: &Session, display_name: &str) -> Result<()> {
         let method = "com.atproto.repo.putRecord";
-        let resp = self
+        let req = self
             .client
-            .post(format!("{}/xrpc/{method}", self.base))
+            .post(self.url(method))
             .bearer_auth(session.access_jwt.expose())
             .json(&json!({
                 "repo": session.did,
                 "collection": "app.bsky.actor.profile",
                 "rkey": "self",
                 "record": {"$type": "app.bsky.actor.profile", "displayName": display_name},
-            }))
-            .send()
-            .await
-            .with_context(|| format!("calling {method}"))?;
-        if !resp.status().is_success() {
-            return Err(xrpc_error(method, resp).await.into());
-        }
+            }));
+        self.send(method, req, None).await?;
         Ok(())
     }
 
@@ -318,17 +305,8 @@ impl Xrpc {
             rev: String,
         }
         let method = "com.atproto.sync.getLatestCommit";
-        let resp = self
-            .client
-            .get(format!("{}/xrpc/{method}", self.base))
-            .query(&[("did", did)])
-            .send()
-            .await
-            .with_context(|| format!("calling {method}"))?;
-        if !resp.status().is_success() {
-            return Err(xrpc_error(method, resp).await.into());
-        }
-        let latest: Latest = resp.json().await?;
+        let req = self.client.get(self.url(method)).query(&[("did", did)]);
+        let latest: Latest = self.send(method, req, None).await?.json().await?;
         Ok((latest.cid, latest.rev))
     }
 
