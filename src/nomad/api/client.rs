@@ -389,17 +389,8 @@ impl NomadApi {
 
     /// The last ~4 KB of a task's stdout or stderr, as text.
     pub async fn logs(&self, alloc: &str, task: &str, stream: LogStream) -> ApiResult<String> {
-        let path = format!(
-            "/v1/client/fs/logs/{}?task={}&type={}&plain=true&origin=end&offset={LOG_TAIL_BYTES}",
-            enc(alloc),
-            enc(task),
-            stream.as_str()
-        );
-        let reply = self.send(Method::GET, &path, None).await?;
-        if !reply.status.is_success() {
-            return Err(Self::status_error(Method::GET, &path, &reply, &[]));
-        }
-        Ok(String::from_utf8_lossy(&reply.body).into_owned())
+        let tail = self.log_tail(alloc, task, stream, LOG_TAIL_BYTES).await?;
+        Ok(String::from_utf8_lossy(&tail).into_owned())
     }
 
     /// The last `tail_bytes` of a task's stdout or stderr (`pdsup logs`).
