@@ -386,6 +386,13 @@ fn day_two_on_one_converged_droplet() {
         "root",
         "curl -fsS -X DELETE http://127.0.0.1:4646/v1/job/pds",
     );
+    // Nomad stops the task after the job is deleted: wait until the PDS no
+    // longer answers (under load its container takes a while to stop).
+    d.ssh_ok(
+        "root",
+        "for _ in $(seq 120); do curl -fsS -o /dev/null http://127.0.0.1:3000/xrpc/_health 2>/dev/null || exit 0; sleep 0.5; done; \
+         echo 'the PDS still answers 60 s after its job was deleted' >&2; exit 1",
+    );
     let report = failing_status(&laptop);
     let job = check(&report, "pds job");
     assert_eq!(job["level"], "fail", "{report}");
