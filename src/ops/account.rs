@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::error::{bail, Result};
 use crate::inputs::{Email, Handle, Hostname};
@@ -18,6 +18,7 @@ use crate::settings::PDS_PORT;
 use crate::state::secrets::account_password;
 use crate::ui::Ui;
 
+use super::print;
 use super::site::{Session, Site};
 use super::Output;
 
@@ -388,15 +389,6 @@ fn capitalized(s: &str) -> String {
         Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
         None => String::new(),
     }
-}
-
-fn print(output: Output, value: Value, text: &str) -> Result<()> {
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    } else {
-        print!("{text}");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

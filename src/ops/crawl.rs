@@ -14,6 +14,7 @@ use crate::plan::Progress;
 use crate::secret::EnvValue;
 use crate::ui::Ui;
 
+use super::print;
 use super::site::Site;
 use super::Output;
 
@@ -144,15 +145,6 @@ fn with_causes(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn print(output: Output, value: serde_json::Value, text: &str) -> Result<()> {
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    } else {
-        print!("{text}");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -237,10 +237,7 @@ async fn converge(
     dry_run: bool,
     out_dir: &Path,
 ) -> Result<SiteDone> {
-    progress.status(&format!("connecting to {}", site.destination.host));
-    let host = SshHost::connect(&site.destination, &site.options)
-        .await
-        .with_context(|| format!("connecting to {}", site.destination.host))?;
+    let host = connect(site, progress).await?;
     if !dry_run {
         site.dir.save_record(&site.record)?;
     }
@@ -416,12 +413,17 @@ fn handle_taken(e: &crate::error::Error) -> bool {
     })
 }
 
+/// One SSH connection to a site's droplet, its progress line saying so.
+async fn connect(site: &FleetSite, progress: &SiteProgress) -> Result<SshHost> {
+    progress.status(&format!("connecting to {}", site.destination.host));
+    SshHost::connect(&site.destination, &site.options)
+        .await
+        .with_context(|| format!("connecting to {}", site.destination.host))
+}
+
 /// `fleet status`: the droplet answers SSH, and the PDS its health check.
 async fn status(site: &FleetSite, progress: &SiteProgress) -> Result<SiteDone> {
-    progress.status(&format!("connecting to {}", site.destination.host));
-    let host = SshHost::connect(&site.destination, &site.options)
-        .await
-        .with_context(|| format!("connecting to {}", site.destination.host))?;
+    let host = connect(site, progress).await?;
     let mut ctx = Ctx::new(
         &host,
         &site.settings,
@@ -445,10 +447,7 @@ const JOBS: &[&str] = &["pds", "io"];
 /// `fleet down`: stops pdsup's jobs on the site; the data (host volumes,
 /// the PDS's accounts and blobs) and the site's state stay.
 async fn down(site: &FleetSite, progress: &SiteProgress) -> Result<SiteDone> {
-    progress.status(&format!("connecting to {}", site.destination.host));
-    let host = SshHost::connect(&site.destination, &site.options)
-        .await
-        .with_context(|| format!("connecting to {}", site.destination.host))?;
+    let host = connect(site, progress).await?;
     let mut ctx = Ctx::new(
         &host,
         &site.settings,

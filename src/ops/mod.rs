@@ -48,6 +48,16 @@ pub struct Output {
     pub quiet: bool,
 }
 
+/// Prints a result: `value` as one JSON document with `--json`, else `text`.
+pub fn print(output: Output, value: serde_json::Value, text: &str) -> Result<()> {
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{text}");
+    }
+    Ok(())
+}
+
 /// `pds.env` must be readable exactly, and must exist once the site has an
 /// account: new secrets would mean a new PLC rotation key for an existing DID.
 pub fn check_secrets(site: &SiteDir, record: Option<&SiteRecord>) -> Result<()> {
