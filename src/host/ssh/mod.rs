@@ -205,7 +205,12 @@ impl SshHost {
     }
 
     /// Root runs commands directly; anyone else needs `sudo -n` to work.
+    /// A login as `root` is uid 0 without asking: that saves a converged run
+    /// one of its two round trips (a session channel costs sshd a fork and a shell).
     async fn needs_sudo(&self) -> Result<bool> {
+        if self.target.user == "root" {
+            return Ok(false);
+        }
         let id = self.exec_raw("id -u".to_string(), &[][..]).await?;
         if id.success() && id.stdout_str().trim() == "0" {
             return Ok(false);
