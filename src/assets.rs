@@ -9,6 +9,12 @@ pub const CADDY_SITE: &str = include_str!("../assets/caddy-site.caddy");
 pub const IO_INGRESS: &str = include_str!("../assets/io-ingress.hcl");
 /// The seed's `host` block, for IO images before the rename.
 pub const IO_INGRESS_HOST: &str = include_str!("../assets/io-ingress-host.hcl");
+/// `pdsup backup --schedule`: restic with the site's repository, the backup the
+/// service runs, the service and its timer (`{{on_calendar}}`).
+pub const PDSUP_RESTIC: &str = include_str!("../assets/pdsup-restic.sh");
+pub const PDSUP_BACKUP_SH: &str = include_str!("../assets/pdsup-backup.sh");
+pub const PDSUP_BACKUP_SERVICE: &str = include_str!("../assets/pdsup-backup.service");
+pub const PDSUP_BACKUP_TIMER: &str = include_str!("../assets/pdsup-backup.timer");
 
 /// Replaces each `{{key}}` in `template` with its value.
 pub fn render(template: &str, values: &[(&str, &str)]) -> String {

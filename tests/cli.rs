@@ -983,3 +983,75 @@ fn backup_and_restore_refuse_bad_input_before_connecting() {
         assert!(help.contains(flag), "restore --help lacks {flag}");
     }
 }
+
+#[test]
+fn scheduled_backups_refuse_bad_input_before_connecting() {
+    let env = good_env();
+    let dir = site_with(&[
+        ("pds.env", &env),
+        (
+            "site.toml",
+            "hostname = \"pds.example.com\"\nemail = \"me@example.com\"\nhandle = \"alice\"\ndestination = \"root@127.0.0.1:1\"\n",
+        ),
+    ]);
+    let before = snapshot(dir.path());
+    for (args, expected) in [
+        (vec!["backup", "--schedule"], "--schedule needs --repo"),
+        (
+            vec!["backup", "--schedule", "--repo", "/srv/restic"],
+            "sftp:user@host:/path",
+        ),
+        (
+            vec![
+                "backup",
+                "--schedule",
+                "--repo",
+                "sftp:u@h:/p",
+                "--keep-daily",
+                "0",
+                "--keep-weekly",
+                "0",
+            ],
+            "would keep no snapshot",
+        ),
+        (
+            vec![
+                "backup",
+                "--schedule",
+                "--repo",
+                "s3:https://fra1.digitaloceanspaces.com/b",
+            ],
+            "--s3-credentials-file",
+        ),
+        (vec!["backup", "--list"], "records no scheduled backup"),
+        (
+            vec![
+                "restore",
+                "--snapshot",
+                "latest",
+                "root@127.0.0.1:1",
+                "--hostname",
+                "pds.example.com",
+            ],
+            "records no scheduled backup",
+        ),
+        (
+            vec![
+                "restore",
+                "--snapshot",
+                "not-an-id",
+                "root@127.0.0.1:1",
+                "--hostname",
+                "pds.example.com",
+            ],
+            "give a snapshot id",
+        ),
+    ] {
+        let out = pdsup(&args, dir.path());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(BAD_INPUT), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    // `--list` needs no snapshot of the site to refuse; nothing was written.
+    assert_eq!(snapshot(dir.path()), before);
+}

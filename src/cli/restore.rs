@@ -8,20 +8,26 @@ use clap::Args;
 
 use super::args::{self, SiteArgs, SshArgs};
 use super::up::Global;
-use crate::error::{bail, Context, ErrorKind, Result};
+use crate::error::{bail, ensure, Context, ErrorKind, Result};
 use crate::host::ssh::SshOptions;
 use crate::ops;
 use crate::state::SiteDir;
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The archive `pdsup backup` wrote (a .tar.gz in the site's backups/ directory)
+    /// The archive `pdsup backup` wrote (a .tar.gz in the site's backups/ directory);
+    /// with --snapshot, give only DEST
     #[arg(value_name = "ARCHIVE")]
-    pub archive: PathBuf,
+    pub archive: Option<PathBuf>,
 
     /// The droplet: [user@]host[:port] or a ~/.ssh/config alias
     #[arg(value_name = "DEST")]
-    pub dest: String,
+    pub dest: Option<String>,
+
+    /// Restore a snapshot of the scheduled backup (`pdsup backup --list` shows them):
+    /// its id, or latest. Needs the site's state directory (site.toml, pds.env, restic/)
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
 
     /// Restore over a data dir that holds other PDS data, setting it aside whole first
     #[arg(long)]
@@ -40,14 +46,23 @@ pub struct RestoreArgs {
 }
 
 pub async fn restore(args: RestoreArgs, global: &Global) -> Result<()> {
+    if let Some(snapshot) = args.snapshot.clone() {
+        return restore_snapshot(args, snapshot, global).await;
+    }
+    let (Some(archive), Some(dest)) = (args.archive.clone(), args.dest.clone()) else {
+        bail!(
+            BadInput,
+            "restore needs ARCHIVE and DEST (`pdsup restore ARCHIVE DEST`), or --snapshot ID and DEST"
+        );
+    };
     // Every checksum first: a damaged archive stops here, before anything changes.
-    let (manifest, sealed) = ops::backup::read_archive(&args.archive, true)?;
+    let (manifest, sealed) = ops::backup::read_archive(&archive, true)?;
     let hostname = args::hostname(&args.site)?;
     if hostname.as_str() != manifest.hostname {
         bail!(
             BadInput,
             "{} is a backup of {}, not of {hostname}: pass --hostname {}, or pick that site's archive",
-            args.archive.display(),
+            archive.display(),
             manifest.hostname,
             manifest.hostname
         );
@@ -61,12 +76,32 @@ pub async fn restore(args: RestoreArgs, global: &Global) -> Result<()> {
     let settings = args::settings_at(&args.site, previous.as_ref(), Some(&site.site_file()))
         .kind(ErrorKind::BadInput)?;
     ops::check_secrets(&site, previous.as_ref())?;
+    let options = ssh_options(&args, &site)?;
+    let mut record = args::record(&settings, previous);
+    record.destination = Some(dest.clone());
+    ops::restore::restore(
+        ops::restore::Restore {
+            site: &site,
+            settings: &settings,
+            record,
+            destination: dest.parse()?,
+            options,
+            archive,
+            manifest,
+            force: args.force,
+        },
+        global.output(),
+    )
+    .await
+}
+
+fn ssh_options(args: &RestoreArgs, site: &SiteDir) -> Result<SshOptions> {
     if let Some(identity) = &args.ssh.identity {
         std::fs::File::open(identity)
             .with_context(|| format!("-i {}: cannot read the key file", identity.display()))
             .kind(ErrorKind::BadInput)?;
     }
-    let options = SshOptions {
+    Ok(SshOptions {
         identity_file: args.ssh.identity.clone(),
         passphrase: None,
         known_hosts: site.known_hosts(),
@@ -74,18 +109,57 @@ pub async fn restore(args: RestoreArgs, global: &Global) -> Result<()> {
         pin_read_only: false,
         ssh_config: args.ssh.ssh_config.clone(),
         connect_timeout: Duration::from_secs(20),
+    })
+}
+
+/// `restore --snapshot ID DEST`: the site's state must be in the state
+/// directory (a snapshot holds the data, not the site's secrets).
+async fn restore_snapshot(args: RestoreArgs, snapshot: String, global: &Global) -> Result<()> {
+    let dest = match (&args.archive, &args.dest) {
+        (Some(dest), None) => dest.display().to_string(),
+        _ => bail!(
+            BadInput,
+            "with --snapshot, give only DEST (`pdsup restore --snapshot {snapshot} DEST`): \
+             the data comes from the scheduled backup's repository, not an archive"
+        ),
     };
-    let mut record = args::record(&settings, previous);
-    record.destination = Some(args.dest.clone());
-    ops::restore::restore(
-        ops::restore::Restore {
+    ensure!(
+        snapshot == "latest"
+            || (snapshot.len() >= 4 && snapshot.bytes().all(|b| b.is_ascii_hexdigit())),
+        BadInput,
+        "--snapshot {snapshot:?}: give a snapshot id (`pdsup backup --list` shows them) or latest"
+    );
+    let hostname = args::hostname(&args.site)?;
+    let site = SiteDir::new(&global.state_dir()?, &hostname);
+    let Some(previous) = site.load_record()? else {
+        bail!(
+            BadInput,
+            "no site.toml for {hostname} in {}: restoring a snapshot needs the site's state \
+             directory (site.toml, pds.env and restic/); without it, restore an archive of `pdsup backup`",
+            site.path().display()
+        );
+    };
+    if site.load_secrets()?.is_none() {
+        bail!(
+            BadInput,
+            "{} is missing: a snapshot holds the PDS's data, not the site's secrets; put the file \
+             back from your copy of the state directory (or restore an archive of `pdsup backup`)",
+            site.env_file().display()
+        );
+    }
+    let settings = args::settings_at(&args.site, Some(&previous), Some(&site.site_file()))
+        .kind(ErrorKind::BadInput)?;
+    let options = ssh_options(&args, &site)?;
+    let mut record = args::record(&settings, Some(previous));
+    record.destination = Some(dest.clone());
+    ops::schedule::restore(
+        ops::schedule::SnapshotRestore {
             site: &site,
             settings: &settings,
             record,
-            destination: args.dest.parse()?,
+            destination: dest.parse()?,
             options,
-            archive: args.archive.clone(),
-            manifest,
+            snapshot,
             force: args.force,
         },
         global.output(),

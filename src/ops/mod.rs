@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod logs;
 pub mod plan;
 pub mod restore;
+pub mod schedule;
 pub mod site;
 pub mod status;
 pub mod up;

@@ -24,7 +24,7 @@ use crate::secret::Secret;
 use crate::settings::Settings;
 use crate::state::{SiteDir, SiteRecord};
 use crate::steps::restore_data::{self, RestoreDataStep};
-use crate::steps::{self, AnyStep, Ctx, Step};
+use crate::steps::{self, AnyStep, Ctx};
 use crate::ui::summary::Summary;
 use crate::ui::Ui;
 
@@ -93,7 +93,7 @@ pub async fn restore(r: Restore<'_>, output: Output) -> Result<()> {
         force: r.force,
     };
     if r.force {
-        stop_pds_on_other_data(&mut ctx, &step, &ui).await?;
+        stop_pds_on_other_data(&mut ctx, &step.data_id, &ui).await?;
     }
     let list = steps_with(&step);
     let report = match steps::runner::run(&mut ctx, &list, false).await {
@@ -107,19 +107,49 @@ pub async fn restore(r: Restore<'_>, output: Output) -> Result<()> {
         }
     };
 
-    // Every account of the backup, served at the head the backup recorded;
-    // when an earlier run put the data in place, the PDS may have taken
-    // commits since, so a later rev is fine then.
     let restored_now = report
         .steps
         .iter()
         .any(|s| s.step == restore_data::ID && !s.changes.is_empty());
+    let source = serde_json::json!({ "archive": r.archive });
+    let restored = Restored {
+        accounts: &r.manifest.accounts,
+        taken_at: &r.manifest.taken_at,
+        restored_now,
+        source,
+    };
+    check_and_report(&mut ctx, r.settings, r.site, &report, restored, &ui).await
+}
+
+/// What a restore put in place, for the checks after it.
+pub struct Restored<'a> {
+    /// Every account of the backup, at the head it recorded.
+    pub accounts: &'a [RepoHead],
+    pub taken_at: &'a str,
+    /// Whether this run put the data in place (else an earlier run did).
+    pub restored_now: bool,
+    /// Where the data came from, for `--json` (`archive` or `snapshot`).
+    pub source: serde_json::Value,
+}
+
+/// After a restore's steps: every account of the backup served at the head
+/// the backup recorded, the crawlers asked to crawl again, the summary.
+pub async fn check_and_report(
+    ctx: &mut Ctx<'_>,
+    settings: &Settings,
+    site: &SiteDir,
+    report: &steps::RunReport,
+    restored: Restored<'_>,
+    ui: &Ui,
+) -> Result<()> {
+    // When an earlier run put the data in place, the PDS may have taken
+    // commits since, so a later rev is fine then.
     let pds = ctx.pds().await?;
     let mut served = Vec::new();
-    for account in &r.manifest.accounts {
+    for account in restored.accounts {
         served.push((account, pds.latest_commit(&account.did).await));
     }
-    let wrong = head_problems(&served, restored_now);
+    let wrong = head_problems(&served, restored.restored_now);
     if !wrong.is_empty() {
         bail!(
             Unhealthy,
@@ -127,30 +157,33 @@ pub async fn restore(r: Restore<'_>, output: Output) -> Result<()> {
             wrong.join("; ")
         );
     }
-    let crawled = request_crawls(&mut ctx, r.settings, &ui).await?;
+    let crawled = request_crawls(ctx, settings, ui).await?;
 
     let summary = Summary {
-        settings: r.settings,
+        settings,
         outcome: &ctx.outcome,
-        report: &report,
-        env_file: r.site.env_file().display().to_string(),
+        report,
+        env_file: site.env_file().display().to_string(),
         dry_run: false,
     };
     if ui.json() {
         let mut json = summary.json();
-        json["restore"] = serde_json::json!({
-            "archive": r.archive,
-            "taken_at": r.manifest.taken_at,
-            "accounts": r.manifest.accounts,
+        let mut about = serde_json::json!({
+            "taken_at": restored.taken_at,
+            "accounts": restored.accounts,
             "crawl_requested": crawled,
         });
+        if let (Some(about), Some(source)) = (about.as_object_mut(), restored.source.as_object()) {
+            about.extend(source.clone());
+        }
+        json["restore"] = about;
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", summary.text());
         println!(
             "restored the backup taken {}: {} account(s) served at their recorded repo heads",
-            r.manifest.taken_at,
-            r.manifest.accounts.len()
+            restored.taken_at,
+            restored.accounts.len()
         );
         if !crawled.is_empty() {
             println!("asked {} to crawl the PDS again", crawled.join(", "));
@@ -165,9 +198,9 @@ pub async fn restore(r: Restore<'_>, output: Output) -> Result<()> {
 /// With `--force`, a PDS running on data this archive did not put there is
 /// stopped (its job purged; the pds job step registers it again after the
 /// restore), so that its data can be set aside whole, with nothing writing to it.
-async fn stop_pds_on_other_data(ctx: &mut Ctx<'_>, step: &RestoreDataStep, ui: &Ui) -> Result<()> {
-    let facts = Step::gather(step, ctx).await?;
-    let ours = facts.restored.as_deref() == Some(step.data_id.as_str());
+pub async fn stop_pds_on_other_data(ctx: &mut Ctx<'_>, data_id: &str, ui: &Ui) -> Result<()> {
+    let facts = restore_data::gather(ctx).await?;
+    let ours = facts.restored.as_deref() == Some(data_id);
     if ours || facts.data.empty || !facts.pds_running {
         return Ok(());
     }

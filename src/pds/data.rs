@@ -178,6 +178,20 @@ pub fn make_stage_script() -> Cmd {
 /// the checksums, the repo heads of the copied stores, and one `archive.tar.gz`
 /// of them. Prints the UTC time the snapshot started.
 pub fn snapshot_script(data_dir: &str, stage: &str) -> Script {
+    stage_script(data_dir, stage).push(
+        r#"
+tar --numeric-owner -czf archive.tar.gz SHA256SUMS HEADS data
+rm -rf data databases
+wc -c < archive.tar.gz"#,
+        &[],
+    )
+}
+
+/// The first half of [`snapshot_script`], also what the scheduled backup runs
+/// (`pdsup backup --schedule`): `stage` ends up holding `data/`, `SHA256SUMS`,
+/// `HEADS` and the list `databases`, and the script's working directory is
+/// `stage`. Prints the UTC time the snapshot started.
+pub fn stage_script(data_dir: &str, stage: &str) -> Script {
     Script::of(
         r#"set -eu; umask 077; src={}; stage={}
 date -u +%Y%m%dT%H%M%SZ
@@ -200,10 +214,7 @@ for store in data/actors/*/*/store.sqlite; do
   [ -f "$store" ] || continue
   sqlite3 -separator ' ' "$store" 'select did, cid, rev from repo_root;'
 done > HEADS
-find data -type f -print0 | sort -z | xargs -0 -r sha256sum > SHA256SUMS
-tar --numeric-owner -czf archive.tar.gz SHA256SUMS HEADS data
-rm -rf data databases
-wc -c < archive.tar.gz"#,
+find data -type f -print0 | sort -z | xargs -0 -r sha256sum > SHA256SUMS"#,
         &[data_dir, stage],
     )
 }
@@ -217,11 +228,23 @@ wc -c < archive.tar.gz"#,
 pub fn restore_script(archive: &str, data_dir: &str, aside: &str, data_id: &str) -> Script {
     let stage = format!("{data_dir}.pdsup-restore");
     Script::of(
-        r#"set -eu; umask 077; archive={}; data={}; stage={}; aside={}
-aside="$aside.$(date -u +%Y%m%dT%H%M%SZ)"
+        r#"set -eu; umask 077; archive={}; stage={}
 rm -rf "$stage"; mkdir -p "$stage"
 tar -C "$stage" --numeric-owner -xzpf "$archive" SHA256SUMS data
-( cd "$stage" && sha256sum --quiet --strict -c SHA256SUMS ) || { echo "the uploaded archive does not match its checksums" >&2; exit 1; }
+"#,
+        &[archive, &stage],
+    )
+    .push(PLACE_TEMPLATE, &[data_dir, &stage, aside, data_id])
+    .push(r#"; rm -f "$archive"; sync"#, &[])
+}
+
+/// The second half of a restore, from a stage (`data`, `stage`, `aside`,
+/// `data_id`) that holds `SHA256SUMS` and `data/`, unpacked from an archive or
+/// restored from a restic snapshot: check every file, set the data dir aside,
+/// move the stage's data into place with the marker.
+pub const PLACE_TEMPLATE: &str = r#"data={}; stage={}; aside={}
+aside="$aside.$(date -u +%Y%m%dT%H%M%SZ)"
+( cd "$stage" && sha256sum --quiet --strict -c SHA256SUMS ) || { echo "the restored data does not match its checksums" >&2; exit 1; }
 if [ -d "$data" ]; then
   chown --reference="$data" "$stage/data"; chmod --reference="$data" "$stage/data"
   if [ -n "$(find "$data" -mindepth 1 -maxdepth 1 ! -name pds.env ! -name .pdsup-site-id ! -name '.pdsup.*' | head -n1)" ]; then
@@ -232,10 +255,7 @@ if [ -d "$data" ]; then
   fi
 fi
 printf '%s\n' {} > "$stage/data/.pdsup-restored"
-mv "$stage/data" "$data"; rm -rf "$stage" "$archive"; sync"#,
-        &[archive, data_dir, &stage, aside, data_id],
-    )
-}
+mv "$stage/data" "$data"; rm -rf "$stage""#;
 
 #[cfg(test)]
 mod tests {

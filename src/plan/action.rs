@@ -41,6 +41,9 @@ pub enum Action {
     /// the PDS task, pdsadmin and goat read it. Its text holds the secrets, so it
     /// is rendered at apply time by the step that owns it.
     WriteDropletEnvFile,
+    /// Write a file that holds a secret (root only): its text is rendered at
+    /// apply time by the step that owns it, never carried in the plan.
+    WriteSecretFile { path: String, mode: FileMode },
     /// Wait until the Nomad node is ready with these host volumes.
     WaitNomadReady { volumes: Vec<String> },
     /// Register a job with Nomad.

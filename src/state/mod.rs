@@ -75,6 +75,23 @@ pub struct SiteRecord {
     /// A random id, also in the PDS data dir: tells this site's PDS data from
     /// any other (steps/account.rs).
     pub site_id: Option<String>,
+    /// The scheduled off-droplet backup `pdsup backup --schedule` installed
+    /// (no secret: those are in the state dir's `restic/`).
+    pub backup_schedule: Option<BackupSchedule>,
+}
+
+/// What `pdsup backup --schedule` set up on the droplet.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupSchedule {
+    /// The restic repository: `sftp:user@host:/path` or `s3:https://host/bucket`.
+    pub repository: String,
+    /// The timer's systemd calendar expression (`daily`, `*-*-* 03:30`).
+    pub at: String,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    /// The newest snapshots kept whatever their day (0: none beyond the others).
+    #[serde(default)]
+    pub keep_last: u32,
 }
 
 /// An IO image reference (`agentio/io:latest`) and the digest it stood for
@@ -236,6 +253,18 @@ impl SiteDir {
     /// site's existing ones or new ones for a site that had none.
     pub fn save_env_file(&self, contents: &str) -> Result<()> {
         self.write_private(&self.env_file(), contents.as_bytes())
+    }
+
+    /// Writes `name` (a path relative to the site's directory) atomically,
+    /// readable by the owner only, its directories 0700: for files that hold
+    /// secrets besides `pds.env` (the restic repository's password and keys).
+    pub fn save_private_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.root.join(name);
+        if let Some(dir) = path.parent().filter(|d| *d != self.root) {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+        self.write_private(&path, bytes)
     }
 
     /// Atomic write, readable by the owner only, directory 0700.

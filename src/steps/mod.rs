@@ -14,6 +14,7 @@
 
 pub mod account;
 pub mod adopt;
+pub mod backup_schedule;
 pub mod dns;
 pub mod docker;
 pub mod docker_logs;
@@ -27,6 +28,7 @@ pub mod pds_job;
 pub mod preflight;
 pub mod proxy;
 pub mod restore_data;
+pub mod restore_snapshot;
 pub mod secrets;
 
 mod ctx;

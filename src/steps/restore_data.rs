@@ -55,36 +55,8 @@ pub fn aside_path() -> String {
 
 pub fn plan(step: &RestoreDataStep, facts: &Facts) -> StepPlan {
     let mut plan = StepPlan::new(ID);
-    if facts.restored.as_deref() == Some(step.data_id.as_str()) {
-        plan.notes.push(format!(
-            "{PDS_VOLUME_PATH} already holds this archive's data (restored by an earlier run)"
-        ));
+    if !needs_restore(&mut plan, &step.data_id, step.force, facts) {
         return plan;
-    }
-    if !facts.data.empty {
-        if !step.force {
-            plan.blockers.push(format!(
-                "{PDS_VOLUME_PATH} on the droplet already holds PDS data{}: restore onto a fresh droplet, \
-                 or pass --force to set that data aside whole (as {}.<time>) and restore over it",
-                facts
-                    .data
-                    .site_id
-                    .as_deref()
-                    .map(|id| format!(" (site id {id})"))
-                    .unwrap_or_default(),
-                aside_path()
-            ));
-            return plan;
-        }
-        if facts.pds_running {
-            // `pdsup restore --force` stops it before the steps run: still
-            // running here means it came back.
-            plan.blockers.push(format!(
-                "the PDS is running on the data in {PDS_VOLUME_PATH}: stop it (on the droplet: \
-                 `nomad job stop -purge pds`), then run the same restore again"
-            ));
-            return plan;
-        }
     }
     let upload = step.upload_path();
     plan.change(
@@ -111,6 +83,73 @@ pub fn plan(step: &RestoreDataStep, facts: &Facts) -> StepPlan {
     plan
 }
 
+/// Whether a restore of `data_id` has work to do on a droplet with `facts`;
+/// the note of a restore done already, or the blockers of a data dir that
+/// holds other data, go into `plan`. Shared by the restore of an archive and
+/// that of a restic snapshot (`steps::restore_snapshot`).
+pub fn needs_restore(plan: &mut StepPlan, data_id: &str, force: bool, facts: &Facts) -> bool {
+    if facts.restored.as_deref() == Some(data_id) {
+        plan.notes.push(format!(
+            "{PDS_VOLUME_PATH} already holds this backup's data (restored by an earlier run)"
+        ));
+        return false;
+    }
+    if !facts.data.empty {
+        if !force {
+            plan.blockers.push(format!(
+                "{PDS_VOLUME_PATH} on the droplet already holds PDS data{}: restore onto a fresh droplet, \
+                 or pass --force to set that data aside whole (as {}.<time>) and restore over it",
+                facts
+                    .data
+                    .site_id
+                    .as_deref()
+                    .map(|id| format!(" (site id {id})"))
+                    .unwrap_or_default(),
+                aside_path()
+            ));
+            return false;
+        }
+        if facts.pds_running {
+            // `pdsup restore --force` stops it before the steps run: still
+            // running here means it came back.
+            plan.blockers.push(format!(
+                "the PDS is running on the data in {PDS_VOLUME_PATH}: stop it (on the droplet: \
+                 `nomad job stop -purge pds`), then run the same restore again"
+            ));
+            return false;
+        }
+    }
+    true
+}
+
+/// The facts of a restore: the data dir, the marker of a finished restore,
+/// and whether a PDS runs on the data.
+pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
+    let data = gather_data_dir(ctx).await?;
+    let restored = file_text(&format!("{PDS_VOLUME_PATH}/{RESTORED_MARKER}"))
+        .read(ctx.host)
+        .await?
+        .map(|t| t.trim().to_string());
+    let pds_running = if data.empty {
+        false
+    } else {
+        let allocations = ctx
+            .nomad()
+            .await?
+            .allocations("pds")
+            .await
+            .map_err(crate::error::Error::from)?;
+        allocations
+            .iter()
+            .any(|a| a.client_status == "running" || a.client_status == "pending")
+    };
+    Ok(Facts {
+        data,
+        restored,
+        pds_running,
+    })
+}
+
 #[async_trait::async_trait(?Send)]
 impl Step for RestoreDataStep {
     type Facts = Facts;
@@ -128,29 +167,7 @@ impl Step for RestoreDataStep {
     }
 
     async fn gather(&self, ctx: &mut Ctx<'_>) -> Result<Facts> {
-        let data = gather_data_dir(ctx).await?;
-        let restored = file_text(&format!("{PDS_VOLUME_PATH}/{RESTORED_MARKER}"))
-            .read(ctx.host)
-            .await?
-            .map(|t| t.trim().to_string());
-        let pds_running = if data.empty {
-            false
-        } else {
-            let allocations = ctx
-                .nomad()
-                .await?
-                .allocations("pds")
-                .await
-                .map_err(crate::error::Error::from)?;
-            allocations
-                .iter()
-                .any(|a| a.client_status == "running" || a.client_status == "pending")
-        };
-        Ok(Facts {
-            data,
-            restored,
-            pds_running,
-        })
+        gather(ctx).await
     }
 
     fn plan(&self, facts: &Facts, _input: &PlanInput<'_>) -> Result<StepPlan> {
