@@ -983,3 +983,28 @@ fn backup_and_restore_refuse_bad_input_before_connecting() {
         assert!(help.contains(flag), "restore --help lacks {flag}");
     }
 }
+
+#[test]
+fn restore_refuses_a_relay_that_is_no_url_before_reading_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pdsup(
+        &[
+            "restore",
+            "/nonexistent/backup.tar.gz",
+            "root@127.0.0.1:1",
+            "--hostname",
+            "pds.example.com",
+            "--relay",
+            "bsky.network",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("bsky.network"), "{err}");
+    let help = text(&pdsup(&["restore", "--help"], dir.path()).stdout);
+    assert!(
+        help.contains("--relay <URL>"),
+        "restore --help lacks --relay"
+    );
+}

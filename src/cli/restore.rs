@@ -32,6 +32,11 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
 
+    /// A relay (URL) to check for a desync and ask to crawl, instead of the
+    /// site's PDS_CRAWLERS; repeat for several
+    #[arg(long = "relay", value_name = "URL")]
+    pub relays: Vec<String>,
+
     #[command(flatten)]
     pub site: SiteArgs,
 
@@ -40,6 +45,11 @@ pub struct RestoreArgs {
 }
 
 pub async fn restore(args: RestoreArgs, global: &Global) -> Result<()> {
+    let relays = args
+        .relays
+        .iter()
+        .map(|r| Ok(r.parse::<crate::inputs::HttpUrl>()?))
+        .collect::<Result<Vec<_>>>()?;
     // Every checksum first: a damaged archive stops here, before anything changes.
     let (manifest, sealed) = ops::backup::read_archive(&args.archive, true)?;
     let hostname = args::hostname(&args.site)?;
@@ -87,6 +97,7 @@ pub async fn restore(args: RestoreArgs, global: &Global) -> Result<()> {
             archive: args.archive.clone(),
             manifest,
             force: args.force,
+            relays,
         },
         global.output(),
     )
