@@ -1055,3 +1055,28 @@ fn scheduled_backups_refuse_bad_input_before_connecting() {
     // `--list` needs no snapshot of the site to refuse; nothing was written.
     assert_eq!(snapshot(dir.path()), before);
 }
+
+#[test]
+fn restore_refuses_a_relay_that_is_no_url_before_reading_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pdsup(
+        &[
+            "restore",
+            "/nonexistent/backup.tar.gz",
+            "root@127.0.0.1:1",
+            "--hostname",
+            "pds.example.com",
+            "--relay",
+            "bsky.network",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("bsky.network"), "{err}");
+    let help = text(&pdsup(&["restore", "--help"], dir.path()).stdout);
+    assert!(
+        help.contains("--relay <URL>"),
+        "restore --help lacks --relay"
+    );
+}

@@ -7,7 +7,11 @@
 //! is destroyed; the archive is restored onto droplet 2. The restored PDS must
 //! serve the same DIDs at the manifest's repo heads, every record and blob
 //! byte-identical, the old passwords must log in, and every database must pass
-//! `PRAGMA integrity_check`.
+//! `PRAGMA integrity_check`. A post made after the restore is signed by the
+//! same key: its commit verifies against the DID document in the PLC.
+//! Droplet 1 keeps serving after the backup and takes one more post: given as
+//! `--relay`, the restore must report it ahead (a relay desync) with the fix;
+//! a relay at the backup's heads (droplet 2, given to the third restore) is not.
 //!
 //! Run with `cargo test --test e2e_backup -- --nocapture --test-threads=1`.
 
@@ -223,8 +227,7 @@ fn records(d: &Droplet, did: &str) -> BTreeMap<String, (String, Value)> {
 }
 
 /// A 1x1 PNG followed by `len` bytes of noise (after IEND, which decoders
-/// ignore). Kept under 4 KiB: the harness's PDS image (file-type on its node)
-/// fails to sniff larger uploads ("offset is out of bounds").
+/// ignore).
 fn noise(seed: u8, len: usize) -> Vec<u8> {
     const PNG_1X1: [u8; 70] = [
         0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44,
@@ -242,6 +245,202 @@ fn noise(seed: u8, len: usize) -> Vec<u8> {
         bytes.push(x as u8);
     }
     bytes
+}
+
+/// Reads an unsigned LEB128 varint (CAR section lengths, CID fields) at `at`.
+fn varint(bytes: &[u8], at: &mut usize) -> u64 {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = bytes[*at];
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return value;
+        }
+    }
+    panic!("varint longer than 64 bits");
+}
+
+/// The blocks of a CAR v1 file (`com.atproto.sync.getBlocks`), each as its
+/// CID's SHA-256 digest and its bytes; every block's digest is checked.
+fn car_blocks(car: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use sha2::Digest;
+    let mut at = 0;
+    let header = varint(car, &mut at) as usize;
+    at += header;
+    let mut blocks = Vec::new();
+    while at < car.len() {
+        let len = varint(car, &mut at) as usize;
+        let end = at + len;
+        assert_eq!(varint(car, &mut at), 1, "a CIDv1");
+        assert_eq!(varint(car, &mut at), 0x71, "a DAG-CBOR block");
+        assert_eq!(varint(car, &mut at), 0x12, "a SHA-256 multihash");
+        let digest_len = varint(car, &mut at) as usize;
+        let digest = car[at..at + digest_len].to_vec();
+        at += digest_len;
+        let data = car[at..end].to_vec();
+        assert_eq!(
+            sha2::Sha256::digest(&data).as_slice(),
+            digest.as_slice(),
+            "a block whose bytes do not hash to its CID"
+        );
+        blocks.push((digest, data));
+        at = end;
+    }
+    blocks
+}
+
+/// The key of the `#atproto` verification method of `did`'s document in the
+/// harness's PLC server (secp256k1 or P-256).
+enum AtprotoKey {
+    K256(k256::ecdsa::VerifyingKey),
+    P256(p256::ecdsa::VerifyingKey),
+}
+
+impl AtprotoKey {
+    fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
+        use k256::ecdsa::signature::Verifier;
+        match self {
+            AtprotoKey::K256(key) => k256::ecdsa::Signature::from_slice(sig)
+                .is_ok_and(|s| key.verify(message, &s).is_ok()),
+            AtprotoKey::P256(key) => p256::ecdsa::Signature::from_slice(sig)
+                .is_ok_and(|s| key.verify(message, &s).is_ok()),
+        }
+    }
+}
+
+fn plc_signing_key(did: &str) -> AtprotoKey {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", &format!("http://{GATEWAY}:2582/{did}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "PLC: {}", describe(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let method = doc["verificationMethod"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"].as_str().is_some_and(|id| id.ends_with("#atproto")))
+        .unwrap_or_else(|| panic!("no #atproto verification method in {doc}"));
+    let multibase = method["publicKeyMultibase"].as_str().unwrap();
+    let bytes = bs58::decode(multibase.strip_prefix('z').expect("base58btc"))
+        .into_vec()
+        .unwrap();
+    // "Multikey" (plc.directory today): a multicodec prefix and a compressed
+    // key; the legacy types (this @did-plc/server): the curve in the type,
+    // the key's SEC1 bytes as they are.
+    let (curve, key) = match (method["type"].as_str().unwrap(), bytes.as_slice()) {
+        ("Multikey", [0xe7, 0x01, key @ ..]) => ("k256", key),
+        ("Multikey", [0x80, 0x24, key @ ..]) => ("p256", key),
+        ("EcdsaSecp256k1VerificationKey2019", key) => ("k256", key),
+        ("EcdsaSecp256r1VerificationKey2019", key) => ("p256", key),
+        _ => panic!("{method}: neither a secp256k1 nor a P-256 key"),
+    };
+    if curve == "k256" {
+        AtprotoKey::K256(k256::ecdsa::VerifyingKey::from_sec1_bytes(key).unwrap())
+    } else {
+        AtprotoKey::P256(p256::ecdsa::VerifyingKey::from_sec1_bytes(key).unwrap())
+    }
+}
+
+/// The latest commit of `did` on `d`, checked against the DID document in the
+/// PLC: the commit block (DAG-CBOR) without its `sig`, re-encoded, must verify
+/// under the document's `#atproto` key. Returns the commit's rev.
+fn verify_latest_commit(d: &Droplet, did: &str) -> String {
+    use ipld_core::ipld::Ipld;
+    let latest = xrpc(
+        d,
+        &format!("com.atproto.sync.getLatestCommit?did={did}"),
+        None,
+        None,
+    );
+    let cid = latest["cid"].as_str().unwrap();
+    let car = raw_get(
+        d,
+        &format!("com.atproto.sync.getBlocks?did={did}&cids={cid}"),
+    );
+    let blocks = car_blocks(&car);
+    assert_eq!(blocks.len(), 1, "getBlocks of one CID");
+    let block = &blocks[0].1;
+    let commit: Ipld = serde_ipld_dagcbor::from_slice(block).unwrap();
+    // Re-encoding gives the same bytes: the encoding is canonical, so the
+    // unsigned commit below is the bytes the PDS signed.
+    assert_eq!(&serde_ipld_dagcbor::to_vec(&commit).unwrap(), block);
+    let Ipld::Map(mut fields) = commit else {
+        panic!("the commit is not a map")
+    };
+    assert_eq!(fields.get("did"), Some(&Ipld::String(did.to_string())));
+    let Some(Ipld::Bytes(sig)) = fields.remove("sig") else {
+        panic!("the commit has no sig")
+    };
+    let Some(Ipld::String(rev)) = fields.get("rev").cloned() else {
+        panic!("the commit has no rev")
+    };
+    let unsigned = serde_ipld_dagcbor::to_vec(&Ipld::Map(fields)).unwrap();
+    let key = plc_signing_key(did);
+    assert!(
+        key.verifies(&unsigned, &sig),
+        "the commit {cid} of {did} does not verify against its DID document in the PLC"
+    );
+    // The check can fail: one byte changed and the signature no longer holds.
+    let mut tampered = unsigned.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    assert!(!key.verifies(&tampered, &sig));
+    rev
+}
+
+/// An SSH tunnel from a local port to the PDS's loopback port on `d`: the
+/// droplet's PDS as this machine sees a relay (it serves the same sync XRPC).
+struct PdsTunnel {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PdsTunnel {
+    fn open(d: &Droplet) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // OpenSSH reads options after the destination too.
+        let child = d
+            .ssh_command("root")
+            .args([
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-L",
+                &format!("127.0.0.1:{port}:127.0.0.1:3000"),
+            ])
+            .spawn()
+            .unwrap();
+        // Owned by the tunnel from here: a panic below stops ssh (Drop).
+        let tunnel = PdsTunnel {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let health = format!("{}/xrpc/_health", tunnel.url);
+        for _ in 0..60 {
+            let ok = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", &health])
+                .status()
+                .unwrap()
+                .success();
+            if ok {
+                return tunnel;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        panic!("the tunnel to {}'s PDS did not come up", d.name);
+    }
+}
+
+impl Drop for PdsTunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn mode(path: &Path) -> u32 {
@@ -295,7 +494,8 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
                      "record": {"$type": "app.bsky.graph.follow", "subject": bob_did, "createdAt": now()}}),
         ),
     );
-    let images = [noise(1, 3_500), noise(2, 2_000)];
+    // A real-size image (200 KB) and a small one.
+    let images = [noise(1, 200_000), noise(2, 2_000)];
     let blobs = [
         (
             alice_did.clone(),
@@ -421,7 +621,10 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
         .iter()
         .map(|did| (did.to_string(), records(&d1, did)))
         .collect();
-    drop(d1);
+    // Droplet 1 keeps serving and takes a post the backup does not hold: seen
+    // from its sync XRPC, it is a relay ahead of the backup (a relay desync).
+    post(&d1, &alice, "on droplet 1, after the backup", None);
+    let ahead = PdsTunnel::open(&d1);
 
     // Droplet 2: new address, new host key.
     let d2 = Droplet::start("bookworm");
@@ -432,10 +635,32 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
         "--accept-new-host-key".into(),
     ];
     restore.extend(op.site_args());
-    let restored = op
-        .run(&restore, &[])
-        .assert_ok("pdsup restore on droplet 2");
+    let mut first = restore.clone();
+    first.extend(["--relay".to_string(), ahead.url.clone()]);
+    let restored = op.run(&first, &[]).assert_ok("pdsup restore on droplet 2");
     assert_eq!(restored["restore"]["taken_at"], manifest.taken_at.as_str());
+    // The relay (droplet 1) has alice's post made after the backup: a desync,
+    // reported with its fix; bob's repo is where the backup has it.
+    let desync = &restored["restore"]["relay_desync"];
+    assert_eq!(desync.as_array().map(Vec::len), Some(1), "{desync}");
+    assert_eq!(desync[0]["relay"], ahead.url.as_str(), "{desync}");
+    let behind: Vec<&str> = desync[0]["repos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["did"].as_str().unwrap())
+        .collect();
+    assert_eq!(behind, [alice_did.as_str()], "{desync}");
+    let fix = desync[0]["fix"].as_str().unwrap();
+    for step in [
+        "nomad job stop -purge pds",
+        "UPDATE sqlite_sequence SET seq = ",
+        "pdsup request-crawl",
+    ] {
+        assert!(fix.contains(step), "{step:?} not in the fix:\n{fix}");
+    }
+    drop(ahead);
+    drop(d1);
 
     let repos = xrpc(&d2, "com.atproto.sync.listRepos", None, None);
     let mut served: Vec<String> = repos["repos"]
@@ -493,6 +718,17 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
     login(&d2, BOB, BOB_PASSWORD);
     // A new post lands on the restored repo.
     post(&d2, &alice2, "after the restore", None);
+    // ... signed by the same key: it verifies against alice's DID document in
+    // the PLC, as does bob's restored head.
+    let alice_rev = verify_latest_commit(&d2, &alice_did);
+    let backup_rev = &manifest
+        .accounts
+        .iter()
+        .find(|a| a.did == alice_did)
+        .unwrap()
+        .rev;
+    assert!(alice_rev > *backup_rev, "{alice_rev} is not a new commit");
+    verify_latest_commit(&d2, &bob_did);
     // Every database passes SQLite's integrity check.
     let checks = d2.ssh_ok(
         "root",
@@ -556,6 +792,9 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
         root_dest(&d3),
     ];
     restore3.extend(op3.site_args());
+    // A relay that is not ahead (droplet 2, back at the backup's heads): no desync.
+    let level = PdsTunnel::open(&d2);
+    restore3.extend(["--relay".to_string(), level.url.clone()]);
     let without = op3.run(&restore3, &[]);
     assert!(
         !without.ok,
@@ -566,8 +805,15 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
         "{}",
         without.stderr
     );
-    op3.run(&restore3, &[("PDSUP_BACKUP_PASSPHRASE", PASSPHRASE)])
+    let alone = op3
+        .run(&restore3, &[("PDSUP_BACKUP_PASSPHRASE", PASSPHRASE)])
         .assert_ok("pdsup restore from the archive alone");
+    assert_eq!(
+        alone["restore"]["relay_desync"],
+        json!([]),
+        "a relay at the backup's heads is no desync"
+    );
+    drop(level);
     assert_eq!(
         fs::read_to_string(op3.site_dir().join("pds.env")).unwrap(),
         fs::read_to_string(op.site_dir().join("pds.env")).unwrap()

@@ -38,6 +38,11 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
 
+    /// A relay (URL) to check for a desync and ask to crawl, instead of the
+    /// site's PDS_CRAWLERS; repeat for several
+    #[arg(long = "relay", value_name = "URL")]
+    pub relays: Vec<String>,
+
     #[command(flatten)]
     pub site: SiteArgs,
 
@@ -46,8 +51,13 @@ pub struct RestoreArgs {
 }
 
 pub async fn restore(args: RestoreArgs, global: &Global) -> Result<()> {
+    let relays = args
+        .relays
+        .iter()
+        .map(|r| Ok(r.parse::<crate::inputs::HttpUrl>()?))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(snapshot) = args.snapshot.clone() {
-        return restore_snapshot(args, snapshot, global).await;
+        return restore_snapshot(args, snapshot, relays, global).await;
     }
     let (Some(archive), Some(dest)) = (args.archive.clone(), args.dest.clone()) else {
         bail!(
@@ -89,6 +99,7 @@ pub async fn restore(args: RestoreArgs, global: &Global) -> Result<()> {
             archive,
             manifest,
             force: args.force,
+            relays,
         },
         global.output(),
     )
@@ -114,7 +125,12 @@ fn ssh_options(args: &RestoreArgs, site: &SiteDir) -> Result<SshOptions> {
 
 /// `restore --snapshot ID DEST`: the site's state must be in the state
 /// directory (a snapshot holds the data, not the site's secrets).
-async fn restore_snapshot(args: RestoreArgs, snapshot: String, global: &Global) -> Result<()> {
+async fn restore_snapshot(
+    args: RestoreArgs,
+    snapshot: String,
+    relays: Vec<crate::inputs::HttpUrl>,
+    global: &Global,
+) -> Result<()> {
     let dest = match (&args.archive, &args.dest) {
         (Some(dest), None) => dest.display().to_string(),
         _ => bail!(
@@ -161,6 +177,7 @@ async fn restore_snapshot(args: RestoreArgs, snapshot: String, global: &Global) 
             options,
             snapshot,
             force: args.force,
+            relays,
         },
         global.output(),
     )

@@ -3,11 +3,19 @@
 //! PDS serves every account of the manifest at its recorded repo head, and a
 //! crawl request to the site's relays.
 //!
+//! A backup older than what a relay has seen leaves that relay ahead of the
+//! PDS (a "relay desync"): the restore asks each relay for every account's
+//! latest commit and, when one has a newer rev than the restored PDS serves,
+//! prints the fix as commands for this site (the restore itself succeeded).
+//!
 //! The site's state comes from the state directory, or, when that has no
 //! `pds.env` or `site.toml` for the site, from the archive's encrypted copy:
 //! the archive alone rebuilds the site.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
 
 use super::backup::open_site_state;
 use super::Output;
@@ -15,6 +23,7 @@ use crate::error::{bail, err, Error, Result};
 use crate::host::dest::Destination;
 use crate::host::ssh::{SshHost, SshOptions};
 use crate::host::Host;
+use crate::inputs::HttpUrl;
 use crate::pds::data::Manifest;
 use crate::pds::data::RepoHead;
 use crate::pds::env::pds_environment;
@@ -39,6 +48,9 @@ pub struct Restore<'a> {
     pub archive: PathBuf,
     pub manifest: Manifest,
     pub force: bool,
+    /// `--relay`: the relays to check for a desync and ask to crawl, instead
+    /// of the site's `PDS_CRAWLERS`.
+    pub relays: Vec<HttpUrl>,
 }
 
 /// Writes the site's `pds.env` and `site.toml` from the archive where the
@@ -117,6 +129,8 @@ pub async fn restore(r: Restore<'_>, output: Output) -> Result<()> {
         taken_at: &r.manifest.taken_at,
         restored_now,
         source,
+        relays: &r.relays,
+        destination: &r.destination,
     };
     check_and_report(&mut ctx, r.settings, r.site, &report, restored, &ui).await
 }
@@ -130,6 +144,11 @@ pub struct Restored<'a> {
     pub restored_now: bool,
     /// Where the data came from, for `--json` (`archive` or `snapshot`).
     pub source: serde_json::Value,
+    /// `--relay`: checked for a desync and asked to crawl; empty for the
+    /// site's `PDS_CRAWLERS`.
+    pub relays: &'a [HttpUrl],
+    /// The droplet, for the desync fix's commands.
+    pub destination: &'a Destination,
 }
 
 /// After a restore's steps: every account of the backup served at the head
@@ -157,7 +176,23 @@ pub async fn check_and_report(
             wrong.join("; ")
         );
     }
-    let crawled = request_crawls(ctx, settings, ui).await?;
+    let relays = if restored.relays.is_empty() {
+        site_crawlers(ctx, settings)?
+    } else {
+        restored.relays.iter().map(|u| u.as_str().to_string()).collect()
+    };
+    let restored_revs: Vec<(String, String)> = served
+        .iter()
+        .filter_map(|(account, latest)| {
+            latest
+                .as_ref()
+                .ok()
+                .map(|(_, rev)| (account.did.clone(), rev.clone()))
+        })
+        .collect();
+    let hostname = settings.hostname.as_str();
+    let desyncs = check_relays(&relays, &restored_revs, hostname, ui).await;
+    let crawled = request_crawls(&relays, settings, ui).await;
 
     let summary = Summary {
         settings,
@@ -172,6 +207,14 @@ pub async fn check_and_report(
             "taken_at": restored.taken_at,
             "accounts": restored.accounts,
             "crawl_requested": crawled,
+            "relay_desync": desyncs
+                .iter()
+                .map(|d| {
+                    let mut v = serde_json::to_value(d).expect("plain fields");
+                    v["fix"] = desync_fix(d, hostname, restored.destination).into();
+                    v
+                })
+                .collect::<Vec<_>>(),
         });
         if let (Some(about), Some(source)) = (about.as_object_mut(), restored.source.as_object()) {
             about.extend(source.clone());
@@ -188,9 +231,12 @@ pub async fn check_and_report(
         if !crawled.is_empty() {
             println!("asked {} to crawl the PDS again", crawled.join(", "));
         }
-        println!(
-            "if a relay saw newer commits than this backup holds, follow \"Fixing a Relay desync\" in the PDS README"
-        );
+        for desync in &desyncs {
+            print!(
+                "{}",
+                desync_fix(desync, hostname, restored.destination)
+            );
+        }
     }
     Ok(())
 }
@@ -253,12 +299,11 @@ pub fn head_problems(served: &[(&RepoHead, Result<(String, String)>)], exact: bo
     wrong
 }
 
-/// Asks each of the site's crawlers (`PDS_CRAWLERS`) to crawl it again; a relay
-/// that does not answer is a note, not a failed restore.
-async fn request_crawls(ctx: &mut Ctx<'_>, settings: &Settings, ui: &Ui) -> Result<Vec<String>> {
+/// The relays of the site's `PDS_CRAWLERS`.
+fn site_crawlers(ctx: &mut Ctx<'_>, settings: &Settings) -> Result<Vec<String>> {
     let secrets = ctx.secrets()?.clone();
     let env = pds_environment(settings, &secrets)?;
-    let crawlers: Vec<String> = env
+    Ok(env
         .iter()
         .filter(|(k, _)| k == "PDS_CRAWLERS")
         .flat_map(|(_, v)| {
@@ -268,18 +313,153 @@ async fn request_crawls(ctx: &mut Ctx<'_>, settings: &Settings, ui: &Ui) -> Resu
                 .collect::<Vec<_>>()
         })
         .filter(|c| !c.is_empty())
-        .collect();
+        .collect())
+}
+
+/// How long one relay may take to answer one call.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks each relay to crawl the site again; a relay that does not answer is a
+/// note, not a failed restore.
+async fn request_crawls(relays: &[String], settings: &Settings, ui: &Ui) -> Vec<String> {
     let mut asked = Vec::new();
-    for crawler in crawlers {
-        match Xrpc::with_base(crawler.trim_end_matches('/'))
-            .request_crawl(settings.hostname.as_str())
-            .await
-        {
-            Ok(()) => asked.push(crawler),
-            Err(e) => ui.note(&format!("{crawler} did not take the crawl request: {e:#}")),
+    for relay in relays {
+        let client = Xrpc::with_base(relay.trim_end_matches('/'));
+        let call = client.request_crawl(settings.hostname.as_str());
+        match tokio::time::timeout(RELAY_TIMEOUT, call).await {
+            Ok(Ok(())) => asked.push(relay.clone()),
+            Ok(Err(e)) => ui.note(&format!("{relay} did not take the crawl request: {e:#}")),
+            Err(_) => ui.note(&format!("{relay} did not answer the crawl request in time")),
         }
     }
-    Ok(asked)
+    asked
+}
+
+/// A relay that has seen newer commits than the restored PDS serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RelayDesync {
+    pub relay: String,
+    /// The relay's last event sequence number for this PDS, when it tells
+    /// (`com.atproto.sync.getHostStatus`).
+    pub relay_seq: Option<u64>,
+    pub repos: Vec<RepoAhead>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RepoAhead {
+    pub did: String,
+    pub relay_rev: String,
+    pub restored_rev: String,
+}
+
+/// The repos of `restored` (DID, rev the PDS serves) that a relay knows at a
+/// later rev (`seen`: DID, the relay's rev; a repo the relay does not know
+/// is absent). Revs are TIDs: they sort in commit order.
+pub fn repos_ahead(restored: &[(String, String)], seen: &[(String, String)]) -> Vec<RepoAhead> {
+    restored
+        .iter()
+        .filter_map(|(did, restored_rev)| {
+            let (_, relay_rev) = seen.iter().find(|(d, _)| d == did)?;
+            (relay_rev > restored_rev).then(|| RepoAhead {
+                did: did.clone(),
+                relay_rev: relay_rev.clone(),
+                restored_rev: restored_rev.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Asks every relay for each restored repo's latest commit. A relay that
+/// does not answer, or does not know a repo, is a note: only a relay that is
+/// known to be ahead is a desync.
+async fn check_relays(
+    relays: &[String],
+    restored: &[(String, String)],
+    hostname: &str,
+    ui: &Ui,
+) -> Vec<RelayDesync> {
+    let mut desyncs = Vec::new();
+    for relay in relays {
+        let client = Xrpc::with_base(relay.trim_end_matches('/'));
+        let mut seen = Vec::new();
+        for (did, _) in restored {
+            match tokio::time::timeout(RELAY_TIMEOUT, client.latest_commit(did)).await {
+                Ok(Ok((_, rev))) => seen.push((did.clone(), rev)),
+                Ok(Err(e)) => ui.note(&format!(
+                    "{relay} has no latest commit of {did} ({e:#}); not checked for a desync"
+                )),
+                Err(_) => ui.note(&format!(
+                    "{relay} did not answer for {did} in time; not checked for a desync"
+                )),
+            }
+        }
+        let repos = repos_ahead(restored, &seen);
+        if repos.is_empty() {
+            continue;
+        }
+        let relay_seq = tokio::time::timeout(RELAY_TIMEOUT, client.host_seq(hostname))
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+        desyncs.push(RelayDesync {
+            relay: relay.clone(),
+            relay_seq,
+            repos,
+        });
+    }
+    desyncs
+}
+
+/// The PDS README's "Fixing a Relay desync", as commands for this site: the
+/// relay's last sequence number for the host, the PDS stopped, its
+/// `repo_seq` moved past that number, the PDS started again by `up`, a crawl
+/// requested.
+pub fn desync_fix(desync: &RelayDesync, hostname: &str, dest: &Destination) -> String {
+    let mut ssh = String::from("ssh");
+    if let Some(port) = dest.port {
+        ssh.push_str(&format!(" -p {port}"));
+    }
+    ssh.push(' ');
+    if let Some(user) = &dest.user {
+        ssh.push_str(&format!("{user}@"));
+    }
+    ssh.push_str(&dest.host);
+    let behind: Vec<String> = desync
+        .repos
+        .iter()
+        .map(|r| {
+            format!(
+                "{} (the relay has rev {}, the restored PDS {})",
+                r.did, r.relay_rev, r.restored_rev
+            )
+        })
+        .collect();
+    let (seq_line, seq) = match desync.relay_seq {
+        Some(seq) => (
+            format!("the relay's last sequence number for {hostname} is {seq}"),
+            (seq + 1).to_string(),
+        ),
+        None => (
+            format!(
+                "read the relay's last sequence number for {hostname}: \
+                 `goat relay host status {hostname} --json` (its \"seq\"); N below is that plus one"
+            ),
+            "N".to_string(),
+        ),
+    };
+    format!(
+        "warning: {relay} has seen newer commits than this backup holds: {behind}.\n\
+         The relay ignores this PDS's events until its sequence passes the relay's \
+         (\"Fixing a Relay desync\" in the PDS README):\n\
+         \x20 1. {seq_line}\n\
+         \x20 2. stop the PDS: {ssh} nomad job stop -purge pds\n\
+         \x20 3. move its sequence on: {ssh} \"apt-get install -y -q sqlite3 && sqlite3 /srv/nomad/pds/sequencer.sqlite \
+         \\\"UPDATE sqlite_sequence SET seq = {seq} WHERE name = 'repo_seq'\\\"\"\n\
+         \x20 4. start it again: pdsup up {dest} --hostname {hostname}\n\
+         \x20 5. ask the relay to crawl: pdsup request-crawl {relay} --hostname {hostname}\n",
+        relay = desync.relay,
+        behind = behind.join(", "),
+    )
 }
 
 #[cfg(test)]
@@ -320,5 +500,75 @@ mod tests {
             false,
         );
         assert_eq!(missing, ["did:plc:a: RepoNotFound"]);
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_relay_is_ahead_only_for_repos_it_knows_at_a_later_rev() {
+        let restored = pairs(&[
+            ("did:plc:a", "3kaaa"),
+            ("did:plc:b", "3kbbb"),
+            ("did:plc:c", "3kccc"),
+        ]);
+        // a: the relay is ahead; b: the same rev; c: the relay is behind; d: not restored.
+        let seen = pairs(&[
+            ("did:plc:a", "3kzzz"),
+            ("did:plc:b", "3kbbb"),
+            ("did:plc:c", "3k000"),
+            ("did:plc:d", "3kzzz"),
+        ]);
+        assert_eq!(
+            repos_ahead(&restored, &seen),
+            [RepoAhead {
+                did: "did:plc:a".into(),
+                relay_rev: "3kzzz".into(),
+                restored_rev: "3kaaa".into(),
+            }]
+        );
+        assert!(repos_ahead(&restored, &seen[1..]).is_empty());
+        assert!(repos_ahead(&restored, &[]).is_empty());
+    }
+
+    #[test]
+    fn the_desync_fix_names_this_site_its_droplet_and_the_relay_s_sequence() {
+        let desync = RelayDesync {
+            relay: "https://relay.example.net".into(),
+            relay_seq: Some(41),
+            repos: vec![RepoAhead {
+                did: "did:plc:a".into(),
+                relay_rev: "3kzzz".into(),
+                restored_rev: "3kaaa".into(),
+            }],
+        };
+        let dest: Destination = "admin@198.51.100.4:2222".parse().unwrap();
+        let fix = desync_fix(&desync, "pds.example.com", &dest);
+        for want in [
+            "https://relay.example.net has seen newer commits",
+            "did:plc:a (the relay has rev 3kzzz, the restored PDS 3kaaa)",
+            "is 41",
+            "ssh -p 2222 admin@198.51.100.4 nomad job stop -purge pds",
+            "sqlite3 /srv/nomad/pds/sequencer.sqlite \\\"UPDATE sqlite_sequence SET seq = 42 WHERE name = 'repo_seq'\\\"\"",
+            "pdsup up admin@198.51.100.4:2222 --hostname pds.example.com",
+            "pdsup request-crawl https://relay.example.net --hostname pds.example.com",
+        ] {
+            assert!(fix.contains(want), "{want:?} not in:\n{fix}");
+        }
+        // Without the relay's sequence number: how to read it, and N in its place.
+        let unknown = RelayDesync {
+            relay_seq: None,
+            ..desync
+        };
+        let fix = desync_fix(&unknown, "pds.example.com", &"pds1".parse().unwrap());
+        assert!(
+            fix.contains("goat relay host status pds.example.com --json"),
+            "{fix}"
+        );
+        assert!(fix.contains("SET seq = N WHERE"), "{fix}");
+        assert!(fix.contains("ssh pds1 nomad job stop"), "{fix}");
     }
 }

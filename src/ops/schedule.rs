@@ -528,6 +528,8 @@ pub struct SnapshotRestore<'a> {
     /// `latest`, or a snapshot id (or its prefix).
     pub snapshot: String,
     pub force: bool,
+    /// `--relay`, as for an archive's restore.
+    pub relays: Vec<crate::inputs::HttpUrl>,
 }
 
 /// `pdsup restore --snapshot ID DEST`.
@@ -623,6 +625,8 @@ pub async fn restore(r: SnapshotRestore<'_>, output: Output) -> Result<()> {
         taken_at: &taken_at,
         restored_now,
         source: json!({ "snapshot": snapshot.id, "repository": schedule.repository }),
+        relays: &r.relays,
+        destination: &r.destination,
     };
     check_and_report(&mut ctx, r.settings, r.site, &report, restored, &ui).await
 }

@@ -310,6 +310,23 @@ impl Xrpc {
         Ok((latest.cid, latest.rev))
     }
 
+    /// A relay's last event sequence number for the PDS at `hostname`
+    /// (`com.atproto.sync.getHostStatus`, which relays answer and PDSes do not).
+    pub async fn host_seq(&self, hostname: &str) -> Result<u64> {
+        #[derive(Deserialize)]
+        struct HostStatus {
+            seq: u64,
+        }
+        let method = "com.atproto.sync.getHostStatus";
+        let req = self
+            .client
+            .get(self.url(method))
+            .timeout(CALL_TIMEOUT)
+            .query(&[("hostname", hostname)]);
+        let status: HostStatus = self.send(method, req, None).await?.json().await?;
+        Ok(status.seq)
+    }
+
     /// Asks a relay (this client's base) to crawl `hostname`
     /// (`com.atproto.sync.requestCrawl`).
     pub async fn request_crawl(&self, hostname: &str) -> Result<()> {
