@@ -193,6 +193,18 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
     eprintln!("converged in {:.0?}", tier.elapsed());
 
+    // The first up pins what it deployed: the exact version _health reported.
+    // The harness loads the image from an archive, and Docker knows no
+    // registry digest for a loaded image: the pin is by version, no digest.
+    let site = site_toml(&op);
+    assert_eq!(
+        site["pds_image"].as_str(),
+        Some("ghcr.io/bluesky-social/pds:0.4"),
+        "{site}"
+    );
+    assert_eq!(site["pds_version"].as_str(), Some(base.as_str()), "{site}");
+    assert!(site.get("pds_image_digest").is_none(), "{site}");
+
     // Some data: a post by the first account.
     let session = xrpc_ok(
         &d,
@@ -223,6 +235,25 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     assert_eq!(older.status.code(), Some(3), "{}", describe(&older));
     assert!(stderr(&older).contains("--force"), "{}", describe(&older));
 
+    // No arguments: the site's tag pulled again from its registry. The
+    // harness's droplets reach no registry (the image came from an archive),
+    // so the pull fails: before anything changed, saying so.
+    let site_before = fs::read_to_string(op.site_file()).unwrap();
+    let again = op.day2(&["upgrade"]);
+    assert!(!again.status.success(), "{}", describe(&again));
+    assert!(
+        stderr(&again).contains("pulling ghcr.io/bluesky-social/pds:0.4 on the droplet"),
+        "{}",
+        describe(&again)
+    );
+    assert!(
+        stderr(&again).contains("nothing was upgraded"),
+        "{}",
+        describe(&again)
+    );
+    assert_eq!(fs::read_to_string(op.site_file()).unwrap(), site_before);
+    assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
+
     // A dry run changes nothing.
     let image = |v: &str| format!("pdsup-test/pds:{v}");
     let archive_arg = archive.display().to_string();
@@ -243,7 +274,10 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
     assert!(site_toml(&op).get("pds_previous").is_none());
 
-    // The upgrade: the new version answers, the data is there, site.toml pins it.
+    // The upgrade: a backup first (a passphrase is given), then the new
+    // version answers, the data is there, site.toml pins it.
+    let passphrase = op.home.path().join("backup-passphrase");
+    fs::write(&passphrase, "correct horse battery staple\n").unwrap();
     let up1 = ok_json(
         &op.day2(&[
             "upgrade",
@@ -251,9 +285,21 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
             &image(&good),
             "--pds-image-archive",
             &archive_arg,
+            "--passphrase-file",
+            &passphrase.display().to_string(),
             "--json",
         ]),
         "upgrade",
+    );
+    // The archive was taken, and verified, while the old version still ran.
+    let backup = PathBuf::from(up1["backup"].as_str().expect("a backup path"));
+    let (manifest, _) = pdsup::ops::backup::read_archive(&backup, true)
+        .unwrap_or_else(|e| panic!("the backup before the upgrade: {e}"));
+    assert_eq!(manifest.pds_version.as_deref(), Some(base.as_str()));
+    assert!(
+        manifest.accounts.iter().any(|a| a.did == did),
+        "{:?}",
+        manifest.accounts
     );
     assert_eq!(up1["before"]["version"], base.as_str(), "{up1}");
     assert_eq!(up1["after"]["version"], good.as_str(), "{up1}");

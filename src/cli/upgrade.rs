@@ -8,7 +8,10 @@ use super::site::SiteRef;
 use super::up::Global;
 use crate::error::{bail, Result};
 use crate::inputs::ImageRef;
-use crate::ops::upgrade::{self, Target};
+use crate::ops::{
+    self,
+    upgrade::{self, ArchiveBackup, BackupFirst, Target},
+};
 
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
@@ -33,7 +36,24 @@ pub struct UpgradeArgs {
     pub dry_run: bool,
 
     #[command(flatten)]
+    pub backup: BackupArgs,
+
+    #[command(flatten)]
     pub site: SiteRef,
+}
+
+/// The backup taken before the PDS changes.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Do not take a backup first (by default one is taken when backups are configured:
+    /// the droplet has pdsup-backup.service, or a passphrase is given for a local archive)
+    #[arg(long, conflicts_with = "passphrase_file")]
+    pub no_backup: bool,
+
+    /// Take a local archive first (as `pdsup backup`), its secrets encrypted with the
+    /// passphrase in FILE [default: PDSUP_BACKUP_PASSPHRASE when set]
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -47,7 +67,36 @@ pub struct RollbackArgs {
     pub dry_run: bool,
 
     #[command(flatten)]
+    pub backup: BackupArgs,
+
+    #[command(flatten)]
     pub site: SiteRef,
+}
+
+/// The backup to take first. A passphrase is read (never prompted for) and a
+/// second copy of the site opened here, before any connection.
+fn backup_first(args: &BackupArgs, site: &SiteRef, global: &Global) -> Result<BackupFirst> {
+    let given =
+        args.passphrase_file.is_some() || std::env::var_os("PDSUP_BACKUP_PASSPHRASE").is_some();
+    if args.no_backup || !given {
+        return Ok(BackupFirst {
+            no_backup: args.no_backup,
+            archive: None,
+        });
+    }
+    let passphrase = ops::backup::passphrase(args.passphrase_file.as_deref(), false)?;
+    let copy = site.open(global)?;
+    let options = site.ssh_options(&copy)?;
+    let destination = copy.destination(site.dest.as_deref())?;
+    Ok(BackupFirst {
+        no_backup: false,
+        archive: Some(ArchiveBackup {
+            site: copy,
+            destination,
+            options,
+            passphrase,
+        }),
+    })
 }
 
 fn check_archive(archive: &Option<PathBuf>) -> Result<()> {
@@ -71,16 +120,26 @@ pub async fn upgrade(args: UpgradeArgs, global: &Global) -> Result<()> {
         (None, Some(image)) => image.parse::<ImageRef>()?.to_string(),
         (None, None) => site.settings.pds_image.clone(),
     };
+    let backup = backup_first(&args.backup, &args.site, global)?;
     let options = args.site.ssh_options(&site)?;
     let destination = site.destination(args.site.dest.as_deref())?;
     let session = site.connect(destination, &options).await?;
     let target = Target {
         image,
+        pinned: None,
         // No version and no image: the site's tag, pulled again.
         refresh: args.to.is_none() && args.image.is_none() && args.pds_image_archive.is_none(),
         archive: args.pds_image_archive,
     };
-    upgrade::upgrade(session, target, args.force, args.dry_run, global.output()).await
+    upgrade::upgrade(
+        session,
+        target,
+        backup,
+        args.force,
+        args.dry_run,
+        global.output(),
+    )
+    .await
 }
 
 pub async fn rollback(args: RollbackArgs, global: &Global) -> Result<()> {
@@ -97,8 +156,9 @@ pub async fn rollback(args: RollbackArgs, global: &Global) -> Result<()> {
             site.dir.site_file().display()
         );
     }
+    let backup = backup_first(&args.backup, &args.site, global)?;
     let session = site.connect(destination, &options).await?;
     let target = upgrade::rollback_target(&session, args.pds_image_archive)?;
     // Going back is the point of a rollback: no downgrade check.
-    upgrade::upgrade(session, target, true, args.dry_run, global.output()).await
+    upgrade::upgrade(session, target, backup, true, args.dry_run, global.output()).await
 }
