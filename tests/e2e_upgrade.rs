@@ -9,7 +9,15 @@
 //! for a test of how pdsup deploys an image, not of what changed inside it.
 //!
 //! `PDSUP_E2E_NOMAD_VERSION` picks the Nomad double's release from the mirror
-//! (default: pdsup's default, what nomad-release.sh builds).
+//! (default: pdsup's default, what nomad-release.sh builds). `upgrade --nomad`
+//! goes to the double's second release in the mirror (1.10.6, or 1.10.5 when
+//! the site started on 1.10.6) and back.
+//!
+//! The backup before an upgrade is the local archive (a passphrase is given);
+//! `pdsup-backup.service` (the scheduled backup) is covered by unit tests of
+//! the choice only. `upgrade` with no arguments pulls the site's tag again
+//! from its registry: the harness's droplets reach none, so its failure path
+//! (nothing changed, a clear error) is what is asserted.
 
 mod support;
 
@@ -364,8 +372,86 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     );
     eprintln!("rolled back at {:.0?}", tier.elapsed());
 
+    nomad_upgrade_checks(&op, &d, &did, &rkey, &password, &base);
+    eprintln!("nomad upgraded and rolled back at {:.0?}", tier.elapsed());
+
     down_checks(&op, &d);
     eprintln!("tier e2e_upgrade: {:.0?}", tier.elapsed());
+}
+
+/// The Nomad version the droplet's agent reports.
+fn agent_version(d: &Droplet) -> String {
+    let text = d.ssh_ok("root", "curl -fsS http://127.0.0.1:4646/v1/agent/self");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["config"]["Version"]["Version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `upgrade --nomad` to the double's second release in the harness mirror
+/// (scripts/harness/nomad-release.sh), and `rollback --nomad`: Nomad runs the
+/// new version, the PDS answers again with its accounts and records.
+fn nomad_upgrade_checks(
+    op: &Operator,
+    d: &Droplet,
+    did: &str,
+    rkey: &str,
+    password: &str,
+    pds_version: &str,
+) {
+    let from = std::env::var("PDSUP_E2E_NOMAD_VERSION").unwrap_or_else(|_| "1.10.5".into());
+    let to = if from == "1.10.6" { "1.10.5" } else { "1.10.6" };
+    let sums = cache_dir().join(format!("mirror/nomad/{to}/nomad_{to}_SHA256SUMS.sig"));
+    assert!(
+        sums.exists(),
+        "{} is missing: run scripts/harness/nomad-release.sh (it makes the second release)",
+        sums.display()
+    );
+    assert_eq!(agent_version(d), from);
+    let key = cache_dir()
+        .join("mirror/test-release-key.asc")
+        .display()
+        .to_string();
+    let mirror = mirror_url();
+    let source = ["--nomad-release-url", &mirror, "--nomad-release-key", &key];
+    let kept = |what: &str| {
+        assert_eq!(health_version(d).as_deref(), Some(pds_version), "{what}");
+        assert_eq!(post_text(d, did, rkey), "before the upgrade", "{what}");
+        let login = xrpc(
+            d,
+            "com.atproto.server.createSession",
+            Some(&json!({"identifier": FULL_HANDLE, "password": password})),
+            None,
+        );
+        assert!(login.status.success(), "{what}:\n{}", describe(&login));
+    };
+
+    let mut args = vec!["upgrade", "--nomad", to];
+    args.extend(source);
+    args.push("--json");
+    let up = ok_json(&op.day2(&args), "upgrade --nomad");
+    assert_eq!(up["before"], from.as_str(), "{up}");
+    assert_eq!(up["after"], to, "{up}");
+    assert_eq!(up["pds_version"], pds_version, "{up}");
+    assert_eq!(agent_version(d), to);
+    kept("after upgrade --nomad");
+    let site = site_toml(op);
+    assert_eq!(site["nomad_version"].as_str(), Some(to), "{site}");
+    assert_eq!(
+        site["nomad_previous"].as_str(),
+        Some(from.as_str()),
+        "{site}"
+    );
+
+    let mut args = vec!["rollback", "--nomad"];
+    args.extend(source);
+    args.push("--json");
+    let back = ok_json(&op.day2(&args), "rollback --nomad");
+    assert_eq!(back["after"], from.as_str(), "{back}");
+    assert_eq!(agent_version(d), from);
+    kept("after rollback --nomad");
+    assert_eq!(site_toml(op)["nomad_version"].as_str(), Some(from.as_str()));
 }
 
 /// The PDS's durable files: SQLite's -wal and -shm files come and go (the

@@ -558,6 +558,211 @@ fn render(report: &Report) -> String {
     text
 }
 
+/// The steps of a Nomad upgrade: the release installed (downloaded, its
+/// signature and checksum checked, Nomad restarted on it)...
+const NOMAD_INSTALL: &[&dyn steps::AnyStep] = &[&steps::nomad_install::NomadInstallStep];
+/// ...then the node and the PDS checked as `up` checks them, waiting until
+/// the node is ready and the pds job healthy again.
+const NOMAD_RECHECK: &[&dyn steps::AnyStep] = &[
+    &steps::nomad_config::NomadConfigStep,
+    &steps::pds_job::PdsJobStep,
+];
+
+/// How long the agent gets to answer with its new version after the restart.
+const NOMAD_RESTART_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where `upgrade --nomad` takes the release from.
+#[derive(Clone, Debug)]
+pub struct NomadTarget {
+    pub version: String,
+    /// `--nomad-release-url` (a mirror laid out like releases.hashicorp.com).
+    pub release_url: Option<String>,
+    /// `--nomad-release-key`: the key that signs that mirror's SHA256SUMS.
+    pub release_key: Option<PathBuf>,
+}
+
+/// A Nomad version as releases name it (`1.10.5`, `1.11.0-beta.1`).
+pub fn check_nomad_version(version: &str) -> Result<()> {
+    let plain = version.split(['-', '+']).next().unwrap_or_default();
+    if !looks_like_version(plain)
+        || plain.starts_with('v')
+        || !version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
+    {
+        bail!(
+            BadInput,
+            "--nomad {version:?}: expected a Nomad version like {}",
+            crate::settings::NOMAD_VERSION
+        );
+    }
+    Ok(())
+}
+
+/// The result of `upgrade --nomad`, for the text and `--json` outputs.
+#[derive(Debug, Serialize)]
+pub struct NomadReport {
+    pub ok: bool,
+    pub dry_run: bool,
+    pub before: Option<String>,
+    pub after: String,
+    /// What the PDS reported once Nomad ran it again.
+    pub pds_version: Option<String>,
+    pub changes: Vec<String>,
+}
+
+/// `pdsup upgrade --nomad VERSION` (and `rollback --nomad`): Nomad's own
+/// release, installed the way `up` installs it, then Nomad restarted and the
+/// PDS checked until it answers again. The jobs and their data stay: Nomad
+/// keeps its state in its data dir, and the PDS's is a host volume.
+pub async fn upgrade_nomad(
+    mut session: Session,
+    target: NomadTarget,
+    dry_run: bool,
+    output: Output,
+) -> Result<()> {
+    check_nomad_version(&target.version)?;
+    let ui = Ui::new(output.json, output.quiet);
+    let before = steps::facts::nomad_version()
+        .read(session.host.as_ref())
+        .await?;
+    let mut settings = session.site.settings.clone();
+    settings.nomad.version = target.version.clone();
+    settings.nomad.zip = None;
+    if let Some(url) = &target.release_url {
+        settings.nomad.release_url = url.parse::<crate::inputs::HttpUrl>()?.to_string();
+    }
+    if let Some(key) = &target.release_key {
+        settings.nomad.release_key = Some(key.clone());
+    }
+    session.site.settings = settings;
+    let mut ctx = session.ctx(&ui);
+    let installed = match steps::runner::run(&mut ctx, NOMAD_INSTALL, dry_run).await {
+        Ok(report) => report,
+        Err(e) => {
+            ui.clear();
+            return Err(e.context(format!(
+                "installing Nomad {} failed; the droplet still has Nomad {}",
+                target.version,
+                before.as_deref().unwrap_or("(none)")
+            )));
+        }
+    };
+    let mut changes: Vec<String> = installed
+        .steps
+        .iter()
+        .flat_map(|s| s.changes.iter().cloned())
+        .collect();
+    if !dry_run {
+        wait_nomad_version(&mut ctx, &target.version).await?;
+        ctx.forget_facts();
+        let rechecked = steps::runner::run(&mut ctx, NOMAD_RECHECK, false)
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "Nomad {} runs, but the PDS is not back",
+                    target.version
+                ))
+                .with_hint(format!(
+                    "`pdsup status` shows what is wrong; `pdsup rollback --nomad` returns to Nomad {}",
+                    before.as_deref().unwrap_or("(none)")
+                ))
+            })?;
+        changes.extend(
+            rechecked
+                .steps
+                .iter()
+                .flat_map(|s| s.changes.iter().cloned()),
+        );
+        if before.as_deref() != Some(target.version.as_str()) {
+            let mut record = ctx.record.clone();
+            record.nomad_previous = before.clone();
+            record.nomad_version = Some(target.version.clone());
+            ctx.site.save_record(&record)?;
+            ctx.record = record;
+        }
+    }
+    ui.clear();
+    let report = NomadReport {
+        ok: true,
+        dry_run,
+        before,
+        after: target.version.clone(),
+        pds_version: ctx.outcome.pds_version.clone(),
+        changes,
+    };
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_nomad(&report));
+    }
+    Ok(())
+}
+
+/// Polls the agent until it answers with `version` (it restarts on the new binary).
+async fn wait_nomad_version(ctx: &mut Ctx<'_>, version: &str) -> Result<()> {
+    let deadline = Instant::now() + NOMAD_RESTART_TIMEOUT;
+    loop {
+        let answer = match ctx.nomad().await {
+            Ok(nomad) => nomad.agent_self().await.map_err(crate::error::Error::from),
+            Err(e) => Err(e),
+        };
+        let last = match answer {
+            Ok(agent) if agent.version == version => return Ok(()),
+            Ok(agent) => format!("it reports {}", agent.version),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                TimedOut,
+                "Nomad did not come back as {version} within {}s after its restart ({last})",
+                NOMAD_RESTART_TIMEOUT.as_secs()
+            );
+        }
+        ctx.progress
+            .progress(&format!("waiting for Nomad {version} to answer"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn render_nomad(report: &NomadReport) -> String {
+    let before = report.before.as_deref().unwrap_or("(none)");
+    let mut text = String::new();
+    if report.dry_run {
+        text.push_str(&format!(
+            "dry run: would go from Nomad {before} to {}\n",
+            report.after
+        ));
+        for change in &report.changes {
+            text.push_str(&format!("  - {change}\n"));
+        }
+        return text;
+    }
+    if report.before.as_deref() == Some(report.after.as_str()) {
+        text.push_str(&format!("already running Nomad {}\n", report.after));
+        return text;
+    }
+    text.push_str(&format!("before: Nomad {before}\n"));
+    text.push_str(&format!("after:  Nomad {}\n", report.after));
+    if let Some(v) = &report.pds_version {
+        text.push_str(&format!("the PDS answers again (version {v})\n"));
+    }
+    text
+}
+
+/// `pdsup rollback --nomad`: the version `site.toml` kept as `nomad_previous`.
+pub fn nomad_rollback_version(record: &SiteRecord, site_file: &std::path::Path) -> Result<String> {
+    match &record.nomad_previous {
+        Some(v) => Ok(v.clone()),
+        None => bail!(
+            BadInput,
+            "{} records no previous Nomad version: `rollback --nomad` returns to the version \
+             the last `pdsup upgrade --nomad` replaced, and there was none",
+            site_file.display()
+        ),
+    }
+}
+
 /// `pdsup rollback`: the release `site.toml` kept as `pds_previous`.
 pub fn rollback_target(session: &Session, archive: Option<PathBuf>) -> Result<Target> {
     let Some(previous) = &session.site.record.pds_previous else {
@@ -748,5 +953,44 @@ mod tests {
             ..target
         };
         assert_eq!(by_tag.run_image(), "pds:0.4");
+    }
+
+    #[test]
+    fn nomad_versions_are_checked_before_anything() {
+        for good in ["1.10.5", "1.11.0-beta.1", "1.9.7+ent"] {
+            check_nomad_version(good).unwrap();
+        }
+        for bad in ["", "v1.10.5", "latest", "1.10.", "1.10.5; rm -rf /", "1..2"] {
+            let e = check_nomad_version(bad).unwrap_err();
+            assert!(e.to_string().contains("--nomad"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_nomad_report_shows_before_and_after() {
+        let report = NomadReport {
+            ok: true,
+            dry_run: false,
+            before: Some("1.10.5".into()),
+            after: "1.10.6".into(),
+            pds_version: Some("0.4.217".into()),
+            changes: vec!["upgrade Nomad 1.10.5 → 1.10.6".into()],
+        };
+        assert_eq!(
+            render_nomad(&report),
+            "before: Nomad 1.10.5\nafter:  Nomad 1.10.6\nthe PDS answers again (version 0.4.217)\n"
+        );
+    }
+
+    #[test]
+    fn a_nomad_rollback_needs_a_previous_version() {
+        let file = std::path::Path::new("/state/site.toml");
+        let e = nomad_rollback_version(&SiteRecord::default(), file).unwrap_err();
+        assert!(e.to_string().contains("no previous Nomad version"), "{e}");
+        let record = SiteRecord {
+            nomad_previous: Some("1.10.5".into()),
+            ..SiteRecord::default()
+        };
+        assert_eq!(nomad_rollback_version(&record, file).unwrap(), "1.10.5");
     }
 }
