@@ -91,7 +91,8 @@ pub async fn record_pin(ctx: &mut Ctx<'_>, run_image: &str) -> Result<()> {
     };
     let digest = match run_image.contains('@') {
         true => Some(run_image.to_string()),
-        false => image_digest(run_image).read(ctx.host).await?,
+        // The pds job step asked the same on a converged run: answered from its facts.
+        false => ctx.read(&image_digest(run_image)).await?,
     };
     if ctx.record.pds_version.as_ref() == Some(&version) && ctx.record.pds_image_digest == digest {
         return Ok(());
