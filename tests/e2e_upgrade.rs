@@ -1,12 +1,12 @@
 //! End-to-end, day 2: `pdsup upgrade`, `rollback` and `down` on one converged
 //! droplet of the harness (see tests/e2e.rs for the harness itself).
 //!
-//! The images upgraded to come from scripts/harness/pds-upgrade-images.sh: the
-//! harness's PDS image (one npm build of @atproto/pds) tagged as the next
-//! version with `PDS_VERSION` set to it, so `/xrpc/_health` reports it, and an
-//! image whose command exits at once, which never becomes healthy. Two npm
-//! versions were not built: that would double the slowest part of the harness
-//! for a test of how pdsup deploys an image, not of what changed inside it.
+//! The images come from scripts/harness/pds-upgrade-images.sh: an older npm
+//! version of @atproto/pds (0.4.209) installed over the harness's PDS image,
+//! which the site starts on and upgrades from to the harness's own (0.4.217:
+//! two npm versions); the harness's image tagged as the next version with
+//! `PDS_VERSION` set to it, so `/xrpc/_health` reports it; and an image whose
+//! command exits at once, which never becomes healthy.
 //!
 //! `PDSUP_E2E_NOMAD_VERSION` picks the Nomad double's release from the mirror
 //! (default: pdsup's default, what nomad-release.sh builds). `upgrade --nomad`
@@ -132,7 +132,8 @@ fn post_text(d: &Droplet, did: &str, rkey: &str) -> String {
         .to_string()
 }
 
-fn harness_images() -> (PathBuf, String, String) {
+/// The archive, then the older npm version's, the good and the bad image's versions.
+fn harness_images() -> (PathBuf, String, String, String) {
     let out = Command::new(harness_script("pds-upgrade-images.sh"))
         .output()
         .expect("run pds-upgrade-images.sh");
@@ -146,8 +147,11 @@ fn harness_images() -> (PathBuf, String, String) {
     let base = pds_image_version();
     let (prefix, patch) = base.rsplit_once('.').unwrap();
     let patch: u32 = patch.parse().unwrap();
+    // The script's default, or what it was told.
+    let older = std::env::var("PDSUP_PDS_OLDER_NPM").unwrap_or_else(|_| "0.4.209".into());
     (
         archive,
+        older,
         format!("{prefix}.{}", patch + 1),
         format!("{prefix}.{}", patch + 2),
     )
@@ -178,7 +182,7 @@ fn nomad_jobs(d: &Droplet) -> Value {
 fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_the_data() {
     require_e2e();
     let tier = Instant::now();
-    let (archive, good, bad) = harness_images();
+    let (archive, older, good, bad) = harness_images();
     let base = pds_image_version();
     let d = Droplet::start("bookworm");
     let op = Operator::new();
@@ -190,7 +194,18 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
         "-i",
         &ssh_key().display().to_string(),
     ]);
-    up.extend(harness_sources(&cache_dir()));
+    // The site starts on the older npm version, from the upgrade images' archive.
+    let mut sources = harness_sources(&cache_dir());
+    let at = sources
+        .iter()
+        .position(|a| a == "--pds-image-archive")
+        .unwrap();
+    sources[at + 1] = archive.display().to_string();
+    up.extend(sources);
+    up.extend(strings(&[
+        "--pds-image",
+        &format!("pdsup-test/pds:{older}"),
+    ]));
     up.extend(caddy_args());
     if let Ok(v) = std::env::var("PDSUP_E2E_NOMAD_VERSION") {
         up.extend(strings(&["--nomad-version", &v]));
@@ -198,19 +213,20 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     let report = ok_json(&op.run(&up), "pdsup up");
     let did = report["account"]["did"].as_str().unwrap().to_string();
     let password = report["account"]["password"].as_str().unwrap().to_string();
-    assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
+    assert_eq!(health_version(&d).as_deref(), Some(older.as_str()));
     eprintln!("converged in {:.0?}", tier.elapsed());
 
     // The first up pins what it deployed: the exact version _health reported.
     // The harness loads the image from an archive, and Docker knows no
     // registry digest for a loaded image: the pin is by version, no digest.
     let site = site_toml(&op);
+    let older_image = format!("pdsup-test/pds:{older}");
     assert_eq!(
         site["pds_image"].as_str(),
-        Some("ghcr.io/bluesky-social/pds:0.4"),
+        Some(older_image.as_str()),
         "{site}"
     );
-    assert_eq!(site["pds_version"].as_str(), Some(base.as_str()), "{site}");
+    assert_eq!(site["pds_version"].as_str(), Some(older.as_str()), "{site}");
     assert!(site.get("pds_image_digest").is_none(), "{site}");
 
     // Some data: a post by the first account.
@@ -239,9 +255,13 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
         .to_string();
 
     // A downgrade is refused before anything changes.
-    let older = op.day2(&["upgrade", "--to", "0.4.1"]);
-    assert_eq!(older.status.code(), Some(3), "{}", describe(&older));
-    assert!(stderr(&older).contains("--force"), "{}", describe(&older));
+    let downgrade = op.day2(&["upgrade", "--to", "0.4.1"]);
+    assert_eq!(downgrade.status.code(), Some(3), "{}", describe(&downgrade));
+    assert!(
+        stderr(&downgrade).contains("--force"),
+        "{}",
+        describe(&downgrade)
+    );
 
     // No arguments: the site's tag pulled again from its registry. The
     // harness's droplets reach no registry (the image came from an archive),
@@ -250,7 +270,7 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     let again = op.day2(&["upgrade"]);
     assert!(!again.status.success(), "{}", describe(&again));
     assert!(
-        stderr(&again).contains("pulling ghcr.io/bluesky-social/pds:0.4 on the droplet"),
+        stderr(&again).contains(&format!("pulling {older_image} on the droplet")),
         "{}",
         describe(&again)
     );
@@ -260,7 +280,60 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
         describe(&again)
     );
     assert_eq!(fs::read_to_string(op.site_file()).unwrap(), site_before);
+    assert_eq!(health_version(&d).as_deref(), Some(older.as_str()));
+
+    // Two npm versions: from the older @atproto/pds to the harness's own, a
+    // backup first (a passphrase is given). The data is kept, _health reports
+    // the new version, site.toml pins it.
+    let passphrase = op.home.path().join("backup-passphrase");
+    fs::write(&passphrase, "correct horse battery staple\n").unwrap();
+    let base_archive = cache_dir().join("pds-image.tar").display().to_string();
+    let npm = ok_json(
+        &op.day2(&[
+            "upgrade",
+            "--image",
+            "ghcr.io/bluesky-social/pds:0.4",
+            "--pds-image-archive",
+            &base_archive,
+            "--passphrase-file",
+            &passphrase.display().to_string(),
+            "--json",
+        ]),
+        "upgrade between two npm versions",
+    );
+    // The archive was taken, and verified, while the older version still ran.
+    let backup = PathBuf::from(npm["backup"].as_str().expect("a backup path"));
+    let (manifest, _) = pdsup::ops::backup::read_archive(&backup, true)
+        .unwrap_or_else(|e| panic!("the backup before the upgrade: {e}"));
+    assert_eq!(manifest.pds_version.as_deref(), Some(older.as_str()));
+    assert!(
+        manifest.accounts.iter().any(|a| a.did == did),
+        "{:?}",
+        manifest.accounts
+    );
+    assert_eq!(npm["before"]["version"], older.as_str(), "{npm}");
+    assert_eq!(npm["after"]["version"], base.as_str(), "{npm}");
     assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
+    assert_eq!(post_text(&d, &did, &rkey), "before the upgrade");
+    let relogin = xrpc(
+        &d,
+        "com.atproto.server.createSession",
+        Some(&json!({"identifier": FULL_HANDLE, "password": password})),
+        None,
+    );
+    assert!(
+        relogin.status.success(),
+        "the account after the npm upgrade:\n{}",
+        describe(&relogin)
+    );
+    let site = site_toml(&op);
+    assert_eq!(site["pds_version"].as_str(), Some(base.as_str()), "{site}");
+    assert_eq!(
+        site["pds_previous"]["version"].as_str(),
+        Some(older.as_str()),
+        "{site}"
+    );
+    eprintln!("upgraded between npm versions at {:.0?}", tier.elapsed());
 
     // A dry run changes nothing.
     let image = |v: &str| format!("pdsup-test/pds:{v}");
@@ -280,12 +353,13 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     assert_eq!(dry["dry_run"], true, "{dry}");
     assert!(!dry["changes"].as_array().unwrap().is_empty(), "{dry}");
     assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
-    assert!(site_toml(&op).get("pds_previous").is_none());
+    assert_eq!(
+        site_toml(&op)["pds_previous"]["version"].as_str(),
+        Some(older.as_str()),
+        "a dry run changed site.toml"
+    );
 
-    // The upgrade: a backup first (a passphrase is given), then the new
-    // version answers, the data is there, site.toml pins it.
-    let passphrase = op.home.path().join("backup-passphrase");
-    fs::write(&passphrase, "correct horse battery staple\n").unwrap();
+    // The upgrade: the new version answers, the data is there, site.toml pins it.
     let up1 = ok_json(
         &op.day2(&[
             "upgrade",
@@ -293,22 +367,11 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
             &image(&good),
             "--pds-image-archive",
             &archive_arg,
-            "--passphrase-file",
-            &passphrase.display().to_string(),
             "--json",
         ]),
         "upgrade",
     );
-    // The archive was taken, and verified, while the old version still ran.
-    let backup = PathBuf::from(up1["backup"].as_str().expect("a backup path"));
-    let (manifest, _) = pdsup::ops::backup::read_archive(&backup, true)
-        .unwrap_or_else(|e| panic!("the backup before the upgrade: {e}"));
-    assert_eq!(manifest.pds_version.as_deref(), Some(base.as_str()));
-    assert!(
-        manifest.accounts.iter().any(|a| a.did == did),
-        "{:?}",
-        manifest.accounts
-    );
+    assert!(up1["backup"].is_null(), "no backup was configured: {up1}");
     assert_eq!(up1["before"]["version"], base.as_str(), "{up1}");
     assert_eq!(up1["after"]["version"], good.as_str(), "{up1}");
     assert_eq!(health_version(&d).as_deref(), Some(good.as_str()));
