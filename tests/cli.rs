@@ -1080,3 +1080,38 @@ fn restore_refuses_a_relay_that_is_no_url_before_reading_the_archive() {
         "restore --help lacks --relay"
     );
 }
+
+#[test]
+fn upgrade_and_rollback_refuse_bad_input_before_connecting() {
+    // The droplet's address is a closed port: any connection would fail with the SSH code.
+    let dir = site_with(&[
+        ("pds.env", &good_env()),
+        (
+            "site.toml",
+            "hostname = \"pds.example.com\"\nemail = \"a@example.com\"\nhandle = \"alice\"\n\
+             destination = \"root@127.0.0.1:1\"\n",
+        ),
+    ]);
+    let before = snapshot(dir.path());
+    for (args, says) in [
+        (
+            &["upgrade", "--nomad", "latest"][..],
+            "expected a Nomad version",
+        ),
+        (&["upgrade", "--to", "newest"], "expected a PDS version"),
+        (&["rollback", "--nomad"], "no previous Nomad version"),
+        (&["rollback"], "no previous PDS release"),
+    ] {
+        let out = pdsup(args, dir.path());
+        assert_eq!(out.status.code(), Some(BAD_INPUT), "{args:?}: {out:?}");
+        assert!(text(&out.stderr).contains(says), "{args:?}: {out:?}");
+    }
+    // --nomad upgrades Nomad, not the PDS: it takes no PDS image.
+    let out = pdsup(
+        &["upgrade", "--nomad", "1.10.6", "--to", "0.4.1"],
+        dir.path(),
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("cannot be used with"), "{out:?}");
+    assert_eq!(snapshot(dir.path()), before);
+}

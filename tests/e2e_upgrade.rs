@@ -1,15 +1,23 @@
 //! End-to-end, day 2: `pdsup upgrade`, `rollback` and `down` on one converged
 //! droplet of the harness (see tests/e2e.rs for the harness itself).
 //!
-//! The images upgraded to come from scripts/harness/pds-upgrade-images.sh: the
-//! harness's PDS image (one npm build of @atproto/pds) tagged as the next
-//! version with `PDS_VERSION` set to it, so `/xrpc/_health` reports it, and an
-//! image whose command exits at once, which never becomes healthy. Two npm
-//! versions were not built: that would double the slowest part of the harness
-//! for a test of how pdsup deploys an image, not of what changed inside it.
+//! The images come from scripts/harness/pds-upgrade-images.sh: an older npm
+//! version of @atproto/pds (0.4.209) installed over the harness's PDS image,
+//! which the site starts on and upgrades from to the harness's own (0.4.217:
+//! two npm versions); the harness's image tagged as the next version with
+//! `PDS_VERSION` set to it, so `/xrpc/_health` reports it; and an image whose
+//! command exits at once, which never becomes healthy.
 //!
 //! `PDSUP_E2E_NOMAD_VERSION` picks the Nomad double's release from the mirror
-//! (default: pdsup's default, what nomad-release.sh builds).
+//! (default: pdsup's default, what nomad-release.sh builds). `upgrade --nomad`
+//! goes to the double's second release in the mirror (1.10.6, or 1.10.5 when
+//! the site started on 1.10.6) and back.
+//!
+//! The backup before an upgrade is the local archive (a passphrase is given);
+//! `pdsup-backup.service` (the scheduled backup) is covered by unit tests of
+//! the choice only. `upgrade` with no arguments pulls the site's tag again
+//! from its registry: the harness's droplets reach none, so its failure path
+//! (nothing changed, a clear error) is what is asserted.
 
 mod support;
 
@@ -124,7 +132,8 @@ fn post_text(d: &Droplet, did: &str, rkey: &str) -> String {
         .to_string()
 }
 
-fn harness_images() -> (PathBuf, String, String) {
+/// The archive, then the older npm version's, the good and the bad image's versions.
+fn harness_images() -> (PathBuf, String, String, String) {
     let out = Command::new(harness_script("pds-upgrade-images.sh"))
         .output()
         .expect("run pds-upgrade-images.sh");
@@ -138,8 +147,11 @@ fn harness_images() -> (PathBuf, String, String) {
     let base = pds_image_version();
     let (prefix, patch) = base.rsplit_once('.').unwrap();
     let patch: u32 = patch.parse().unwrap();
+    // The script's default, or what it was told.
+    let older = std::env::var("PDSUP_PDS_OLDER_NPM").unwrap_or_else(|_| "0.4.209".into());
     (
         archive,
+        older,
         format!("{prefix}.{}", patch + 1),
         format!("{prefix}.{}", patch + 2),
     )
@@ -170,7 +182,7 @@ fn nomad_jobs(d: &Droplet) -> Value {
 fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_the_data() {
     require_e2e();
     let tier = Instant::now();
-    let (archive, good, bad) = harness_images();
+    let (archive, older, good, bad) = harness_images();
     let base = pds_image_version();
     let d = Droplet::start("bookworm");
     let op = Operator::new();
@@ -182,7 +194,18 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
         "-i",
         &ssh_key().display().to_string(),
     ]);
-    up.extend(harness_sources(&cache_dir()));
+    // The site starts on the older npm version, from the upgrade images' archive.
+    let mut sources = harness_sources(&cache_dir());
+    let at = sources
+        .iter()
+        .position(|a| a == "--pds-image-archive")
+        .unwrap();
+    sources[at + 1] = archive.display().to_string();
+    up.extend(sources);
+    up.extend(strings(&[
+        "--pds-image",
+        &format!("pdsup-test/pds:{older}"),
+    ]));
     up.extend(caddy_args());
     if let Ok(v) = std::env::var("PDSUP_E2E_NOMAD_VERSION") {
         up.extend(strings(&["--nomad-version", &v]));
@@ -190,8 +213,21 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     let report = ok_json(&op.run(&up), "pdsup up");
     let did = report["account"]["did"].as_str().unwrap().to_string();
     let password = report["account"]["password"].as_str().unwrap().to_string();
-    assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
+    assert_eq!(health_version(&d).as_deref(), Some(older.as_str()));
     eprintln!("converged in {:.0?}", tier.elapsed());
+
+    // The first up pins what it deployed: the exact version _health reported.
+    // The harness loads the image from an archive, and Docker knows no
+    // registry digest for a loaded image: the pin is by version, no digest.
+    let site = site_toml(&op);
+    let older_image = format!("pdsup-test/pds:{older}");
+    assert_eq!(
+        site["pds_image"].as_str(),
+        Some(older_image.as_str()),
+        "{site}"
+    );
+    assert_eq!(site["pds_version"].as_str(), Some(older.as_str()), "{site}");
+    assert!(site.get("pds_image_digest").is_none(), "{site}");
 
     // Some data: a post by the first account.
     let session = xrpc_ok(
@@ -219,9 +255,85 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
         .to_string();
 
     // A downgrade is refused before anything changes.
-    let older = op.day2(&["upgrade", "--to", "0.4.1"]);
-    assert_eq!(older.status.code(), Some(3), "{}", describe(&older));
-    assert!(stderr(&older).contains("--force"), "{}", describe(&older));
+    let downgrade = op.day2(&["upgrade", "--to", "0.4.1"]);
+    assert_eq!(downgrade.status.code(), Some(3), "{}", describe(&downgrade));
+    assert!(
+        stderr(&downgrade).contains("--force"),
+        "{}",
+        describe(&downgrade)
+    );
+
+    // No arguments: the site's tag pulled again from its registry. The
+    // harness's droplets reach no registry (the image came from an archive),
+    // so the pull fails: before anything changed, saying so.
+    let site_before = fs::read_to_string(op.site_file()).unwrap();
+    let again = op.day2(&["upgrade"]);
+    assert!(!again.status.success(), "{}", describe(&again));
+    assert!(
+        stderr(&again).contains(&format!("pulling {older_image} on the droplet")),
+        "{}",
+        describe(&again)
+    );
+    assert!(
+        stderr(&again).contains("nothing was upgraded"),
+        "{}",
+        describe(&again)
+    );
+    assert_eq!(fs::read_to_string(op.site_file()).unwrap(), site_before);
+    assert_eq!(health_version(&d).as_deref(), Some(older.as_str()));
+
+    // Two npm versions: from the older @atproto/pds to the harness's own, a
+    // backup first (a passphrase is given). The data is kept, _health reports
+    // the new version, site.toml pins it.
+    let passphrase = op.home.path().join("backup-passphrase");
+    fs::write(&passphrase, "correct horse battery staple\n").unwrap();
+    let base_archive = cache_dir().join("pds-image.tar").display().to_string();
+    let npm = ok_json(
+        &op.day2(&[
+            "upgrade",
+            "--image",
+            "ghcr.io/bluesky-social/pds:0.4",
+            "--pds-image-archive",
+            &base_archive,
+            "--passphrase-file",
+            &passphrase.display().to_string(),
+            "--json",
+        ]),
+        "upgrade between two npm versions",
+    );
+    // The archive was taken, and verified, while the older version still ran.
+    let backup = PathBuf::from(npm["backup"].as_str().expect("a backup path"));
+    let (manifest, _) = pdsup::ops::backup::read_archive(&backup, true)
+        .unwrap_or_else(|e| panic!("the backup before the upgrade: {e}"));
+    assert_eq!(manifest.pds_version.as_deref(), Some(older.as_str()));
+    assert!(
+        manifest.accounts.iter().any(|a| a.did == did),
+        "{:?}",
+        manifest.accounts
+    );
+    assert_eq!(npm["before"]["version"], older.as_str(), "{npm}");
+    assert_eq!(npm["after"]["version"], base.as_str(), "{npm}");
+    assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
+    assert_eq!(post_text(&d, &did, &rkey), "before the upgrade");
+    let relogin = xrpc(
+        &d,
+        "com.atproto.server.createSession",
+        Some(&json!({"identifier": FULL_HANDLE, "password": password})),
+        None,
+    );
+    assert!(
+        relogin.status.success(),
+        "the account after the npm upgrade:\n{}",
+        describe(&relogin)
+    );
+    let site = site_toml(&op);
+    assert_eq!(site["pds_version"].as_str(), Some(base.as_str()), "{site}");
+    assert_eq!(
+        site["pds_previous"]["version"].as_str(),
+        Some(older.as_str()),
+        "{site}"
+    );
+    eprintln!("upgraded between npm versions at {:.0?}", tier.elapsed());
 
     // A dry run changes nothing.
     let image = |v: &str| format!("pdsup-test/pds:{v}");
@@ -241,7 +353,11 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     assert_eq!(dry["dry_run"], true, "{dry}");
     assert!(!dry["changes"].as_array().unwrap().is_empty(), "{dry}");
     assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
-    assert!(site_toml(&op).get("pds_previous").is_none());
+    assert_eq!(
+        site_toml(&op)["pds_previous"]["version"].as_str(),
+        Some(older.as_str()),
+        "a dry run changed site.toml"
+    );
 
     // The upgrade: the new version answers, the data is there, site.toml pins it.
     let up1 = ok_json(
@@ -255,6 +371,7 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
         ]),
         "upgrade",
     );
+    assert!(up1["backup"].is_null(), "no backup was configured: {up1}");
     assert_eq!(up1["before"]["version"], base.as_str(), "{up1}");
     assert_eq!(up1["after"]["version"], good.as_str(), "{up1}");
     assert_eq!(health_version(&d).as_deref(), Some(good.as_str()));
@@ -318,8 +435,86 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     );
     eprintln!("rolled back at {:.0?}", tier.elapsed());
 
+    nomad_upgrade_checks(&op, &d, &did, &rkey, &password, &base);
+    eprintln!("nomad upgraded and rolled back at {:.0?}", tier.elapsed());
+
     down_checks(&op, &d);
     eprintln!("tier e2e_upgrade: {:.0?}", tier.elapsed());
+}
+
+/// The Nomad version the droplet's agent reports.
+fn agent_version(d: &Droplet) -> String {
+    let text = d.ssh_ok("root", "curl -fsS http://127.0.0.1:4646/v1/agent/self");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["config"]["Version"]["Version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `upgrade --nomad` to the double's second release in the harness mirror
+/// (scripts/harness/nomad-release.sh), and `rollback --nomad`: Nomad runs the
+/// new version, the PDS answers again with its accounts and records.
+fn nomad_upgrade_checks(
+    op: &Operator,
+    d: &Droplet,
+    did: &str,
+    rkey: &str,
+    password: &str,
+    pds_version: &str,
+) {
+    let from = std::env::var("PDSUP_E2E_NOMAD_VERSION").unwrap_or_else(|_| "1.10.5".into());
+    let to = if from == "1.10.6" { "1.10.5" } else { "1.10.6" };
+    let sums = cache_dir().join(format!("mirror/nomad/{to}/nomad_{to}_SHA256SUMS.sig"));
+    assert!(
+        sums.exists(),
+        "{} is missing: run scripts/harness/nomad-release.sh (it makes the second release)",
+        sums.display()
+    );
+    assert_eq!(agent_version(d), from);
+    let key = cache_dir()
+        .join("mirror/test-release-key.asc")
+        .display()
+        .to_string();
+    let mirror = mirror_url();
+    let source = ["--nomad-release-url", &mirror, "--nomad-release-key", &key];
+    let kept = |what: &str| {
+        assert_eq!(health_version(d).as_deref(), Some(pds_version), "{what}");
+        assert_eq!(post_text(d, did, rkey), "before the upgrade", "{what}");
+        let login = xrpc(
+            d,
+            "com.atproto.server.createSession",
+            Some(&json!({"identifier": FULL_HANDLE, "password": password})),
+            None,
+        );
+        assert!(login.status.success(), "{what}:\n{}", describe(&login));
+    };
+
+    let mut args = vec!["upgrade", "--nomad", to];
+    args.extend(source);
+    args.push("--json");
+    let up = ok_json(&op.day2(&args), "upgrade --nomad");
+    assert_eq!(up["before"], from.as_str(), "{up}");
+    assert_eq!(up["after"], to, "{up}");
+    assert_eq!(up["pds_version"], pds_version, "{up}");
+    assert_eq!(agent_version(d), to);
+    kept("after upgrade --nomad");
+    let site = site_toml(op);
+    assert_eq!(site["nomad_version"].as_str(), Some(to), "{site}");
+    assert_eq!(
+        site["nomad_previous"].as_str(),
+        Some(from.as_str()),
+        "{site}"
+    );
+
+    let mut args = vec!["rollback", "--nomad"];
+    args.extend(source);
+    args.push("--json");
+    let back = ok_json(&op.day2(&args), "rollback --nomad");
+    assert_eq!(back["after"], from.as_str(), "{back}");
+    assert_eq!(agent_version(d), from);
+    kept("after rollback --nomad");
+    assert_eq!(site_toml(op)["nomad_version"].as_str(), Some(from.as_str()));
 }
 
 /// The PDS's durable files: SQLite's -wal and -shm files come and go (the

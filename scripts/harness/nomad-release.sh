@@ -13,6 +13,11 @@
 # /v1/agent/self. The signing key is a test RSA 3072 key made once (no passphrase) in
 # $PDSUP_CACHE/gnupg. Idempotent: cargo rebuilds only when the source changed, and the
 # files are rewritten only when the binary changed. Prints the zip's path on stdout.
+#
+# Without a version, the mirror also gets a second release of the same double,
+# $NOMAD_DOUBLE_SECOND_VERSION (default 1.10.6), for tests/e2e_upgrade.rs's
+# `upgrade --nomad`: made once (skipped while its signed files are there), and before
+# the default one, so that target/double/nomad is left as the default version.
 source "$(dirname "$0")/common.sh"
 
 V="${1:-${NOMAD_DOUBLE_VERSION:-1.10.5}}"
@@ -92,4 +97,9 @@ release() {
   echo "$OUT/$ZIP"
 }
 
+SECOND="${NOMAD_DOUBLE_SECOND_VERSION:-1.10.6}"
+if [ $# -eq 0 ] && [ -z "${NOMAD_DOUBLE_VERSION:-}" ] && [ "$SECOND" != "$V" ] \
+   && ! [ -f "$PDSUP_CACHE/mirror/nomad/$SECOND/nomad_${SECOND}_SHA256SUMS.sig" ]; then
+  "$0" "$SECOND" >/dev/null || die "making the second release $SECOND failed"
+fi
 with_lock nomad-release release

@@ -148,7 +148,12 @@ async fn run(
             .with_context(|| format!("-i {}: cannot read the key file", identity.display()))
             .kind(ErrorKind::BadInput)?;
     }
+    let previous_image = previous.as_ref().and_then(|r| r.pds_image.clone());
     let mut record = args::record(&settings, previous);
+    ops::upgrade::forget_stale_pin(&mut record, previous_image.as_deref());
+    // site.toml keeps the image as chosen; the run deploys it by its pinned digest.
+    let mut settings = settings;
+    settings.pds_image = ops::upgrade::image_to_run(&settings.pds_image, &record);
     if let Some(dest) = &dest {
         // Saved once connected: the day-2 commands' default DEST.
         record.destination = Some(dest.clone());

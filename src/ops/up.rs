@@ -61,6 +61,10 @@ pub async fn converge(
             )));
         }
     };
+    if !dry_run {
+        // The first run pins the PDS it deployed: its version and digest.
+        super::upgrade::record_pin(&mut ctx, &settings.pds_image).await?;
+    }
     let summary = Summary {
         settings,
         outcome: &ctx.outcome,

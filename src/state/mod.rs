@@ -65,6 +65,9 @@ pub struct SiteRecord {
     pub pds_image_digest: Option<String>,
     /// The release the last upgrade replaced: what `pdsup rollback` returns to.
     pub pds_previous: Option<PdsRelease>,
+    /// The Nomad version the last `pdsup upgrade --nomad` replaced: what
+    /// `pdsup rollback --nomad` returns to.
+    pub nomad_previous: Option<String>,
     /// `--pds-env` values, `KEY=VALUE`.
     pub pds_env: Vec<String>,
     /// Set once the first account exists, so re-runs never create it again.

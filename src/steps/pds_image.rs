@@ -90,6 +90,27 @@ pub fn image_command(image: &str) -> Fact<Option<ImageCommand>> {
     )
 }
 
+/// The image's registry digest (`repo@sha256:…`), `None` for an image built
+/// or loaded on the droplet (Docker knows no registry digest for those).
+pub fn image_digest(image: &str) -> Fact<Option<String>> {
+    Fact::new(
+        Script::of(
+            "docker image inspect --format {} {} 2>/dev/null",
+            &["{{json .RepoDigests}}", image],
+        ),
+        parse_image_digest,
+    )
+}
+
+/// `{{json .RepoDigests}}`: the first one (one per repository the image came from).
+pub fn parse_image_digest(out: &Output) -> Option<String> {
+    if !out.success() {
+        return None;
+    }
+    let digests: Vec<String> = serde_json::from_str(out.stdout_str().trim()).ok()?;
+    digests.into_iter().next()
+}
+
 /// `{{json .Config}}` of an image: `Entrypoint` and `Cmd` are lists or null.
 pub fn parse_image_command(out: &Output) -> Option<ImageCommand> {
     if !out.success() {
@@ -218,6 +239,20 @@ impl super::Step for PdsImageStep {
 mod tests {
     use super::*;
     use crate::host::facts::tests::output;
+
+    #[test]
+    fn the_digest_fact_takes_the_first_repo_digest() {
+        let parse = image_digest("ghcr.io/bluesky-social/pds:0.4").parse;
+        assert_eq!(
+            parse(&output(
+                Some(0),
+                "[\"ghcr.io/bluesky-social/pds@sha256:ab12\"]\n"
+            )),
+            Some("ghcr.io/bluesky-social/pds@sha256:ab12".into())
+        );
+        assert_eq!(parse(&output(Some(0), "[]\n")), None);
+        assert_eq!(parse(&output(Some(1), "")), None);
+    }
 
     #[test]
     fn image_command_parses_inspect_output() {

@@ -7,6 +7,7 @@
 //! and the task sources it before the image's own command runs
 //! (`nomad::job::pds_job_with_env_file`). pdsadmin and goat find it there too.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use crate::error::{bail, Context, ErrorKind, Result};
@@ -35,6 +36,11 @@ pub struct Facts {
     /// The PDS image's entrypoint and command (the pds image step put it there);
     /// `None` when Docker does not have the image (a dry run, `pdsup plan`).
     pub image_command: Option<ImageCommand>,
+    /// The site's image by its registry digest (`repo@sha256:…`), when it is
+    /// given by tag and Docker knows the digest: the job runs that, so the
+    /// site stays on the exact image it was first deployed with however the
+    /// tag moves (site.toml records the pin, `pdsup upgrade` moves it).
+    pub pinned_image: Option<String>,
     pub job_unchanged: bool,
     pub healthy: bool,
     /// The droplet's `pds.env`: its SHA-256 and `stat` mode, `None` when absent.
@@ -116,6 +122,23 @@ pub fn job(settings: &Settings, secrets: &PdsSecrets, command: &ImageCommand) ->
     Ok(pds_job_with_env_file(&settings.pds_image, plain, command))
 }
 
+/// The settings the job is built from: the site's image by its digest when
+/// it is pinned to one.
+pub fn pinned<'a>(settings: &'a Settings, pinned_image: Option<&str>) -> Cow<'a, Settings> {
+    match pinned_image {
+        Some(image) if image != settings.pds_image => Cow::Owned(Settings {
+            pds_image: image.to_string(),
+            ..settings.clone()
+        }),
+        _ => Cow::Borrowed(settings),
+    }
+}
+
+/// Whether an image reference is already by digest.
+pub fn is_by_digest(image: &str) -> bool {
+    image.contains('@')
+}
+
 /// The text of the site's `pds.env` (secrets in clear: never shown).
 fn env_file_text(settings: &Settings, secrets: &PdsSecrets) -> Result<String> {
     Ok(render_env_file(&pds_environment(settings, secrets)?))
@@ -137,6 +160,7 @@ fn env_file_shown(settings: &Settings, secrets: &PdsSecrets) -> Result<String> {
 pub fn probes(settings: &Settings) -> Vec<Cmd> {
     vec![
         super::pds_image::image_command(&settings.pds_image).cmd,
+        super::pds_image::image_digest(&settings.pds_image).cmd,
         droplet_env(DROPLET_ENV_FILE).cmd,
         account::data_dir_fact().cmd,
     ]
@@ -146,9 +170,17 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
     let image_command = ctx
         .read(&super::pds_image::image_command(&ctx.settings.pds_image))
         .await?;
+    let pinned_image = match &image_command {
+        Some(_) if !is_by_digest(&ctx.settings.pds_image) => {
+            ctx.read(&super::pds_image::image_digest(&ctx.settings.pds_image))
+                .await?
+        }
+        _ => None,
+    };
     let job_unchanged = match &image_command {
         Some(command) => {
-            let job = job(ctx.settings, ctx.secrets()?, command)?;
+            let settings = pinned(ctx.settings, pinned_image.as_deref());
+            let job = job(&settings, ctx.secrets()?, command)?;
             super::proxy::job_unchanged(ctx, &job).await
         }
         None => false,
@@ -164,6 +196,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
         };
     Ok(Facts {
         image_command,
+        pinned_image,
         job_unchanged,
         healthy,
         droplet_env: ctx.read(&droplet_env(DROPLET_ENV_FILE)).await?,
@@ -174,6 +207,7 @@ pub async fn gather(ctx: &mut Ctx<'_>) -> Result<Facts> {
 }
 
 pub fn plan(facts: &Facts, settings: &Settings, secrets: &PdsSecrets) -> Result<StepPlan> {
+    let settings = &*pinned(settings, facts.pinned_image.as_deref());
     let mut plan = StepPlan::new(ID);
     // Before anything else: the PDS must never start on data that is not this site's.
     account::claim_data_dir(
@@ -214,8 +248,12 @@ pub fn plan(facts: &Facts, settings: &Settings, secrets: &PdsSecrets) -> Result<
         };
         let job = job(settings, secrets, &command)?;
         let hcl = job.to_hcl(false);
+        let pin = match is_by_digest(&settings.pds_image) {
+            true => ", pinned by digest",
+            false => "",
+        };
         plan.change(
-            format!("submit the pds job ({})", settings.pds_image),
+            format!("submit the pds job ({}{pin})", settings.pds_image),
             Action::SubmitJob(Box::new(job)),
         )
         .detail(hcl);
@@ -486,6 +524,49 @@ mod tests {
         assert!(plan(&converged, &settings, &secrets)
             .unwrap()
             .is_unchanged());
+    }
+
+    #[test]
+    fn a_tag_docker_knows_the_digest_of_is_run_by_that_digest() {
+        let settings = Settings::example();
+        let secrets = PdsSecrets::generate();
+        let digest = format!(
+            "{}@sha256:{}",
+            "ghcr.io/bluesky-social/pds",
+            "ab".repeat(32)
+        );
+        let pinned = Facts {
+            image_command: Some(official_image_command()),
+            pinned_image: Some(digest.clone()),
+            droplet_env: current_env(&settings, &secrets),
+            ..claimed()
+        };
+        let p = plan(&pinned, &settings, &secrets).unwrap();
+        let submit = p
+            .changes
+            .iter()
+            .find(|c| c.summary.starts_with("submit the pds job"))
+            .expect("a job to submit");
+        assert_eq!(
+            submit.summary,
+            format!("submit the pds job ({digest}, pinned by digest)")
+        );
+        let Action::SubmitJob(job) = &submit.action else {
+            panic!("not a job")
+        };
+        let body = job.to_api_json().to_string();
+        assert!(body.contains(&digest), "{body}");
+        assert!(!body.contains(&settings.pds_image), "{body}");
+        // Without a digest (an image loaded from an archive), the tag is run.
+        let by_tag = Facts {
+            pinned_image: None,
+            ..pinned
+        };
+        let p = plan(&by_tag, &settings, &secrets).unwrap();
+        assert!(p
+            .changes
+            .iter()
+            .any(|c| c.summary == format!("submit the pds job ({})", settings.pds_image)));
     }
 
     #[test]
