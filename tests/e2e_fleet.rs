@@ -4,7 +4,8 @@
 //! unreachable (its sshd stopped) on the first run: the other two converge,
 //! and the table names the failed one and why. Once it is back, a re-run
 //! converges only it. Every participant's password from the handout logs in
-//! (`createSession`), no password is in a log, and `fleet down` stops the
+//! (`createSession`), no password is in a log, `fleet backup` leaves a
+//! verified archive in each site's state directory, and `fleet down` stops the
 //! jobs and keeps the data. One test, so the three droplets are made once.
 //!
 //! Prepare the harness as for tests/e2e.rs; this fails, never skips, when it is
@@ -393,6 +394,59 @@ fn a_fleet_converges_what_it_reaches_then_the_site_that_came_back_then_goes_down
             table_line(&status, site).contains("the PDS is healthy"),
             "{}",
             status.describe()
+        );
+    }
+
+    // Backup: each site's archive in its own state directory, as `pdsup
+    // backup` puts it, with every account, and it verifies.
+    let passphrase_file = o.work.path().join("passphrase");
+    fs::write(&passphrase_file, "a workshop's passphrase\n").unwrap();
+    let backup = o.run(&[
+        "fleet",
+        "backup",
+        &file,
+        "--passphrase-file",
+        &passphrase_file.display().to_string(),
+    ]);
+    assert_eq!(backup.code, Some(0), "{}", backup.describe());
+    assert!(
+        backup.stdout.contains("SIZE  ACCOUNTS  ARCHIVE"),
+        "{}",
+        backup.describe()
+    );
+    for site in SITES {
+        let backups = o.state.path().join("sites").join(site).join("backups");
+        let archives: Vec<PathBuf> = fs::read_dir(&backups)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".tar.gz"))
+            .collect();
+        assert_eq!(archives.len(), 1, "{site}: {archives:?}");
+        let line = table_line(&backup, site);
+        assert!(
+            line.contains(&archives[0].display().to_string()),
+            "{line}\n{}",
+            backup.describe()
+        );
+        let (manifest, sealed) = pdsup::ops::backup::read_archive(&archives[0], true)
+            .unwrap_or_else(|e| panic!("{site}: {e:#}"));
+        assert_eq!(manifest.hostname, site);
+        // The organiser's account and the two participants'.
+        assert_eq!(
+            manifest.accounts.len(),
+            3,
+            "{site}: {:?}",
+            manifest.accounts
+        );
+        let state = pdsup::ops::backup::open_site_state(
+            &sealed,
+            &pdsup::secret::Secret::new("a workshop's passphrase".to_string()),
+        )
+        .unwrap();
+        let dir = o.state.path().join("sites").join(site);
+        assert_eq!(
+            state.pds_env,
+            fs::read_to_string(dir.join("pds.env")).unwrap()
         );
     }
 

@@ -1,4 +1,4 @@
-//! `pdsup fleet up|plan|status|down FILE`: every site of a fleet file at
+//! `pdsup fleet up|plan|status|down|backup FILE`: every site of a fleet file at
 //! once, `--parallel N` at a time, one SSH connection per site.
 //!
 //! A site runs exactly what `pdsup up` runs on it (the steps of
@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::backup;
+use super::site::{Session, Site};
 use super::Output;
 use crate::error::{err, Context, Result};
 use crate::host::dest::Destination;
@@ -29,7 +31,7 @@ use crate::settings::fleet::Participant;
 use crate::settings::Settings;
 use crate::state::{SiteDir, SiteRecord};
 use crate::steps::{self, Ctx};
-use crate::ui::fleet::{self as fleet_ui, FleetUi, Handout, SiteProgress, SiteRow};
+use crate::ui::fleet::{self as fleet_ui, BackupCell, FleetUi, Handout, SiteProgress, SiteRow};
 
 /// The PDS's own limit on account creation: 100 per 5 minutes from one IP.
 /// pdsup stays a little under it.
@@ -53,6 +55,7 @@ pub enum FleetOp {
     Plan,
     Status,
     Down,
+    Backup,
 }
 
 impl FleetOp {
@@ -62,6 +65,7 @@ impl FleetOp {
             FleetOp::Plan => "plan",
             FleetOp::Status => "status",
             FleetOp::Down => "down",
+            FleetOp::Backup => "backup",
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct FleetRun {
     pub out_dir: PathBuf,
     pub warnings: Vec<String>,
     pub output: Output,
+    /// `fleet backup`'s passphrase (one for every site's archive).
+    pub passphrase: Option<Secret>,
 }
 
 /// What a site's run gave, besides its line in the table.
@@ -82,6 +88,7 @@ struct SiteDone {
     created: usize,
     existing: usize,
     dns_records: Vec<String>,
+    backup: Option<BackupCell>,
 }
 
 pub async fn run(fleet: FleetRun, op: FleetOp) -> Result<()> {
@@ -114,6 +121,7 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
         site_dirs.push(site.dir.clone());
         let slots = slots.clone();
         let out_dir = fleet.out_dir.clone();
+        let passphrase = fleet.passphrase.clone();
         tasks.spawn_local(async move {
             let _slot = slots
                 .acquire_owned()
@@ -125,6 +133,10 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
                 FleetOp::Plan => converge(&site, &progress, true, &out_dir).await,
                 FleetOp::Status => status(&site, &progress).await,
                 FleetOp::Down => down(&site, &progress).await,
+                FleetOp::Backup => match &passphrase {
+                    Some(passphrase) => back_up(&site, &progress, passphrase).await,
+                    None => Err(err!(Internal, "fleet backup without a passphrase")),
+                },
             };
             let seconds = started.elapsed().as_secs();
             match &result {
@@ -151,9 +163,14 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
         .map(|((hostname, log), result)| {
             let (result, seconds) =
                 result.unwrap_or_else(|| (Err("pdsup's task for it ended abnormally".into()), 0));
-            let (created, existing, dns) = match &result {
-                Ok(d) => (d.created, d.existing, d.dns_records.clone()),
-                Err(_) => (0, 0, Vec::new()),
+            let (created, existing, dns, backup) = match &result {
+                Ok(d) => (
+                    d.created,
+                    d.existing,
+                    d.dns_records.clone(),
+                    d.backup.clone(),
+                ),
+                Err(_) => (0, 0, Vec::new(), None),
             };
             SiteRow {
                 hostname,
@@ -163,6 +180,7 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
                 dns_records: dns,
                 seconds,
                 log,
+                backup,
             }
         })
         .collect();
@@ -185,7 +203,11 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
     if fleet.output.json && failed.is_empty() {
         println!("{}", serde_json::to_string_pretty(&document)?);
     } else if !fleet.output.json {
-        print!("\n{}", fleet_ui::render_table(&rows, op == FleetOp::Up));
+        let table = match op {
+            FleetOp::Backup => fleet_ui::render_backup_table(&rows),
+            _ => fleet_ui::render_table(&rows, op == FleetOp::Up),
+        };
+        print!("\n{table}");
         if let Some(dir) = &handouts {
             println!(
                 "\nHandouts (they hold passwords: print them, then keep or delete them): {}",
@@ -481,6 +503,45 @@ async fn down(site: &FleetSite, progress: &SiteProgress) -> Result<SiteDone> {
     };
     Ok(SiteDone {
         result,
+        ..Default::default()
+    })
+}
+
+/// `fleet backup`: the site's `pdsup backup`, its archive in the site's own
+/// state directory as the single-site command puts it.
+async fn back_up(
+    site: &FleetSite,
+    progress: &SiteProgress,
+    passphrase: &Secret,
+) -> Result<SiteDone> {
+    let this = Site {
+        dir: site.dir.clone(),
+        record: site.record.clone(),
+        settings: site.settings.clone(),
+    };
+    let sealed = backup::sealed_site_state(&this, passphrase)?;
+    let host = connect(site, progress).await?;
+    let session = Session {
+        site: this,
+        host: Box::new(host),
+        destination: site.destination.clone(),
+    };
+    let done = backup::backup_session(&session, &sealed, progress).await?;
+    progress.log(&format!(
+        "archive {} ({} bytes, {} account(s), {} files, taken {})",
+        done.archive.display(),
+        done.bytes,
+        done.accounts.len(),
+        done.files,
+        done.taken_at
+    ));
+    Ok(SiteDone {
+        result: format!("backed up: {}", done.archive.display()),
+        backup: Some(BackupCell {
+            archive: done.archive.display().to_string(),
+            bytes: done.bytes,
+            accounts: done.accounts.len(),
+        }),
         ..Default::default()
     })
 }
