@@ -983,3 +983,72 @@ fn backup_and_restore_refuse_bad_input_before_connecting() {
         assert!(help.contains(flag), "restore --help lacks {flag}");
     }
 }
+
+/// A fleet's site that pdsup never reached (no site.toml) has nothing of
+/// pdsup's on it: `fleet down` says so and succeeds; `fleet status` and
+/// `fleet backup` fail for it, saying what to run. None of them contacts the
+/// droplet (nothing listens on its port).
+#[test]
+fn a_fleet_site_never_reached_has_nothing_to_take_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.path().join("workshop.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[settings]\nemail = \"me@example.com\"\nhandle = \"org\"\n\n\
+             [[sites]]\nhostname = \"t1.example.com\"\ndest = \"root@127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let line = |out: &Output| {
+        let stdout = text(&out.stdout);
+        stdout
+            .lines()
+            .find(|l| l.starts_with("t1.example.com"))
+            .unwrap_or_else(|| panic!("no line for t1.example.com: {stdout}{}", text(&out.stderr)))
+            .to_string()
+    };
+    let down = pdsup(&["fleet", "down", &file], dir.path());
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down.stderr));
+    assert!(
+        line(&down).contains("nothing deployed: pdsup never reached it"),
+        "{}",
+        line(&down)
+    );
+    let status = pdsup(&["fleet", "status", &file], dir.path());
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status.stderr));
+    let failed = line(&status);
+    assert!(
+        failed.contains("FAILED: not set up: pdsup never reached it")
+            && failed.contains("pdsup fleet up FILE --only t1.example.com"),
+        "{failed}"
+    );
+    let passphrase = dir.path().join("passphrase");
+    std::fs::write(&passphrase, "secret words\n").unwrap();
+    let backup = pdsup(
+        &[
+            "fleet",
+            "backup",
+            &file,
+            "--passphrase-file",
+            &passphrase.display().to_string(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(backup.status.code(), Some(1), "{}", text(&backup.stderr));
+    assert!(
+        line(&backup).contains("FAILED: not set up"),
+        "{}",
+        line(&backup)
+    );
+    assert!(
+        !dir.path().join("sites/t1.example.com/site.toml").exists(),
+        "a run saved state for a site it never reached"
+    );
+}

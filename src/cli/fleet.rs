@@ -162,13 +162,9 @@ fn resolve_site(
 ) -> Result<FleetSite> {
     let dir = SiteDir::new(state_dir, &site.hostname);
     let previous = dir.load_record()?;
-    if matches!(op, FleetOp::Status | FleetOp::Down | FleetOp::Backup) && previous.is_none() {
-        bail!(
-            BadInput,
-            "no state for it in {} (no site.toml): run `pdsup fleet up` first",
-            state_dir.display()
-        );
-    }
+    // A site without a site.toml was never reached: `fleet up` saves it
+    // before it changes anything. The others still run; its row says so.
+    let reached = previous.is_some();
     let settings = args::settings_at(
         &SiteArgs::for_fleet_site(&site.hostname, site.values.clone()),
         previous.as_ref(),
@@ -199,5 +195,6 @@ fn resolve_site(
         destination,
         options,
         participants: site.participants.clone(),
+        reached,
     })
 }

@@ -24,6 +24,7 @@ use super::Output;
 use crate::error::{err, Context, Result};
 use crate::host::dest::Destination;
 use crate::host::ssh::{SshHost, SshOptions};
+use crate::host::{Cmd, Host};
 use crate::pds::xrpc::XrpcError;
 use crate::plan::Progress;
 use crate::secret::Secret;
@@ -47,6 +48,8 @@ pub struct FleetSite {
     pub destination: Destination,
     pub options: SshOptions,
     pub participants: Vec<Participant>,
+    /// Whether pdsup ever reached the droplet (its `site.toml` exists).
+    pub reached: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +132,9 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
                 .expect("the semaphore is never closed");
             let started = Instant::now();
             let result = match op {
+                FleetOp::Status | FleetOp::Down | FleetOp::Backup if !site.reached => {
+                    never_reached(&site, op)
+                }
                 FleetOp::Up => converge(&site, &progress, false, &out_dir).await,
                 FleetOp::Plan => converge(&site, &progress, true, &out_dir).await,
                 FleetOp::Status => status(&site, &progress).await,
@@ -423,6 +429,19 @@ async fn accounts(
         }
     }
     store.save(&store_path)?;
+    if ctx.settings.confirm_email {
+        // The PDS sends no mail here: what `--confirm-email` does for the
+        // first account, for every participant (those confirmed stay as they are).
+        let dids: Vec<&str> = site
+            .participants
+            .iter()
+            .filter_map(|p| store.accounts.get(&p.handle)?.did.as_deref())
+            .collect();
+        progress.status("marking the participants' email addresses confirmed");
+        steps::account::confirm_emails(ctx.host, &dids)
+            .await
+            .context("marking the participants' email addresses confirmed")?;
+    }
     Ok((created, existing))
 }
 
@@ -443,9 +462,88 @@ async fn connect(site: &FleetSite, progress: &SiteProgress) -> Result<SshHost> {
         .with_context(|| format!("connecting to {}", site.destination.host))
 }
 
-/// `fleet status`: the droplet answers SSH, and the PDS its health check.
+/// A site pdsup never reached (no `site.toml`): nothing of pdsup's is on
+/// it, so `down` has nothing to remove; `status` and `backup` fail, saying
+/// what to run. The droplet is not contacted.
+fn never_reached(site: &FleetSite, op: FleetOp) -> Result<SiteDone> {
+    let why = format!(
+        "pdsup never reached it (no {})",
+        site.dir.site_file().display()
+    );
+    match op {
+        FleetOp::Down => Ok(SiteDone {
+            result: format!("nothing deployed: {why}"),
+            ..Default::default()
+        }),
+        _ => Err(err!(
+            BadInput,
+            "not set up: {why}; run `pdsup fleet up FILE --only {}`",
+            site.dir.hostname()
+        )),
+    }
+}
+
+/// Whether Nomad runs on a droplet: asked before its API, so a site whose
+/// `fleet up` stopped before Nomad gets a plain answer, not a refused tunnel.
+#[derive(Debug, PartialEq, Eq)]
+enum NomadState {
+    NotInstalled,
+    /// Installed, its service not active: systemd's word for it.
+    NotRunning(String),
+    Running,
+}
+
+const NOMAD_STATE_SCRIPT: &str = "if [ -x /usr/local/bin/nomad ]; then \
+     systemctl is-active nomad 2>/dev/null || true; else echo not-installed; fi";
+
+fn nomad_state(answer: &str) -> NomadState {
+    match answer.trim() {
+        "not-installed" => NomadState::NotInstalled,
+        "active" => NomadState::Running,
+        "" => NomadState::NotRunning("unknown".into()),
+        other => NomadState::NotRunning(other.to_string()),
+    }
+}
+
+async fn nomad_on(host: &SshHost, progress: &SiteProgress) -> Result<NomadState> {
+    progress.status("asking systemd whether Nomad runs");
+    let answer = host
+        .run(&Cmd::sh(NOMAD_STATE_SCRIPT))
+        .await
+        .context("asking the droplet whether Nomad runs")?;
+    let state = nomad_state(&answer.stdout_str());
+    progress.log(&format!("nomad: {state:?}"));
+    Ok(state)
+}
+
+/// What to run when a site's Nomad is not there to ask.
+fn rerun_up(site: &FleetSite) -> String {
+    format!(
+        "run `pdsup fleet up FILE --only {}` to finish it (its log says where the last run stopped)",
+        site.dir.hostname()
+    )
+}
+
+/// `fleet status`: the droplet answers SSH, Nomad runs, and the PDS answers its health check.
 async fn status(site: &FleetSite, progress: &SiteProgress) -> Result<SiteDone> {
     let host = connect(site, progress).await?;
+    match nomad_on(&host, progress).await? {
+        NomadState::Running => {}
+        NomadState::NotInstalled => {
+            return Err(err!(
+            RemoteCommand,
+            "nothing deployed: Nomad is not installed (the last `fleet up` stopped before it); {}",
+            rerun_up(site)
+        ))
+        }
+        NomadState::NotRunning(state) => {
+            return Err(err!(
+                RemoteCommand,
+                "Nomad is installed but not running (systemd: {state}); {}",
+                rerun_up(site)
+            ))
+        }
+    }
     let mut ctx = Ctx::new(
         &host,
         &site.settings,
@@ -470,6 +568,26 @@ const JOBS: &[&str] = &["pds", "io"];
 /// the PDS's accounts and blobs) and the site's state stay.
 async fn down(site: &FleetSite, progress: &SiteProgress) -> Result<SiteDone> {
     let host = connect(site, progress).await?;
+    match nomad_on(&host, progress).await? {
+        NomadState::Running => {}
+        // Nothing of pdsup's runs without Nomad: nothing to remove is success.
+        NomadState::NotInstalled => {
+            return Ok(SiteDone {
+                result: "nothing deployed: Nomad is not installed".into(),
+                ..Default::default()
+            })
+        }
+        // Its jobs' containers may outlive a stopped agent: not a success.
+        NomadState::NotRunning(state) => {
+            return Err(err!(
+                RemoteCommand,
+                "Nomad is installed but not running (systemd: {state}), so its jobs cannot be \
+                 stopped: start it (`systemctl start nomad` on the droplet, or `pdsup fleet up \
+                 FILE --only {}`), then run `fleet down` again",
+                site.dir.hostname()
+            ))
+        }
+    }
     let mut ctx = Ctx::new(
         &host,
         &site.settings,
@@ -688,6 +806,21 @@ fn private_file(path: &Path, truncate: bool) -> Result<fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_droplets_answer_says_whether_nomad_runs() {
+        assert_eq!(nomad_state("not-installed\n"), NomadState::NotInstalled);
+        assert_eq!(nomad_state("active\n"), NomadState::Running);
+        assert_eq!(
+            nomad_state("inactive\n"),
+            NomadState::NotRunning("inactive".into())
+        );
+        assert_eq!(
+            nomad_state("failed\n"),
+            NomadState::NotRunning("failed".into())
+        );
+        assert_eq!(nomad_state(""), NomadState::NotRunning("unknown".into()));
+    }
 
     #[test]
     fn the_pacer_waits_only_once_the_window_is_full() {
