@@ -879,17 +879,15 @@ fn a_fleet_plan_names_each_site_it_could_not_reach() {
     assert!(stderr.contains("2 of 2 sites failed"), "{stderr}");
 }
 
-/// With --json, a fleet whose sites failed prints one document: every site's
-/// row and the error's kind and exit code.
-#[test]
-fn a_failed_fleet_in_json_is_one_document() {
-    let dir = tempfile::tempdir().unwrap();
+/// A fleet file in `dir` of one site, t1.example.com, whose droplet's port
+/// nothing listens on.
+fn fleet_of_one_unreachable_site(dir: &Path) -> std::path::PathBuf {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let file = dir.path().join("workshop.toml");
+    let file = dir.join("workshop.toml");
     std::fs::write(
         &file,
         format!(
@@ -898,6 +896,15 @@ fn a_failed_fleet_in_json_is_one_document() {
         ),
     )
     .unwrap();
+    file
+}
+
+/// With --json, a fleet whose sites failed prints one document: every site's
+/// row and the error's kind and exit code.
+#[test]
+fn a_failed_fleet_in_json_is_one_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = fleet_of_one_unreachable_site(dir.path());
     let out = pdsup(
         &["fleet", "plan", &file.display().to_string(), "--json"],
         dir.path(),
@@ -991,20 +998,7 @@ fn backup_and_restore_refuse_bad_input_before_connecting() {
 #[test]
 fn a_fleet_site_never_reached_has_nothing_to_take_down() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let file = dir.path().join("workshop.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[settings]\nemail = \"me@example.com\"\nhandle = \"org\"\n\n\
-             [[sites]]\nhostname = \"t1.example.com\"\ndest = \"root@127.0.0.1:{port}\"\n"
-        ),
-    )
-    .unwrap();
+    let file = fleet_of_one_unreachable_site(dir.path());
     let file = file.display().to_string();
     let line = |out: &Output| {
         let stdout = text(&out.stdout);

@@ -248,15 +248,19 @@ pub fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// `fleet backup`'s closing table: each site's time, archive size, accounts
-/// and archive, or why it failed.
-pub fn render_backup_table(rows: &[SiteRow]) -> String {
-    let width = rows
-        .iter()
+/// The width of a table's SITE column.
+fn site_width(rows: &[SiteRow]) -> usize {
+    rows.iter()
         .map(|r| r.hostname.len())
         .max()
         .unwrap_or(0)
-        .max(4);
+        .max(4)
+}
+
+/// `fleet backup`'s closing table: each site's time, archive size, accounts
+/// and archive, or why it failed.
+pub fn render_backup_table(rows: &[SiteRow]) -> String {
+    let width = site_width(rows);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -306,12 +310,7 @@ pub fn render_backup_table(rows: &[SiteRow]) -> String {
 /// The closing table: each site's result, its accounts and its time, then
 /// the DNS records to add, site by site.
 pub fn render_table(rows: &[SiteRow], with_accounts: bool) -> String {
-    let width = rows
-        .iter()
-        .map(|r| r.hostname.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
+    let width = site_width(rows);
     let mut out = String::new();
     let accounts_head = if with_accounts { "ACCOUNTS       " } else { "" };
     let _ = writeln!(
