@@ -879,17 +879,15 @@ fn a_fleet_plan_names_each_site_it_could_not_reach() {
     assert!(stderr.contains("2 of 2 sites failed"), "{stderr}");
 }
 
-/// With --json, a fleet whose sites failed prints one document: every site's
-/// row and the error's kind and exit code.
-#[test]
-fn a_failed_fleet_in_json_is_one_document() {
-    let dir = tempfile::tempdir().unwrap();
+/// A fleet file in `dir` of one site, t1.example.com, whose droplet's port
+/// nothing listens on.
+fn fleet_of_one_unreachable_site(dir: &Path) -> std::path::PathBuf {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let file = dir.path().join("workshop.toml");
+    let file = dir.join("workshop.toml");
     std::fs::write(
         &file,
         format!(
@@ -898,6 +896,15 @@ fn a_failed_fleet_in_json_is_one_document() {
         ),
     )
     .unwrap();
+    file
+}
+
+/// With --json, a fleet whose sites failed prints one document: every site's
+/// row and the error's kind and exit code.
+#[test]
+fn a_failed_fleet_in_json_is_one_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = fleet_of_one_unreachable_site(dir.path());
     let out = pdsup(
         &["fleet", "plan", &file.display().to_string(), "--json"],
         dir.path(),
@@ -1114,4 +1121,60 @@ fn upgrade_and_rollback_refuse_bad_input_before_connecting() {
     assert!(!out.status.success(), "{out:?}");
     assert!(text(&out.stderr).contains("cannot be used with"), "{out:?}");
     assert_eq!(snapshot(dir.path()), before);
+}
+
+/// A fleet's site that pdsup never reached (no site.toml) has nothing of
+/// pdsup's on it: `fleet down` says so and succeeds; `fleet status` and
+/// `fleet backup` fail for it, saying what to run. None of them contacts the
+/// droplet (nothing listens on its port).
+#[test]
+fn a_fleet_site_never_reached_has_nothing_to_take_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = fleet_of_one_unreachable_site(dir.path());
+    let file = file.display().to_string();
+    let line = |out: &Output| {
+        let stdout = text(&out.stdout);
+        stdout
+            .lines()
+            .find(|l| l.starts_with("t1.example.com"))
+            .unwrap_or_else(|| panic!("no line for t1.example.com: {stdout}{}", text(&out.stderr)))
+            .to_string()
+    };
+    let down = pdsup(&["fleet", "down", &file], dir.path());
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down.stderr));
+    assert!(
+        line(&down).contains("nothing deployed: pdsup never reached it"),
+        "{}",
+        line(&down)
+    );
+    let status = pdsup(&["fleet", "status", &file], dir.path());
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status.stderr));
+    let failed = line(&status);
+    assert!(
+        failed.contains("FAILED: not set up: pdsup never reached it")
+            && failed.contains("pdsup fleet up FILE --only t1.example.com"),
+        "{failed}"
+    );
+    let passphrase = dir.path().join("passphrase");
+    std::fs::write(&passphrase, "secret words\n").unwrap();
+    let backup = pdsup(
+        &[
+            "fleet",
+            "backup",
+            &file,
+            "--passphrase-file",
+            &passphrase.display().to_string(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(backup.status.code(), Some(1), "{}", text(&backup.stderr));
+    assert!(
+        line(&backup).contains("FAILED: not set up"),
+        "{}",
+        line(&backup)
+    );
+    assert!(
+        !dir.path().join("sites/t1.example.com/site.toml").exists(),
+        "a run saved state for a site it never reached"
+    );
 }

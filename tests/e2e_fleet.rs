@@ -4,7 +4,8 @@
 //! unreachable (its sshd stopped) on the first run: the other two converge,
 //! and the table names the failed one and why. Once it is back, a re-run
 //! converges only it. Every participant's password from the handout logs in
-//! (`createSession`), no password is in a log, and `fleet down` stops the
+//! (`createSession`), no password is in a log, `fleet backup` leaves a
+//! verified archive in each site's state directory, and `fleet down` stops the
 //! jobs and keeps the data. One test, so the three droplets are made once.
 //!
 //! Prepare the harness as for tests/e2e.rs; this fails, never skips, when it is
@@ -119,7 +120,7 @@ impl Organiser {
             "[settings]\nemail = \"organiser@example.com\"\nhandle = \"organiser\"\n\
              docker_source = \"distro\"\nnomad_release_url = {}\nnomad_release_key = {}\n\
              pds_image_archive = {}\nplc_url = {}\npds_env = [\"PDS_CRAWLERS=\"]\n\
-             proxy = \"caddy\"\nacme_ca = {}\nacme_ca_root = {}\n",
+             proxy = \"caddy\"\nacme_ca = {}\nacme_ca_root = {}\nconfirm_email = true\n",
             q(&mirror_url()),
             q(&c.join("mirror/test-release-key.asc").display().to_string()),
             q(&c.join("pds-image.tar").display().to_string()),
@@ -339,14 +340,71 @@ fn a_fleet_converges_what_it_reaches_then_the_site_that_came_back_then_goes_down
     }
     let accounts = o.accounts();
     assert_eq!(accounts.len(), 4, "{accounts:?}");
+    // confirm_email: the organiser's and every participant's address is confirmed.
+    for d in &droplets[..2] {
+        let confirmed = d.ssh_ok(
+            "root",
+            "sqlite3 /srv/nomad/pds/account.sqlite \
+             \"select count(*) from account where emailConfirmedAt is not null and emailConfirmedAt != ''\"",
+        );
+        assert_eq!(confirmed.trim(), "3", "confirmed addresses");
+    }
     assert_logins(&droplets, &accounts);
     assert_no_passwords(&accounts, &logs_text(&o), "a site's log");
     assert_no_passwords(&accounts, &first.stderr, "stderr");
     assert_no_passwords(&accounts, &first.stdout, "the table");
     let allocs_before: Vec<String> = droplets[..2].iter().map(pds_allocs).collect();
 
+    // A site pdsup never reached has nothing of pdsup's to take down: `fleet
+    // down` says so and succeeds, without contacting it.
+    let never = o.run(&["fleet", "down", &file, "--only", SITES[2]]);
+    assert_eq!(never.code, Some(0), "{}", never.describe());
+    assert!(
+        table_line(&never, SITES[2]).contains("nothing deployed: pdsup never reached it"),
+        "{}",
+        never.describe()
+    );
+
     // It is back: the re-run converges it and finds the others in place.
     down.exec("systemctl start ssh.service");
+
+    // Its first run stops before Nomad (its release cannot be fetched):
+    // `fleet down` finds nothing deployed and succeeds; `fleet status` fails,
+    // saying what to run.
+    let text = fs::read_to_string(o.fleet_file()).unwrap();
+    let t3_dest = format!("dest = \"root@127.0.0.1:{}\"\n", down.ssh_port);
+    let broken_text = text.replace(
+        &t3_dest,
+        &format!("{t3_dest}nomad_release_url = \"http://127.0.0.1:9\"\n"),
+    );
+    assert_ne!(broken_text, text);
+    let broken = o.work.path().join("broken.toml");
+    fs::write(&broken, broken_text).unwrap();
+    let stopped = o.run(&[
+        "fleet",
+        "up",
+        &broken.display().to_string(),
+        "--only",
+        SITES[2],
+    ]);
+    assert_eq!(stopped.code, Some(1), "{}", stopped.describe());
+    down.ssh_ok("root", "test ! -e /usr/local/bin/nomad");
+    let nothing = o.run(&["fleet", "down", &file, "--only", SITES[2]]);
+    assert_eq!(nothing.code, Some(0), "{}", nothing.describe());
+    assert!(
+        table_line(&nothing, SITES[2]).contains("nothing deployed: Nomad is not installed"),
+        "{}",
+        nothing.describe()
+    );
+    let unfinished = o.run(&["fleet", "status", &file, "--only", SITES[2]]);
+    assert_eq!(unfinished.code, Some(1), "{}", unfinished.describe());
+    let line = table_line(&unfinished, SITES[2]);
+    assert!(
+        line.contains("FAILED: nothing deployed: Nomad is not installed")
+            && line.contains("pdsup fleet up FILE --only t3.pds.test"),
+        "{}",
+        unfinished.describe()
+    );
     let second = o.run(&["fleet", "up", &file, "--json"]);
     assert_eq!(second.code, Some(0), "{}", second.describe());
     let report: Value = serde_json::from_str(second.stdout.trim()).unwrap();
@@ -393,6 +451,59 @@ fn a_fleet_converges_what_it_reaches_then_the_site_that_came_back_then_goes_down
             table_line(&status, site).contains("the PDS is healthy"),
             "{}",
             status.describe()
+        );
+    }
+
+    // Backup: each site's archive in its own state directory, as `pdsup
+    // backup` puts it, with every account, and it verifies.
+    let passphrase_file = o.work.path().join("passphrase");
+    fs::write(&passphrase_file, "a workshop's passphrase\n").unwrap();
+    let backup = o.run(&[
+        "fleet",
+        "backup",
+        &file,
+        "--passphrase-file",
+        &passphrase_file.display().to_string(),
+    ]);
+    assert_eq!(backup.code, Some(0), "{}", backup.describe());
+    assert!(
+        backup.stdout.contains("SIZE  ACCOUNTS  ARCHIVE"),
+        "{}",
+        backup.describe()
+    );
+    for site in SITES {
+        let backups = o.state.path().join("sites").join(site).join("backups");
+        let archives: Vec<PathBuf> = fs::read_dir(&backups)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".tar.gz"))
+            .collect();
+        assert_eq!(archives.len(), 1, "{site}: {archives:?}");
+        let line = table_line(&backup, site);
+        assert!(
+            line.contains(&archives[0].display().to_string()),
+            "{line}\n{}",
+            backup.describe()
+        );
+        let (manifest, sealed) = pdsup::ops::backup::read_archive(&archives[0], true)
+            .unwrap_or_else(|e| panic!("{site}: {e:#}"));
+        assert_eq!(manifest.hostname, site);
+        // The organiser's account and the two participants'.
+        assert_eq!(
+            manifest.accounts.len(),
+            3,
+            "{site}: {:?}",
+            manifest.accounts
+        );
+        let state = pdsup::ops::backup::open_site_state(
+            &sealed,
+            &pdsup::secret::Secret::new("a workshop's passphrase".to_string()),
+        )
+        .unwrap();
+        let dir = o.state.path().join("sites").join(site);
+        assert_eq!(
+            state.pds_env,
+            fs::read_to_string(dir.join("pds.env")).unwrap()
         );
     }
 

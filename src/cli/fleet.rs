@@ -1,4 +1,4 @@
-//! `pdsup fleet up|plan|status|down FILE`: the flags, and each site of the
+//! `pdsup fleet up|plan|status|down|backup FILE`: the flags, and each site of the
 //! fleet file resolved into the settings `up` would use for it (the fleet's
 //! values as a layer above its `site.toml`). Every site is checked before any
 //! droplet is contacted.
@@ -32,6 +32,19 @@ pub enum FleetCommand {
     Status(FleetFileArgs),
     /// Stop pdsup's jobs (the PDS, IO) on every site; the data and the sites' state are kept
     Down(FleetFileArgs),
+    /// Back up every site as `pdsup backup` does, each archive in its site's state directory
+    Backup(FleetBackupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetBackupArgs {
+    #[command(flatten)]
+    pub fleet: FleetFileArgs,
+
+    /// A file holding the passphrase that encrypts each site's secrets in its archive
+    /// (one for the whole fleet) [default: PDSUP_BACKUP_PASSPHRASE, else a prompt]
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -57,13 +70,17 @@ pub struct FleetFileArgs {
 }
 
 pub async fn fleet(args: FleetArgs, global: &Global) -> Result<()> {
-    let (op, args) = match args.command {
-        FleetCommand::Up(a) => (FleetOp::Up, a),
-        FleetCommand::Plan(a) => (FleetOp::Plan, a),
-        FleetCommand::Status(a) => (FleetOp::Status, a),
-        FleetCommand::Down(a) => (FleetOp::Down, a),
+    let (op, args, passphrase_file) = match args.command {
+        FleetCommand::Up(a) => (FleetOp::Up, a, None),
+        FleetCommand::Plan(a) => (FleetOp::Plan, a, None),
+        FleetCommand::Status(a) => (FleetOp::Status, a, None),
+        FleetCommand::Down(a) => (FleetOp::Down, a, None),
+        FleetCommand::Backup(b) => (FleetOp::Backup, b.fleet, Some(b.passphrase_file)),
     };
-    let run = resolve(&args, op, global)?;
+    let mut run = resolve(&args, op, global)?;
+    if let Some(file) = passphrase_file {
+        run.passphrase = Some(crate::ops::backup::passphrase(file.as_deref(), true)?);
+    }
     fleet::run(run, op).await
 }
 
@@ -133,6 +150,7 @@ fn resolve(args: &FleetFileArgs, op: FleetOp, global: &Global) -> Result<FleetRu
         out_dir,
         warnings: file.warnings,
         output: global.output(),
+        passphrase: None,
     })
 }
 
@@ -144,13 +162,9 @@ fn resolve_site(
 ) -> Result<FleetSite> {
     let dir = SiteDir::new(state_dir, &site.hostname);
     let previous = dir.load_record()?;
-    if matches!(op, FleetOp::Status | FleetOp::Down) && previous.is_none() {
-        bail!(
-            BadInput,
-            "no state for it in {} (no site.toml): run `pdsup fleet up` first",
-            state_dir.display()
-        );
-    }
+    // A site without a site.toml was never reached: `fleet up` saves it
+    // before it changes anything. The others still run; its row says so.
+    let reached = previous.is_some();
     let settings = args::settings_at(
         &SiteArgs::for_fleet_site(&site.hostname, site.values.clone()),
         previous.as_ref(),
@@ -181,5 +195,6 @@ fn resolve_site(
         destination,
         options,
         participants: site.participants.clone(),
+        reached,
     })
 }

@@ -106,7 +106,7 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// The man page (roff) on stdout: `pdsup man > pdsup.1`
     Man(completions::ManArgs),
-    /// Many sites from one file (a workshop): up, plan, status or down on each, in parallel
+    /// Many sites from one file (a workshop): up, plan, status, down or backup on each, in parallel
     Fleet(fleet::FleetArgs),
     /// The DNS records the site needs; with --check, whether each resolves as it should
     Dns(dns::DnsArgs),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::site::Site;
+use super::site::{Session, Site};
 use super::Output;
 use crate::error::{bail, ensure, err, Context, Result};
 use crate::host::dest::Destination;
@@ -106,6 +106,16 @@ pub async fn backup(
     output: Output,
 ) -> Result<BackupDone> {
     let ui = Ui::new(output.json, output.quiet);
+    let sealed = sealed_site_state(&site, passphrase)?;
+    let session = site.connect(destination, options).await?;
+    let done = backup_session(&session, &sealed, &ui).await;
+    ui.clear();
+    done
+}
+
+/// The site's own state (`pds.env`, `site.toml`), sealed with `passphrase`
+/// for the archive; read before the droplet is contacted.
+pub fn sealed_site_state(site: &Site, passphrase: &Secret) -> Result<Vec<u8>> {
     let state = SiteState {
         pds_env: fs::read_to_string(site.dir.env_file()).with_context(|| {
             format!(
@@ -116,20 +126,29 @@ pub async fn backup(
         site_toml: fs::read_to_string(site.dir.site_file())
             .with_context(|| format!("reading {}", site.dir.site_file().display()))?,
     };
-    let sealed = seal_site_state(&state, passphrase)?;
-    let out_dir = backups_dir(&site);
+    seal_site_state(&state, passphrase)
+}
+
+/// A backup over an open session, into the site's own `backups` directory
+/// (as `pdsup backup` makes it), its progress reported to `progress`: the
+/// terminal's, or a fleet's line for the site.
+pub async fn backup_session(
+    session: &Session,
+    sealed: &[u8],
+    progress: &dyn Progress,
+) -> Result<BackupDone> {
+    let site = &session.site;
+    let out_dir = backups_dir(site);
     let hostname = site.dir.hostname().to_string();
     let pds_image = site.settings.pds_image.clone();
-
-    let session = site.connect(destination, options).await?;
-    let mut ctx = session.ctx(&ui);
+    let mut ctx = session.ctx(progress);
     let pds_version = match ctx.pds().await {
         Ok(pds) => pds.health().await.ok(),
         Err(_) => None,
     };
     let host = session.host.as_ref();
-    ui.step_started(1, 3, SNAPSHOT);
-    ui.progress("copying the PDS's databases with SQLite's online backup, then its files");
+    progress.step_started(1, 3, SNAPSHOT);
+    progress.progress("copying the PDS's databases with SQLite's online backup, then its files");
     host.run(&Cmd::sh(concat!(
         "command -v sqlite3 >/dev/null || { ",
         apt_get!(),
@@ -148,7 +167,7 @@ pub async fn backup(
     );
     let result = fetch_and_pack(
         host,
-        &ui,
+        progress,
         &stage,
         &out_dir,
         &hostname,
@@ -161,12 +180,11 @@ pub async fn backup(
             accounts,
             files,
         },
-        &sealed,
+        sealed,
     )
     .await;
     // The stage holds signing keys: never left behind, whatever happened.
     let cleanup = host.run(&Script::of("rm -rf {}", &[&stage]).cmd()).await;
-    ui.clear();
     let done = result?;
     cleanup.context("removing the backup's staging directory on the droplet")?;
     Ok(done)
@@ -174,7 +192,7 @@ pub async fn backup(
 
 async fn fetch_and_pack(
     host: &dyn Host,
-    ui: &Ui,
+    ui: &dyn Progress,
     stage: &str,
     out_dir: &Path,
     hostname: &str,
@@ -203,10 +221,8 @@ async fn fetch_and_pack(
     let partial = out_dir.join(format!("{hostname}-{taken_at}.tar.gz.partial"));
     let archive = out_dir.join(format!("{hostname}-{taken_at}.tar.gz"));
     let result = async {
-        ui.clear();
         ui.step_started(2, 3, FETCH);
         download(host, ui, &format!("{stage}/archive.tar.gz"), size, &fetched).await?;
-        ui.clear();
         ui.step_started(3, 3, ARCHIVE);
         ui.progress("checking every file against the droplet's checksums, writing the archive");
         let (files, heads) = check_droplet_archive(&fetched)?;
@@ -220,7 +236,6 @@ async fn fetch_and_pack(
         );
         fs::rename(&partial, &archive)
             .with_context(|| format!("renaming {} into place", partial.display()))?;
-        ui.clear();
         let bytes = fs::metadata(&archive)?.len();
         Ok(BackupDone {
             archive: archive.clone(),
@@ -255,7 +270,13 @@ fn create_private(path: &Path) -> Result<fs::File> {
 }
 
 /// Copies `remote` (of `size` bytes) to `local`, `CHUNK_MIB` at a time.
-async fn download(host: &dyn Host, ui: &Ui, remote: &str, size: u64, local: &Path) -> Result<()> {
+async fn download(
+    host: &dyn Host,
+    ui: &dyn Progress,
+    remote: &str,
+    size: u64,
+    local: &Path,
+) -> Result<()> {
     let mut file = create_private(local)?;
     let mut got: u64 = 0;
     let mut chunk: u64 = 0;

@@ -1,4 +1,4 @@
-//! `pdsup fleet up|plan|status|down FILE`: every site of a fleet file at
+//! `pdsup fleet up|plan|status|down|backup FILE`: every site of a fleet file at
 //! once, `--parallel N` at a time, one SSH connection per site.
 //!
 //! A site runs exactly what `pdsup up` runs on it (the steps of
@@ -18,10 +18,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::backup;
+use super::site::{Session, Site};
 use super::Output;
 use crate::error::{err, Context, Result};
 use crate::host::dest::Destination;
 use crate::host::ssh::{SshHost, SshOptions};
+use crate::host::{Cmd, Host};
 use crate::pds::xrpc::XrpcError;
 use crate::plan::Progress;
 use crate::secret::Secret;
@@ -29,7 +32,7 @@ use crate::settings::fleet::Participant;
 use crate::settings::Settings;
 use crate::state::{SiteDir, SiteRecord};
 use crate::steps::{self, Ctx};
-use crate::ui::fleet::{self as fleet_ui, FleetUi, Handout, SiteProgress, SiteRow};
+use crate::ui::fleet::{self as fleet_ui, BackupCell, FleetUi, Handout, SiteProgress, SiteRow};
 
 /// The PDS's own limit on account creation: 100 per 5 minutes from one IP.
 /// pdsup stays a little under it.
@@ -45,6 +48,8 @@ pub struct FleetSite {
     pub destination: Destination,
     pub options: SshOptions,
     pub participants: Vec<Participant>,
+    /// Whether pdsup ever reached the droplet (its `site.toml` exists).
+    pub reached: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +58,7 @@ pub enum FleetOp {
     Plan,
     Status,
     Down,
+    Backup,
 }
 
 impl FleetOp {
@@ -62,6 +68,7 @@ impl FleetOp {
             FleetOp::Plan => "plan",
             FleetOp::Status => "status",
             FleetOp::Down => "down",
+            FleetOp::Backup => "backup",
         }
     }
 }
@@ -73,6 +80,8 @@ pub struct FleetRun {
     pub out_dir: PathBuf,
     pub warnings: Vec<String>,
     pub output: Output,
+    /// `fleet backup`'s passphrase (one for every site's archive).
+    pub passphrase: Option<Secret>,
 }
 
 /// What a site's run gave, besides its line in the table.
@@ -82,6 +91,7 @@ struct SiteDone {
     created: usize,
     existing: usize,
     dns_records: Vec<String>,
+    backup: Option<BackupCell>,
 }
 
 pub async fn run(fleet: FleetRun, op: FleetOp) -> Result<()> {
@@ -114,6 +124,7 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
         site_dirs.push(site.dir.clone());
         let slots = slots.clone();
         let out_dir = fleet.out_dir.clone();
+        let passphrase = fleet.passphrase.clone();
         tasks.spawn_local(async move {
             let _slot = slots
                 .acquire_owned()
@@ -121,10 +132,17 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
                 .expect("the semaphore is never closed");
             let started = Instant::now();
             let result = match op {
+                FleetOp::Status | FleetOp::Down | FleetOp::Backup if !site.reached => {
+                    never_reached(&site, op)
+                }
                 FleetOp::Up => converge(&site, &progress, false, &out_dir).await,
                 FleetOp::Plan => converge(&site, &progress, true, &out_dir).await,
                 FleetOp::Status => status(&site, &progress).await,
                 FleetOp::Down => down(&site, &progress).await,
+                FleetOp::Backup => match &passphrase {
+                    Some(passphrase) => back_up(&site, &progress, passphrase).await,
+                    None => Err(err!(Internal, "fleet backup without a passphrase")),
+                },
             };
             let seconds = started.elapsed().as_secs();
             match &result {
@@ -151,9 +169,14 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
         .map(|((hostname, log), result)| {
             let (result, seconds) =
                 result.unwrap_or_else(|| (Err("pdsup's task for it ended abnormally".into()), 0));
-            let (created, existing, dns) = match &result {
-                Ok(d) => (d.created, d.existing, d.dns_records.clone()),
-                Err(_) => (0, 0, Vec::new()),
+            let (created, existing, dns, backup) = match &result {
+                Ok(d) => (
+                    d.created,
+                    d.existing,
+                    d.dns_records.clone(),
+                    d.backup.clone(),
+                ),
+                Err(_) => (0, 0, Vec::new(), None),
             };
             SiteRow {
                 hostname,
@@ -163,6 +186,7 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
                 dns_records: dns,
                 seconds,
                 log,
+                backup,
             }
         })
         .collect();
@@ -185,7 +209,11 @@ async fn run_local(fleet: FleetRun, op: FleetOp) -> Result<()> {
     if fleet.output.json && failed.is_empty() {
         println!("{}", serde_json::to_string_pretty(&document)?);
     } else if !fleet.output.json {
-        print!("\n{}", fleet_ui::render_table(&rows, op == FleetOp::Up));
+        let table = match op {
+            FleetOp::Backup => fleet_ui::render_backup_table(&rows),
+            _ => fleet_ui::render_table(&rows, op == FleetOp::Up),
+        };
+        print!("\n{table}");
         if let Some(dir) = &handouts {
             println!(
                 "\nHandouts (they hold passwords: print them, then keep or delete them): {}",
@@ -401,6 +429,19 @@ async fn accounts(
         }
     }
     store.save(&store_path)?;
+    if ctx.settings.confirm_email {
+        // The PDS sends no mail here: what `--confirm-email` does for the
+        // first account, for every participant (those confirmed stay as they are).
+        let dids: Vec<&str> = site
+            .participants
+            .iter()
+            .filter_map(|p| store.accounts.get(&p.handle)?.did.as_deref())
+            .collect();
+        progress.status("marking the participants' email addresses confirmed");
+        steps::account::confirm_emails(ctx.host, &dids)
+            .await
+            .context("marking the participants' email addresses confirmed")?;
+    }
     Ok((created, existing))
 }
 
@@ -421,9 +462,88 @@ async fn connect(site: &FleetSite, progress: &SiteProgress) -> Result<SshHost> {
         .with_context(|| format!("connecting to {}", site.destination.host))
 }
 
-/// `fleet status`: the droplet answers SSH, and the PDS its health check.
+/// A site pdsup never reached (no `site.toml`): nothing of pdsup's is on
+/// it, so `down` has nothing to remove; `status` and `backup` fail, saying
+/// what to run. The droplet is not contacted.
+fn never_reached(site: &FleetSite, op: FleetOp) -> Result<SiteDone> {
+    let why = format!(
+        "pdsup never reached it (no {})",
+        site.dir.site_file().display()
+    );
+    match op {
+        FleetOp::Down => Ok(SiteDone {
+            result: format!("nothing deployed: {why}"),
+            ..Default::default()
+        }),
+        _ => Err(err!(
+            BadInput,
+            "not set up: {why}; run `pdsup fleet up FILE --only {}`",
+            site.dir.hostname()
+        )),
+    }
+}
+
+/// Whether Nomad runs on a droplet: asked before its API, so a site whose
+/// `fleet up` stopped before Nomad gets a plain answer, not a refused tunnel.
+#[derive(Debug, PartialEq, Eq)]
+enum NomadState {
+    NotInstalled,
+    /// Installed, its service not active: systemd's word for it.
+    NotRunning(String),
+    Running,
+}
+
+const NOMAD_STATE_SCRIPT: &str = "if [ -x /usr/local/bin/nomad ]; then \
+     systemctl is-active nomad 2>/dev/null || true; else echo not-installed; fi";
+
+fn nomad_state(answer: &str) -> NomadState {
+    match answer.trim() {
+        "not-installed" => NomadState::NotInstalled,
+        "active" => NomadState::Running,
+        "" => NomadState::NotRunning("unknown".into()),
+        other => NomadState::NotRunning(other.to_string()),
+    }
+}
+
+async fn nomad_on(host: &SshHost, progress: &SiteProgress) -> Result<NomadState> {
+    progress.status("asking systemd whether Nomad runs");
+    let answer = host
+        .run(&Cmd::sh(NOMAD_STATE_SCRIPT))
+        .await
+        .context("asking the droplet whether Nomad runs")?;
+    let state = nomad_state(&answer.stdout_str());
+    progress.log(&format!("nomad: {state:?}"));
+    Ok(state)
+}
+
+/// What to run when a site's Nomad is not there to ask.
+fn rerun_up(site: &FleetSite) -> String {
+    format!(
+        "run `pdsup fleet up FILE --only {}` to finish it (its log says where the last run stopped)",
+        site.dir.hostname()
+    )
+}
+
+/// `fleet status`: the droplet answers SSH, Nomad runs, and the PDS answers its health check.
 async fn status(site: &FleetSite, progress: &SiteProgress) -> Result<SiteDone> {
     let host = connect(site, progress).await?;
+    match nomad_on(&host, progress).await? {
+        NomadState::Running => {}
+        NomadState::NotInstalled => {
+            return Err(err!(
+            RemoteCommand,
+            "nothing deployed: Nomad is not installed (the last `fleet up` stopped before it); {}",
+            rerun_up(site)
+        ))
+        }
+        NomadState::NotRunning(state) => {
+            return Err(err!(
+                RemoteCommand,
+                "Nomad is installed but not running (systemd: {state}); {}",
+                rerun_up(site)
+            ))
+        }
+    }
     let mut ctx = Ctx::new(
         &host,
         &site.settings,
@@ -448,6 +568,26 @@ const JOBS: &[&str] = &["pds", "io"];
 /// the PDS's accounts and blobs) and the site's state stay.
 async fn down(site: &FleetSite, progress: &SiteProgress) -> Result<SiteDone> {
     let host = connect(site, progress).await?;
+    match nomad_on(&host, progress).await? {
+        NomadState::Running => {}
+        // Nothing of pdsup's runs without Nomad: nothing to remove is success.
+        NomadState::NotInstalled => {
+            return Ok(SiteDone {
+                result: "nothing deployed: Nomad is not installed".into(),
+                ..Default::default()
+            })
+        }
+        // Its jobs' containers may outlive a stopped agent: not a success.
+        NomadState::NotRunning(state) => {
+            return Err(err!(
+                RemoteCommand,
+                "Nomad is installed but not running (systemd: {state}), so its jobs cannot be \
+                 stopped: start it (`systemctl start nomad` on the droplet, or `pdsup fleet up \
+                 FILE --only {}`), then run `fleet down` again",
+                site.dir.hostname()
+            ))
+        }
+    }
     let mut ctx = Ctx::new(
         &host,
         &site.settings,
@@ -481,6 +621,45 @@ async fn down(site: &FleetSite, progress: &SiteProgress) -> Result<SiteDone> {
     };
     Ok(SiteDone {
         result,
+        ..Default::default()
+    })
+}
+
+/// `fleet backup`: the site's `pdsup backup`, its archive in the site's own
+/// state directory as the single-site command puts it.
+async fn back_up(
+    site: &FleetSite,
+    progress: &SiteProgress,
+    passphrase: &Secret,
+) -> Result<SiteDone> {
+    let this = Site {
+        dir: site.dir.clone(),
+        record: site.record.clone(),
+        settings: site.settings.clone(),
+    };
+    let sealed = backup::sealed_site_state(&this, passphrase)?;
+    let host = connect(site, progress).await?;
+    let session = Session {
+        site: this,
+        host: Box::new(host),
+        destination: site.destination.clone(),
+    };
+    let done = backup::backup_session(&session, &sealed, progress).await?;
+    progress.log(&format!(
+        "archive {} ({} bytes, {} account(s), {} files, taken {})",
+        done.archive.display(),
+        done.bytes,
+        done.accounts.len(),
+        done.files,
+        done.taken_at
+    ));
+    Ok(SiteDone {
+        result: format!("backed up: {}", done.archive.display()),
+        backup: Some(BackupCell {
+            archive: done.archive.display().to_string(),
+            bytes: done.bytes,
+            accounts: done.accounts.len(),
+        }),
         ..Default::default()
     })
 }
@@ -627,6 +806,21 @@ fn private_file(path: &Path, truncate: bool) -> Result<fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_droplets_answer_says_whether_nomad_runs() {
+        assert_eq!(nomad_state("not-installed\n"), NomadState::NotInstalled);
+        assert_eq!(nomad_state("active\n"), NomadState::Running);
+        assert_eq!(
+            nomad_state("inactive\n"),
+            NomadState::NotRunning("inactive".into())
+        );
+        assert_eq!(
+            nomad_state("failed\n"),
+            NomadState::NotRunning("failed".into())
+        );
+        assert_eq!(nomad_state(""), NomadState::NotRunning("unknown".into()));
+    }
 
     #[test]
     fn the_pacer_waits_only_once_the_window_is_full() {

@@ -42,7 +42,7 @@ use crate::error::{bail, Result};
 
 use super::docker::apt_get;
 use super::{AccountOutcome, Action, Ctx, StepId, StepPlan};
-use crate::host::{FileMode, Script};
+use crate::host::{FileMode, Host, Script};
 use crate::pds::xrpc::XrpcError;
 use crate::settings::{Settings, PDS_VOLUME_PATH};
 use crate::state::secrets::account_password;
@@ -477,8 +477,11 @@ fn checked_did(ctx: &Ctx<'_>) -> Result<String> {
     let Some(account) = &ctx.outcome.account else {
         bail!(Internal, "no account to confirm");
     };
-    // The DID goes into an SQL statement: accept only did:plc/did:web characters.
-    let did = &account.did;
+    sql_safe_did(&account.did).map(str::to_string)
+}
+
+/// A DID that may go into an SQL statement: did:plc/did:web characters only.
+fn sql_safe_did(did: &str) -> Result<&str> {
     if !did.starts_with("did:")
         || !did
             .chars()
@@ -486,7 +489,7 @@ fn checked_did(ctx: &Ctx<'_>) -> Result<String> {
     {
         bail!(Api, "unexpected DID {did:?}");
     }
-    Ok(did.clone())
+    Ok(did)
 }
 
 async fn email_confirmed_on_droplet(ctx: &Ctx<'_>, did: &str) -> Result<bool> {
@@ -498,24 +501,38 @@ async fn email_confirmed_on_droplet(ctx: &Ctx<'_>, did: &str) -> Result<bool> {
 
 pub async fn confirm_email(ctx: &mut Ctx<'_>, _handle: &str) -> Result<()> {
     let did = checked_did(ctx)?;
+    confirm_emails(ctx.host, &[did.as_str()]).await
+}
+
+/// Marks the email addresses of the accounts `dids` confirmed (the seed's
+/// sqlite update), for PDSes that send no mail; one already confirmed keeps
+/// its time.
+pub async fn confirm_emails(host: &dyn Host, dids: &[&str]) -> Result<()> {
+    if dids.is_empty() {
+        return Ok(());
+    }
+    let list = dids
+        .iter()
+        .map(|d| sql_safe_did(d).map(|d| format!("'{d}'")))
+        .collect::<Result<Vec<_>>>()?
+        .join(", ");
     let sql = format!(
-        "update account set emailConfirmedAt = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') where did = '{did}' and (emailConfirmedAt is null or emailConfirmedAt = '');"
+        "update account set emailConfirmedAt = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') where did in ({list}) and (emailConfirmedAt is null or emailConfirmedAt = '');"
     );
-    ctx.host
-        .run(
-            &Script::of(
-                concat!(
-                    "set -e; command -v sqlite3 >/dev/null || { ",
-                    apt_get!(),
-                    " update && ",
-                    apt_get!(),
-                    " install sqlite3; }; sqlite3 {} {}"
-                ),
-                &[&format!("{PDS_VOLUME_PATH}/account.sqlite"), &sql],
-            )
-            .cmd(),
+    host.run(
+        &Script::of(
+            concat!(
+                "set -e; command -v sqlite3 >/dev/null || { ",
+                apt_get!(),
+                " update && ",
+                apt_get!(),
+                " install sqlite3; }; sqlite3 {} {}"
+            ),
+            &[&format!("{PDS_VOLUME_PATH}/account.sqlite"), &sql],
         )
-        .await?;
+        .cmd(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -188,6 +188,16 @@ pub struct SiteRow {
     pub seconds: u64,
     /// The site's full log.
     pub log: String,
+    /// `fleet backup`'s archive of the site, once made.
+    pub backup: Option<BackupCell>,
+}
+
+/// A site's archive, as `fleet backup`'s table shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupCell {
+    pub archive: String,
+    pub bytes: u64,
+    pub accounts: usize,
 }
 
 impl SiteRow {
@@ -197,7 +207,7 @@ impl SiteRow {
             Ok(what) => (Some(what), None),
             Err(why) => (None, Some(why)),
         };
-        serde_json::json!({
+        let mut row = serde_json::json!({
             "hostname": self.hostname,
             "ok": self.result.is_ok(),
             "result": result,
@@ -207,19 +217,100 @@ impl SiteRow {
             "dns_records": self.dns_records,
             "seconds": self.seconds,
             "log": self.log,
-        })
+        });
+        if let Some(b) = &self.backup {
+            row["backup"] = serde_json::json!({
+                "archive": b.archive,
+                "bytes": b.bytes,
+                "accounts": b.accounts,
+            });
+        }
+        row
     }
+}
+
+fn minutes(seconds: u64) -> String {
+    format!("{}m{:02}s", seconds / 60, seconds % 60)
+}
+
+/// A size in bytes for people: `512 B`, `3.4 KiB`, `12.0 MiB`, `1.2 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The width of a table's SITE column.
+fn site_width(rows: &[SiteRow]) -> usize {
+    rows.iter()
+        .map(|r| r.hostname.len())
+        .max()
+        .unwrap_or(0)
+        .max(4)
+}
+
+/// `fleet backup`'s closing table: each site's time, archive size, accounts
+/// and archive, or why it failed.
+pub fn render_backup_table(rows: &[SiteRow]) -> String {
+    let width = site_width(rows);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>6}  {:>10}  {:>8}  ARCHIVE",
+        "SITE", "TIME", "SIZE", "ACCOUNTS"
+    );
+    for row in rows {
+        let (size, accounts, what) = match (&row.result, &row.backup) {
+            (Ok(_), Some(b)) => (
+                human_size(b.bytes),
+                b.accounts.to_string(),
+                b.archive.clone(),
+            ),
+            (Ok(what), None) => ("-".into(), "-".into(), what.clone()),
+            (Err(why), _) => (
+                "-".into(),
+                "-".into(),
+                format!("FAILED: {why} (log: {})", row.log),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>6}  {size:>10}  {accounts:>8}  {what}",
+            row.hostname,
+            minutes(row.seconds)
+        );
+    }
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.result.is_err())
+        .map(|r| r.hostname.as_str())
+        .collect();
+    if !failed.is_empty() {
+        let only: Vec<String> = failed.iter().map(|h| format!("--only {h}")).collect();
+        let _ = writeln!(
+            out,
+            "\n{} of {} sites failed: fix the cause, then back up just them with \
+             `pdsup fleet backup FILE {}`",
+            failed.len(),
+            rows.len(),
+            only.join(" ")
+        );
+    }
+    out
 }
 
 /// The closing table: each site's result, its accounts and its time, then
 /// the DNS records to add, site by site.
 pub fn render_table(rows: &[SiteRow], with_accounts: bool) -> String {
-    let width = rows
-        .iter()
-        .map(|r| r.hostname.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
+    let width = site_width(rows);
     let mut out = String::new();
     let accounts_head = if with_accounts { "ACCOUNTS       " } else { "" };
     let _ = writeln!(
@@ -228,7 +319,7 @@ pub fn render_table(rows: &[SiteRow], with_accounts: bool) -> String {
         "SITE", "TIME"
     );
     for row in rows {
-        let time = format!("{}m{:02}s", row.seconds / 60, row.seconds % 60);
+        let time = minutes(row.seconds);
         let accounts = if !with_accounts {
             String::new()
         } else if row.result.is_ok() {
@@ -413,7 +504,55 @@ mod tests {
             },
             seconds: 125,
             log: format!("/out/logs/{host}.log"),
+            backup: None,
         }
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(12 * 1024 * 1024), "12.0 MiB");
+        assert_eq!(human_size(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
+    }
+
+    #[test]
+    fn the_backup_table_gives_each_archive_or_why_there_is_none() {
+        let mut made = row("t1.workshop.example", Ok("backed up"));
+        made.backup = Some(BackupCell {
+            archive: "/state/sites/t1.workshop.example/backups/t1-20261203T180000Z.tar.gz".into(),
+            bytes: 5 * 1024 * 1024 / 2,
+            accounts: 3,
+        });
+        made.seconds = 9;
+        let failed = row(
+            "t2.workshop.example",
+            Err("connecting to root@10.0.0.9: timed out"),
+        );
+        let rows = [made.clone(), failed];
+        let table = render_backup_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "SITE                   TIME        SIZE  ACCOUNTS  ARCHIVE"
+        );
+        assert_eq!(
+            lines[1],
+            "t1.workshop.example   0m09s     2.5 MiB         3  /state/sites/t1.workshop.example/backups/t1-20261203T180000Z.tar.gz"
+        );
+        assert_eq!(
+            lines[2],
+            "t2.workshop.example   2m05s           -         -  FAILED: connecting to root@10.0.0.9: timed out (log: /out/logs/t2.workshop.example.log)"
+        );
+        assert!(
+            table.contains("1 of 2 sites failed: fix the cause, then back up just them with `pdsup fleet backup FILE --only t2.workshop.example`"),
+            "{table}"
+        );
+        let json = made.json();
+        assert_eq!(json["backup"]["bytes"], 5 * 1024 * 1024 / 2);
+        assert_eq!(json["backup"]["accounts"], 3);
+        assert!(rows[1].json().get("backup").is_none());
     }
 
     #[test]
