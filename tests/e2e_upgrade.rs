@@ -133,6 +133,27 @@ fn post_text(d: &Droplet, did: &str, rkey: &str) -> String {
 }
 
 /// The archive, then the older npm version's, the good and the bad image's versions.
+/// The post written before the upgrade still reads the same, and the account's password
+/// still logs in.
+fn assert_account_kept(d: &Droplet, did: &str, rkey: &str, password: &str, after: &str) {
+    assert_eq!(
+        post_text(d, did, rkey),
+        "before the upgrade",
+        "after {after}"
+    );
+    let relogin = xrpc(
+        d,
+        "com.atproto.server.createSession",
+        Some(&json!({"identifier": FULL_HANDLE, "password": password})),
+        None,
+    );
+    assert!(
+        relogin.status.success(),
+        "the account after {after}:\n{}",
+        describe(&relogin)
+    );
+}
+
 fn harness_images() -> (PathBuf, String, String, String) {
     let out = Command::new(harness_script("pds-upgrade-images.sh"))
         .output()
@@ -314,18 +335,7 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     assert_eq!(npm["before"]["version"], older.as_str(), "{npm}");
     assert_eq!(npm["after"]["version"], base.as_str(), "{npm}");
     assert_eq!(health_version(&d).as_deref(), Some(base.as_str()));
-    assert_eq!(post_text(&d, &did, &rkey), "before the upgrade");
-    let relogin = xrpc(
-        &d,
-        "com.atproto.server.createSession",
-        Some(&json!({"identifier": FULL_HANDLE, "password": password})),
-        None,
-    );
-    assert!(
-        relogin.status.success(),
-        "the account after the npm upgrade:\n{}",
-        describe(&relogin)
-    );
+    assert_account_kept(&d, &did, &rkey, &password, "the npm upgrade");
     let site = site_toml(&op);
     assert_eq!(site["pds_version"].as_str(), Some(base.as_str()), "{site}");
     assert_eq!(
@@ -375,18 +385,7 @@ fn upgrade_keeps_the_data_a_bad_one_is_reverted_rollback_returns_and_down_keeps_
     assert_eq!(up1["before"]["version"], base.as_str(), "{up1}");
     assert_eq!(up1["after"]["version"], good.as_str(), "{up1}");
     assert_eq!(health_version(&d).as_deref(), Some(good.as_str()));
-    assert_eq!(post_text(&d, &did, &rkey), "before the upgrade");
-    let relogin = xrpc(
-        &d,
-        "com.atproto.server.createSession",
-        Some(&json!({"identifier": FULL_HANDLE, "password": password})),
-        None,
-    );
-    assert!(
-        relogin.status.success(),
-        "the account after the upgrade:\n{}",
-        describe(&relogin)
-    );
+    assert_account_kept(&d, &did, &rkey, &password, "the upgrade");
     let site = site_toml(&op);
     assert_eq!(
         site["pds_image"].as_str(),
@@ -480,14 +479,7 @@ fn nomad_upgrade_checks(
     let source = ["--nomad-release-url", &mirror, "--nomad-release-key", &key];
     let kept = |what: &str| {
         assert_eq!(health_version(d).as_deref(), Some(pds_version), "{what}");
-        assert_eq!(post_text(d, did, rkey), "before the upgrade", "{what}");
-        let login = xrpc(
-            d,
-            "com.atproto.server.createSession",
-            Some(&json!({"identifier": FULL_HANDLE, "password": password})),
-            None,
-        );
-        assert!(login.status.success(), "{what}:\n{}", describe(&login));
+        assert_account_kept(d, did, rkey, password, what);
     };
 
     let mut args = vec!["upgrade", "--nomad", to];
@@ -498,7 +490,7 @@ fn nomad_upgrade_checks(
     assert_eq!(up["after"], to, "{up}");
     assert_eq!(up["pds_version"], pds_version, "{up}");
     assert_eq!(agent_version(d), to);
-    kept("after upgrade --nomad");
+    kept("upgrade --nomad");
     let site = site_toml(op);
     assert_eq!(site["nomad_version"].as_str(), Some(to), "{site}");
     assert_eq!(
@@ -513,7 +505,7 @@ fn nomad_upgrade_checks(
     let back = ok_json(&op.day2(&args), "rollback --nomad");
     assert_eq!(back["after"], from.as_str(), "{back}");
     assert_eq!(agent_version(d), from);
-    kept("after rollback --nomad");
+    kept("rollback --nomad");
     assert_eq!(site_toml(op)["nomad_version"].as_str(), Some(from.as_str()));
 }
 

@@ -179,7 +179,11 @@ pub async fn check_and_report(
     let relays = if restored.relays.is_empty() {
         site_crawlers(ctx, settings)?
     } else {
-        restored.relays.iter().map(|u| u.as_str().to_string()).collect()
+        restored
+            .relays
+            .iter()
+            .map(|u| u.as_str().to_string())
+            .collect()
     };
     let restored_revs: Vec<(String, String)> = served
         .iter()
@@ -232,10 +236,7 @@ pub async fn check_and_report(
             println!("asked {} to crawl the PDS again", crawled.join(", "));
         }
         for desync in &desyncs {
-            print!(
-                "{}",
-                desync_fix(desync, hostname, restored.destination)
-            );
+            print!("{}", desync_fix(desync, hostname, restored.destination));
         }
     }
     Ok(())

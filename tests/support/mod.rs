@@ -7,6 +7,9 @@
 //!   4. small helpers on `std::process::Output`
 //!   5. the site the end-to-end tiers set up (`harness_sources`, `caddy_args`, `require_e2e`)
 //!
+//! The PDS's XRPC API as the tiers use it (posts, blobs, records, commit signatures)
+//! is in [`atproto`].
+//!
 //! Tests FAIL (panic) when the harness is missing; they never skip. Prepare the machine
 //! with `scripts/harness/up.sh` (root).
 #![allow(dead_code)]
@@ -15,6 +18,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub mod atproto;
 
 // ---------------------------------------------------------------------------------
 // 1. Paths and the harness check
