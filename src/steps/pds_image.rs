@@ -79,44 +79,48 @@ pub fn archive_upload(settings: &Settings, image: &ImageFacts) -> Option<(String
     ))
 }
 
+/// One `docker image inspect` of `image` for both facts below, which a run
+/// asks together: the config on the first line, the registry digests on the
+/// second (Docker's CLI is the slowest probe of a converged run).
+fn inspect(image: &str) -> Script {
+    Script::of(
+        "docker image inspect --format {} {} 2>/dev/null",
+        &["{{json .Config}}{{println}}{{json .RepoDigests}}", image],
+    )
+}
+
+/// Line `n` of a successful [`inspect`].
+fn inspect_line(out: &Output, n: usize) -> Option<String> {
+    if !out.success() {
+        return None;
+    }
+    out.stdout_str().lines().nth(n).map(str::to_string)
+}
+
 /// The image's `Entrypoint` and `Cmd`, `None` when Docker does not have it.
 pub fn image_command(image: &str) -> Fact<Option<ImageCommand>> {
-    Fact::new(
-        Script::of(
-            "docker image inspect --format {} {} 2>/dev/null",
-            &["{{json .Config}}", image],
-        ),
-        parse_image_command,
-    )
+    Fact::new(inspect(image), |out| {
+        parse_image_command(&inspect_line(out, 0)?)
+    })
 }
 
 /// The image's registry digest (`repo@sha256:…`), `None` for an image built
 /// or loaded on the droplet (Docker knows no registry digest for those).
 pub fn image_digest(image: &str) -> Fact<Option<String>> {
-    Fact::new(
-        Script::of(
-            "docker image inspect --format {} {} 2>/dev/null",
-            &["{{json .RepoDigests}}", image],
-        ),
-        parse_image_digest,
-    )
+    Fact::new(inspect(image), |out| {
+        parse_image_digest(&inspect_line(out, 1)?)
+    })
 }
 
 /// `{{json .RepoDigests}}`: the first one (one per repository the image came from).
-pub fn parse_image_digest(out: &Output) -> Option<String> {
-    if !out.success() {
-        return None;
-    }
-    let digests: Vec<String> = serde_json::from_str(out.stdout_str().trim()).ok()?;
+fn parse_image_digest(json: &str) -> Option<String> {
+    let digests: Vec<String> = serde_json::from_str(json.trim()).ok()?;
     digests.into_iter().next()
 }
 
 /// `{{json .Config}}` of an image: `Entrypoint` and `Cmd` are lists or null.
-pub fn parse_image_command(out: &Output) -> Option<ImageCommand> {
-    if !out.success() {
-        return None;
-    }
-    let config: serde_json::Value = serde_json::from_str(out.stdout_str().trim()).ok()?;
+fn parse_image_command(json: &str) -> Option<ImageCommand> {
+    let config: serde_json::Value = serde_json::from_str(json.trim()).ok()?;
     let list = |key: &str| -> Option<Vec<String>> {
         match &config.get(key) {
             None | Some(serde_json::Value::Null) => Some(Vec::new()),
@@ -241,24 +245,36 @@ mod tests {
     use crate::host::facts::tests::output;
 
     #[test]
+    fn one_inspect_answers_both_facts() {
+        let image = "ghcr.io/bluesky-social/pds:0.4";
+        assert_eq!(image_command(image).cmd, image_digest(image).cmd);
+        assert!(image_command(image)
+            .cmd
+            .script
+            .contains("{{json .Config}}{{println}}{{json .RepoDigests}}"));
+    }
+
+    #[test]
     fn the_digest_fact_takes_the_first_repo_digest() {
         let parse = image_digest("ghcr.io/bluesky-social/pds:0.4").parse;
         assert_eq!(
             parse(&output(
                 Some(0),
-                "[\"ghcr.io/bluesky-social/pds@sha256:ab12\"]\n"
+                "{\"Cmd\":null}\n[\"ghcr.io/bluesky-social/pds@sha256:ab12\",\"other@sha256:cd\"]\n"
             )),
             Some("ghcr.io/bluesky-social/pds@sha256:ab12".into())
         );
-        assert_eq!(parse(&output(Some(0), "[]\n")), None);
+        assert_eq!(parse(&output(Some(0), "{\"Cmd\":null}\n[]\n")), None);
+        assert_eq!(parse(&output(Some(0), "{\"Cmd\":null}\n")), None);
         assert_eq!(parse(&output(Some(1), "")), None);
     }
 
     #[test]
     fn image_command_parses_inspect_output() {
+        let parse = image_command("pds").parse;
         let official = r#"{"Env":["PATH=/usr/bin"],"Cmd":["node","--enable-source-maps","index.js"],"WorkingDir":"/app","Entrypoint":["dumb-init","--"]}"#;
         assert_eq!(
-            parse_image_command(&output(Some(0), official)),
+            parse(&output(Some(0), &format!("{official}\n[]\n"))),
             Some(ImageCommand {
                 entrypoint: vec!["dumb-init".into(), "--".into()],
                 cmd: vec![
@@ -268,17 +284,11 @@ mod tests {
                 ],
             })
         );
-        let bare = r#"{"Cmd":null,"Entrypoint":null}"#;
-        assert_eq!(
-            parse_image_command(&output(Some(0), bare)),
-            Some(ImageCommand::default())
-        );
-        assert_eq!(parse_image_command(&output(Some(1), "")), None);
-        assert_eq!(parse_image_command(&output(Some(0), "garbled")), None);
-        assert_eq!(
-            parse_image_command(&output(Some(0), r#"{"Cmd":"node"}"#)),
-            None
-        );
+        let bare = "{\"Cmd\":null,\"Entrypoint\":null}\nnull\n";
+        assert_eq!(parse(&output(Some(0), bare)), Some(ImageCommand::default()));
+        assert_eq!(parse(&output(Some(1), "")), None);
+        assert_eq!(parse(&output(Some(0), "garbled")), None);
+        assert_eq!(parse(&output(Some(0), r#"{"Cmd":"node"}"#)), None);
     }
 
     #[test]
