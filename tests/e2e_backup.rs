@@ -19,8 +19,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -172,10 +171,6 @@ impl Drop for PdsTunnel {
     }
 }
 
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
 #[test]
 fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
     require_e2e();
@@ -282,8 +277,8 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
         "{}",
         archive.display()
     );
-    assert_eq!(mode(&archive), 0o600);
-    assert_eq!(mode(archive.parent().unwrap()), 0o700);
+    assert_eq!(file_mode(&archive), 0o600);
+    assert_eq!(file_mode(archive.parent().unwrap()), 0o700);
     let leftovers: Vec<_> = fs::read_dir(archive.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -401,13 +396,7 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
     served.sort();
     assert_eq!(served, heads.keys().cloned().collect::<Vec<_>>());
     for (did, head) in &heads {
-        let latest = xrpc(
-            &d2,
-            &format!("com.atproto.sync.getLatestCommit?did={did}"),
-            None,
-            None,
-        );
-        assert_eq!(latest["cid"].as_str(), Some(head.as_str()), "{did}");
+        assert_eq!(repo_head(&d2, did), *head, "{did}");
     }
     // Every record restored is byte-identical (same CID, same value) to droplet 1's,
     // and all that existed before the backup started are there.
@@ -499,17 +488,7 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
         );
     }
     for (did, head) in &heads {
-        let latest = xrpc(
-            &d2,
-            &format!("com.atproto.sync.getLatestCommit?did={did}"),
-            None,
-            None,
-        );
-        assert_eq!(
-            latest["cid"].as_str(),
-            Some(head.as_str()),
-            "{did} after --force"
-        );
+        assert_eq!(repo_head(&d2, did), *head, "{did} after --force");
     }
 
     // The archive alone (an empty state dir, the passphrase) rebuilds the site too.
@@ -547,16 +526,10 @@ fn a_backup_taken_while_the_pds_serves_restores_onto_a_new_droplet() {
         fs::read_to_string(op3.site_dir().join("pds.env")).unwrap(),
         fs::read_to_string(op.site_dir().join("pds.env")).unwrap()
     );
-    assert_eq!(mode(&op3.site_dir().join("pds.env")), 0o600);
+    assert_eq!(file_mode(&op3.site_dir().join("pds.env")), 0o600);
     login(&d3, &alice_did, &alice_password);
     for (did, head) in &heads {
-        let latest = xrpc(
-            &d3,
-            &format!("com.atproto.sync.getLatestCommit?did={did}"),
-            None,
-            None,
-        );
-        assert_eq!(latest["cid"].as_str(), Some(head.as_str()), "{did}");
+        assert_eq!(repo_head(&d3, did), *head, "{did}");
     }
     eprintln!("e2e_backup tier: {:.0?}", tier.elapsed());
 }

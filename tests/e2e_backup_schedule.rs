@@ -13,7 +13,6 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -55,22 +54,6 @@ fn ok(result: (bool, Value, String), what: &str) -> Value {
     let (success, value, stderr) = result;
     assert!(success, "{what} failed: {value}\n{stderr}");
     value
-}
-
-fn head(d: &Droplet, did: &str) -> String {
-    xrpc(
-        d,
-        &format!("com.atproto.sync.getLatestCommit?did={did}"),
-        None,
-        None,
-    )["cid"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 #[test]
@@ -144,7 +127,7 @@ fn a_scheduled_snapshot_over_sftp_restores_onto_a_new_droplet() {
     let public_key = first["sftp_public_key"].as_str().unwrap().to_string();
     assert!(public_key.starts_with("ssh-ed25519 "), "{public_key}");
     for name in ["restic/password", "restic/id_ed25519"] {
-        assert_eq!(mode(&site_dir.join(name)), 0o600, "{name}");
+        assert_eq!(file_mode(&site_dir.join(name)), 0o600, "{name}");
     }
     let restic_password = fs::read_to_string(site_dir.join("restic/password")).unwrap();
     let site_toml = fs::read_to_string(site_dir.join("site.toml")).unwrap();
@@ -227,7 +210,7 @@ fn a_scheduled_snapshot_over_sftp_restores_onto_a_new_droplet() {
     assert_eq!(listed["last_run"]["result"], "success", "{listed}");
     assert!(listed["last_run"]["finished_at"].is_string(), "{listed}");
     let latest = snapshots[1]["id"].as_str().unwrap().to_string();
-    let recorded_head = head(&d1, &did);
+    let recorded_head = repo_head(&d1, &did);
     let recorded_records = records(&d1, &did);
     drop(d1);
 
@@ -251,7 +234,7 @@ fn a_scheduled_snapshot_over_sftp_restores_onto_a_new_droplet() {
     assert_eq!(accounts.len(), 1, "{restored}");
     assert_eq!(accounts[0]["did"], did.as_str());
     assert_eq!(accounts[0]["head"], recorded_head.as_str());
-    assert_eq!(head(&d3, &did), recorded_head);
+    assert_eq!(repo_head(&d3, &did), recorded_head);
     // Every record and the image byte-identical; the old password logs in; a post
     // made after the restore is signed by the key in the DID document.
     assert_eq!(records(&d3, &did), recorded_records);

@@ -76,6 +76,19 @@ pub fn post(d: &Droplet, session: &Value, text: &str, embed: Option<Value>) -> V
     )
 }
 
+/// The CID of `did`'s latest commit on `d`: its repo head.
+pub fn repo_head(d: &Droplet, did: &str) -> String {
+    xrpc(
+        d,
+        &format!("com.atproto.sync.getLatestCommit?did={did}"),
+        None,
+        None,
+    )["cid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no head for {did}"))
+        .to_string()
+}
+
 /// Uploads `bytes` as a PNG blob and posts it; returns the blob's CID.
 pub fn post_image(d: &Droplet, session: &Value, bytes: &[u8]) -> String {
     let cmd = format!(

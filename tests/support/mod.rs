@@ -397,6 +397,16 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// The permission bits of a file on this machine (the state dir's secrets are 0600).
+pub fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
 // ---------------------------------------------------------------------------------
 // 5. The site the end-to-end tiers set up (tests/e2e.rs, tests/fault.rs)
 // ---------------------------------------------------------------------------------
