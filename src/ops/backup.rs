@@ -62,12 +62,27 @@ pub fn backups_dir(site: &Site) -> PathBuf {
     site.dir.path().join("backups")
 }
 
+/// scrypt's work factor (N = 2^18: 256 MiB and about half a second) for the
+/// archive's passphrase: the reference age implementation's. Fixed, not age's
+/// per-machine calibration to one second, which took 512 MiB on the test
+/// machine (more on a faster laptop), less under load, and sets the most a
+/// restore accepts at four steps above its own machine's: an archive made on
+/// a fast laptop could be refused by a slower one.
+const SCRYPT_LOG_N: u8 = 18;
+
+/// The most a restore accepts (the reference implementation's bound): any
+/// archive pdsup made, and not the hours and gigabytes a hostile one could ask.
+const SCRYPT_MAX_LOG_N: u8 = 22;
+
 /// Encrypts the site's state with `passphrase` (age, scrypt).
 pub fn seal_site_state(state: &SiteState, passphrase: &Secret) -> Result<Vec<u8>> {
     let plain = serde_json::to_vec(state)?;
-    let encryptor = age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(
+    let mut recipient = age::scrypt::Recipient::new(age::secrecy::SecretString::from(
         passphrase.expose().to_string(),
     ));
+    recipient.set_work_factor(SCRYPT_LOG_N);
+    let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as _))
+        .map_err(|e| err!(Internal, "encrypting the site's state: {e}"))?;
     let mut sealed = Vec::new();
     let mut writer = encryptor
         .wrap_output(&mut sealed)
@@ -81,9 +96,10 @@ pub fn seal_site_state(state: &SiteState, passphrase: &Secret) -> Result<Vec<u8>
 pub fn open_site_state(sealed: &[u8], passphrase: &Secret) -> Result<SiteState> {
     let decryptor = age::Decryptor::new(sealed)
         .map_err(|e| err!(BadInput, "the archive's site state is not age data: {e}"))?;
-    let identity = age::scrypt::Identity::new(age::secrecy::SecretString::from(
+    let mut identity = age::scrypt::Identity::new(age::secrecy::SecretString::from(
         passphrase.expose().to_string(),
     ));
+    identity.set_max_work_factor(SCRYPT_MAX_LOG_N);
     let mut reader = decryptor
         .decrypt(std::iter::once(&identity as &dyn age::Identity))
         .map_err(|e| {
@@ -546,6 +562,28 @@ mod tests {
         assert_eq!(opened.site_toml, state.site_toml);
         let err = open_site_state(&sealed, &Secret::new("wrong")).unwrap_err();
         assert_eq!(err.kind(), crate::error::ErrorKind::BadInput);
+    }
+
+    #[test]
+    fn the_passphrase_work_factor_is_fixed_and_a_higher_one_is_refused() {
+        let state = SiteState {
+            pds_env: String::new(),
+            site_toml: String::new(),
+        };
+        let sealed = seal_site_state(&state, &Secret::new("correct horse")).unwrap();
+        let header = String::from_utf8_lossy(&sealed[..120]).into_owned();
+        let stanza = header.lines().nth(1).unwrap();
+        assert!(
+            stanza.starts_with("-> scrypt ") && stanza.ends_with(" 18"),
+            "{header}"
+        );
+        // The same stanza asking for 2^23 is refused before any work is done.
+        let (line_start, line) = (header.find(stanza).unwrap(), stanza.len());
+        let mut hostile = sealed.clone();
+        hostile[line_start + line - 2..line_start + line].copy_from_slice(b"23");
+        let err = open_site_state(&hostile, &Secret::new("correct horse")).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::BadInput);
+        assert!(format!("{err:#}").contains("work"), "{err:#}");
     }
 
     fn droplet_archive(dir: &Path, files: &[(&str, &[u8])], sums: &str) -> PathBuf {
