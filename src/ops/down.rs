@@ -118,12 +118,7 @@ pub async fn down(
         kept,
         data_purged,
     };
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(())
+    super::print(output, &report, &render(&report))
 }
 
 fn render(report: &Report) -> String {

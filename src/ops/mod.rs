@@ -50,7 +50,7 @@ pub struct Output {
 }
 
 /// Prints a result: `value` as one JSON document with `--json`, else `text`.
-pub fn print(output: Output, value: serde_json::Value, text: &str) -> Result<()> {
+pub fn print(output: Output, value: impl serde::Serialize, text: &str) -> Result<()> {
     if output.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {

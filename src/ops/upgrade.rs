@@ -342,12 +342,7 @@ pub async fn upgrade(
         backup,
         changes,
     };
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(())
+    super::print(output, &report, &render(&report))
 }
 
 /// Takes the backup the site is configured for, before anything changes; a
@@ -692,12 +687,7 @@ pub async fn upgrade_nomad(
         pds_version: ctx.outcome.pds_version.clone(),
         changes,
     };
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render_nomad(&report));
-    }
-    Ok(())
+    super::print(output, &report, &render_nomad(&report))
 }
 
 /// Polls the agent until it answers with `version` (it restarts on the new binary).
