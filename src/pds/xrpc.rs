@@ -135,7 +135,7 @@ impl Xrpc {
         let method = "com.atproto.identity.resolveHandle";
         let resp = self
             .client
-            .get(format!("{}/xrpc/{method}", self.base))
+            .get(self.url(method))
             .timeout(CALL_TIMEOUT)
             .query(&[("handle", handle)])
             .send()
